@@ -1,0 +1,63 @@
+"""Real services for the test suite: a moto S3 server and the PostgreSQL URL.
+
+Nothing here is a mock of a service: moto runs in server mode on a loopback
+port and the tests reach it over HTTP with boto3, exactly as they would reach
+S3. PostgreSQL is a real server started by ``scripts/test.sh`` (or by hand).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+POSTGRES_URL_ENV = "CROWDCOMPUTE_TEST_POSTGRES_URL"
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://cc:cc@127.0.0.1:5432/cc_test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def postgres_url() -> str:
+    """The URL of the real PostgreSQL server the tests use."""
+    return os.environ.get(POSTGRES_URL_ENV, DEFAULT_POSTGRES_URL)
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """Run ``moto_server`` on a free loopback port; yield its endpoint URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def reset_moto(url: str) -> None:
+    """Drop every bucket and object of a running moto server."""
+    req = urllib.request.Request(f"{url}/moto-api/reset", method="POST")
+    urllib.request.urlopen(req, timeout=10).close()
