@@ -1,0 +1,315 @@
+"""Checkpointing inside a running task: capture, background persist, resume.
+
+``CheckpointService`` is what a worker hands to ``TaskActivities``; it opens a
+``TaskCheckpointSession`` per task attempt. The session implements the spec's
+worker side (``CheckpointHandler``):
+
+* ``checkpoint(state)`` is a clock read unless a checkpoint is due (the job's
+  interval elapsed, or one was forced). A due call captures (a memory copy) in
+  the caller's thread and hands encode + store + commit to one background
+  thread. A due call while a checkpoint is still persisting is coalesced: it
+  returns False and the next call after the persist finishes captures.
+* Failures never fail the task: unpicklable state, a state over the memory
+  budget and an unavailable store are logged with the ``CheckpointHandler:``
+  prefix and skipped; earlier checkpoints stay valid.
+* On attempt start the session takes a new fencing epoch and restores the
+  newest committed checkpoint; a zombie attempt's later commits are fenced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Protocol
+
+from activities.context import CheckpointSession, TaskContext
+from checkpoint.errors import CaptureError, CheckpointError, Fenced, MemoryBudgetExceeded
+
+if TYPE_CHECKING:
+    from checkpoint import CheckpointManager, CommitInfo, Restored, TaskWriter
+    from workflows.models import RunTaskInput
+
+log = logging.getLogger("crowdcompute.checkpoint_handler")
+
+# How often a running task asks the catalog whether a checkpoint was forced.
+FORCE_POLL_SECONDS = 1.0
+
+
+class CheckpointObserver(Protocol):
+    """Receives checkpoint events (the worker's Prometheus metrics implement it)."""
+
+    def captured(self, pause_seconds: float) -> None: ...
+
+    def committed(self, info: CommitInfo, persist_seconds: float, lag_seconds: float) -> None: ...
+
+    def skipped(self, reason: str) -> None: ...
+
+    def fenced(self) -> None: ...
+
+    def restored(self, truncated: bool) -> None: ...
+
+
+class _NullObserver:
+    def captured(self, pause_seconds: float) -> None:
+        pass
+
+    def committed(self, info: CommitInfo, persist_seconds: float, lag_seconds: float) -> None:
+        pass
+
+    def skipped(self, reason: str) -> None:
+        pass
+
+    def fenced(self) -> None:
+        pass
+
+    def restored(self, truncated: bool) -> None:
+        pass
+
+
+def default_memory_budget() -> int:
+    """Half of the machine's physical memory, in bytes."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+class TaskCheckpointSession(CheckpointSession):
+    """Checkpointing of one attempt of one task (see the module docstring).
+
+    Call order: ``start()`` (blocking: epoch + restore), then ``restore()`` /
+    ``checkpoint()`` from the task's thread, ``heartbeat_details()`` from the
+    heartbeat loop, ``close()`` once.
+    """
+
+    def __init__(self, manager: CheckpointManager, ctx: TaskContext, *, interval: float,
+                 max_age: float | None, memory_budget: int | None,
+                 observer: CheckpointObserver | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.manager, self.ctx = manager, ctx
+        self.interval, self.max_age, self.memory_budget = interval, max_age, memory_budget
+        self.observer = observer or _NullObserver()
+        self.clock = clock
+        self.epoch = 0
+        self.restored: Restored | None = None
+        self.last_commit: CommitInfo | None = None
+        self._writer: TaskWriter | None = None
+        self._last_capture = clock()
+        self._forced = threading.Event()
+        self._final_requested = False
+        self._final_done = threading.Event()
+        self._fenced = False
+        self._inflight: Future[None] | None = None
+        self._persister = ThreadPoolExecutor(1, thread_name_prefix=f"ckpt-{ctx.task_id}")
+        self._poller = ThreadPoolExecutor(1, thread_name_prefix=f"ckpt-poll-{ctx.task_id}")
+        self._poll: Future[None] | None = None
+        self._last_poll = 0.0
+
+    # -- attempt start -------------------------------------------------------------------
+
+    def start(self, hinted_seq: int | None = None) -> None:
+        """Take a new fencing epoch and restore the newest committed checkpoint."""
+        ctx = self.ctx
+        self.epoch = self.manager.begin_attempt(ctx.job_id, ctx.task_id, ctx.attempt)
+        self.restored = self.manager.restore(ctx.job_id, ctx.task_id, max_age=self.max_age)
+        self._writer = self.manager.writer(ctx.job_id, ctx.task_id, self.epoch, self.restored)
+        if self.restored is not None:
+            self.observer.restored(self.restored.truncated)
+            log.info("CheckpointHandler: task %s attempt %d resumes from checkpoint seq %d "
+                     "(%.1f s old)", ctx.task_id, ctx.attempt, self.restored.seq,
+                     self.restored.age_seconds)
+        restored_seq = self.restored.seq if self.restored is not None else 0
+        if hinted_seq is not None and restored_seq < hinted_seq:
+            # The heartbeat named a committed checkpoint newer than what restore found:
+            # its chain was truncated, deleted as stale or is corrupt.
+            log.warning("CheckpointHandler: task %s: the last heartbeat named checkpoint seq %d "
+                        "but the newest restorable one is seq %d", ctx.task_id, hinted_seq,
+                        restored_seq)
+        self._last_capture = self.clock()
+
+    # -- in-task API ---------------------------------------------------------------------
+
+    def restore(self) -> Any | None:
+        return self.restored.state if self.restored is not None else None
+
+    def checkpoint(self, state: Any, progress_percent: float | None = None) -> bool:
+        now = self.clock()
+        if not self._forced.is_set() and now - self._last_capture < self.interval:
+            return False
+        if self._fenced or self._writer is None:
+            return False
+        if self._inflight is not None and not self._inflight.done():
+            self.observer.skipped("coalesced")
+            return False
+        final = self._final_requested
+        self._forced.clear()
+        self._last_capture = now
+        started = time.perf_counter()
+        try:
+            snapshot = self._writer.capture(state, max_bytes=self.memory_budget)
+        except MemoryBudgetExceeded as exc:
+            log.error("CheckpointHandler: task %s checkpoint skipped, state exceeds the memory "
+                      "budget: %s", self.ctx.task_id, exc)
+            self.observer.skipped("memory_budget")
+            return False
+        except CaptureError as exc:
+            log.error("CheckpointHandler: task %s checkpoint skipped, state cannot be "
+                      "serialized: %s", self.ctx.task_id, exc)
+            self.observer.skipped("capture_error")
+            return False
+        except MemoryError as exc:
+            log.error("CheckpointHandler: task %s checkpoint skipped, out of memory: %s",
+                      self.ctx.task_id, exc)
+            self.observer.skipped("out_of_memory")
+            return False
+        self.observer.captured(time.perf_counter() - started)
+        self._inflight = self._persister.submit(self._persist, snapshot, progress_percent, final)
+        return True
+
+    def _persist(self, snapshot: Any, progress_percent: float | None, final: bool) -> None:
+        assert self._writer is not None
+        started = time.perf_counter()
+        try:
+            info = self._writer.save(snapshot, progress_percent=progress_percent)
+        except Fenced as exc:
+            self._fenced = True
+            self.observer.fenced()
+            log.warning("CheckpointHandler: task %s attempt %d is fenced, a newer attempt owns "
+                        "it; no further checkpoints from this attempt: %s", self.ctx.task_id,
+                        self.ctx.attempt, exc)
+        except CheckpointError as exc:
+            self.observer.skipped("storage_error")
+            log.warning("CheckpointHandler: task %s checkpoint not stored (%s); trying again at "
+                        "the next interval", self.ctx.task_id, exc)
+        except Exception:
+            self.observer.skipped("error")
+            log.exception("CheckpointHandler: task %s checkpoint failed", self.ctx.task_id)
+        else:
+            self.last_commit = info
+            elapsed = time.perf_counter() - started
+            self.observer.committed(info, elapsed, elapsed)
+            log.info("CheckpointHandler: task %s committed %s seq %d (%d bytes)",
+                     self.ctx.task_id, info.kind, info.seq, info.stored_bytes)
+            if final:
+                self._final_done.set()
+        finally:
+            if self._writer.previous is not snapshot:
+                self._writer.pool.release(snapshot)
+
+    # -- heartbeat side ------------------------------------------------------------------
+
+    def heartbeat_details(self) -> dict[str, Any]:
+        self._maybe_poll_force()
+        info = self.last_commit
+        if info is None:
+            if self.restored is None:
+                return {}
+            return {"checkpoint": {"seq": self.restored.seq, "restored": True,
+                                   "progress_percent": self.restored.progress_percent}}
+        return {"checkpoint": info.ref()}
+
+    def _maybe_poll_force(self) -> None:
+        now = self.clock()
+        if now - self._last_poll < FORCE_POLL_SECONDS or (self._poll and not self._poll.done()):
+            return
+        self._last_poll = now
+        self._poll = self._poller.submit(self._poll_force)
+
+    def _poll_force(self) -> None:
+        try:
+            if self.manager.take_force(self.ctx.task_id):
+                log.info("CheckpointHandler: task %s: forced checkpoint requested",
+                         self.ctx.task_id)
+                self._forced.set()
+        except Exception as exc:  # the catalog being down must not disturb the task
+            log.debug("CheckpointHandler: force poll for %s failed: %s", self.ctx.task_id, exc)
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    def request_final(self) -> None:
+        """The worker is stopping: make the next ``checkpoint()`` call capture."""
+        self._final_requested = True
+        self._forced.set()
+
+    def wait_final(self, timeout: float) -> bool:
+        """Block until the final checkpoint committed or the task ended."""
+        return self._final_done.wait(timeout)
+
+    async def close(self, *, succeeded: bool) -> None:
+        inflight = self._inflight
+        if inflight is not None:
+            # The result may only be recorded (and the checkpoints cleaned up) once
+            # no commit of this attempt can land afterwards.
+            await asyncio.wrap_future(inflight)
+        self._final_done.set()
+        self._persister.shutdown(wait=False)
+        self._poller.shutdown(wait=False)
+
+
+class CheckpointService:
+    """Opens checkpoint sessions for ``TaskActivities`` and deletes finished data."""
+
+    def __init__(self, manager: CheckpointManager, *, memory_budget: int | None = None,
+                 observer: CheckpointObserver | None = None) -> None:
+        self.manager = manager
+        self.memory_budget = memory_budget or default_memory_budget()
+        self.observer = observer
+        self._live: set[TaskCheckpointSession] = set()
+
+    async def open_session(self, ctx: TaskContext, arg: RunTaskInput) -> CheckpointSession:
+        if arg.checkpoint_interval is None:
+            return CheckpointSession()
+        session = _Tracked(self, self.manager, ctx, interval=arg.checkpoint_interval,
+                           max_age=arg.max_checkpoint_age, memory_budget=self.memory_budget,
+                           observer=self.observer)
+        await asyncio.to_thread(session.start, _hinted_seq())
+        self._live.add(session)
+        return session
+
+    async def cleanup_task(self, job_id: str, task_id: str) -> None:
+        await asyncio.to_thread(self.manager.delete_task, task_id)
+
+    async def cleanup_job(self, job_id: str) -> None:
+        await asyncio.to_thread(self.manager.delete_job, job_id)
+
+    async def final_checkpoints(self, timeout: float) -> int:
+        """Ask every running task for a final checkpoint; wait up to ``timeout`` s.
+
+        Returns how many sessions committed it (or finished) in time.
+        """
+        sessions = list(self._live)
+        for s in sessions:
+            s.request_final()
+        done = await asyncio.gather(*(asyncio.to_thread(s.wait_final, timeout)
+                                      for s in sessions))
+        log.info("CheckpointHandler: final checkpoints: %d of %d tasks in time",
+                 sum(done), len(sessions))
+        return sum(done)
+
+
+class _Tracked(TaskCheckpointSession):
+    """A session that leaves its service's live set when it closes."""
+
+    def __init__(self, service: CheckpointService, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._service = service
+
+    async def close(self, *, succeeded: bool) -> None:
+        self._service._live.discard(self)
+        await super().close(succeeded=succeeded)
+
+
+def _hinted_seq() -> int | None:
+    """The checkpoint seq named by the previous attempt's last heartbeat, if any."""
+    from temporalio import activity
+
+    details = activity.info().heartbeat_details
+    try:
+        return int(details[0]["checkpoint"]["seq"])
+    except (IndexError, KeyError, TypeError, ValueError):
+        return None

@@ -1,0 +1,213 @@
+"""Capture: the blocking part of a checkpoint, a flatten plus memory copies.
+
+Order of work, so that nothing is copied when the budget is exceeded:
+flatten, size the array leaves, check the budget, pickle the generic leaves,
+check again, then copy the arrays (CUDA copies are asynchronous into pinned
+buffers, with one synchronize at the end).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from . import codecs
+from ._flatten import flatten
+from ._snapshot import ARRAY, Leaf, Snapshot
+from .codecs import generic
+from .errors import CaptureError, MemoryBudgetExceeded
+
+__all__ = ["BufferPool", "capture"]
+
+_FREE_PER_KEY = 2
+
+
+class _Buffer:
+    __slots__ = ("array", "holder", "key", "refs")
+
+    def __init__(self, key: tuple[Any, ...], array: np.ndarray, holder: Any) -> None:
+        self.key = key
+        self.array = array      # flat uint8 view
+        self.holder = holder    # pinned torch tensor owning the memory, or None
+        self.refs = 1
+
+
+class BufferPool:
+    """Reusable host buffers keyed by leaf path, size and pinning.
+
+    A buffer may be shared by consecutive snapshots (an unchanged tensor); it is
+    counted once per snapshot and goes back to the pool when the last snapshot
+    holding it is released. Releasing a snapshot twice is harmless. Thread-safe:
+    capture and release usually run on different threads.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free: dict[tuple[Any, ...], list[_Buffer]] = {}
+        self._live: dict[int, _Buffer] = {}   # id(array) -> buffer
+
+    def acquire(self, key: tuple[Any, ...], nbytes: int, pinned: bool) -> _Buffer:
+        with self._lock:
+            free = self._free.get(key)
+            buf = free.pop() if free else None
+        if buf is None:
+            if pinned:
+                holder, array = codecs.codec_for("torch").pinned_buffer(nbytes)
+            else:
+                holder, array = None, np.empty(nbytes, dtype=np.uint8)
+            buf = _Buffer(key, array, holder)
+        buf.refs = 1
+        with self._lock:
+            self._live[id(buf.array)] = buf
+        return buf
+
+    def retain(self, array: np.ndarray) -> None:
+        with self._lock:
+            buf = self._live.get(id(array))
+            if buf is not None and buf.array is array:
+                buf.refs += 1
+
+    def _drop(self, array: np.ndarray) -> None:
+        buf = self._live.get(id(array))
+        if buf is None or buf.array is not array:
+            return
+        buf.refs -= 1
+        if buf.refs > 0:
+            return
+        del self._live[id(array)]
+        free = self._free.setdefault(buf.key, [])
+        if len(free) < _FREE_PER_KEY:
+            free.append(buf)
+
+    def release(self, snapshot: Snapshot) -> None:
+        """Give the snapshot's buffers back once no longer needed."""
+        with self._lock:
+            if getattr(snapshot, "_pool", None) is not self:
+                return  # not ours, or already released
+            snapshot._pool = None  # type: ignore[attr-defined]
+            for leaf in snapshot.leaves:
+                if leaf.kind == ARRAY:
+                    self._drop(leaf.data)
+
+    def _abandon(self, arrays: list[np.ndarray]) -> None:
+        with self._lock:
+            for array in arrays:
+                self._drop(array)
+
+
+def _fail(path: str, exc: BaseException) -> CaptureError:
+    return CaptureError(f"cannot capture state leaf {path or '<root>'!r}: {type(exc).__name__}: {exc}")
+
+
+def capture(
+    state: object,
+    *,
+    previous: Snapshot | None = None,
+    pool: BufferPool | None = None,
+    max_bytes: int | None = None,
+) -> Snapshot:
+    """Blocking part of a checkpoint: flatten ``state`` and copy its data.
+
+    The caller may mutate ``state`` as soon as this returns. No compression, no
+    I/O, no pickling of arrays. With ``previous``, torch tensors whose storage,
+    layout and version counter are unchanged are not read: the previous buffer
+    is shared and the leaf is marked ``unchanged``. Generic leaves are pickled.
+
+    Raises:
+        MemoryBudgetExceeded: the raw bytes exceed ``max_bytes`` (nothing copied).
+        CaptureError: a leaf cannot be captured (e.g. unpicklable), naming its path.
+    """
+    pool = pool if pool is not None else BufferPool()
+    try:
+        treedef, flat = flatten(state, convert=codecs.convert, is_array=codecs.is_array)
+    except ValueError as exc:
+        raise CaptureError(f"cannot capture state: {exc}") from exc
+    arrays, array_bytes = _describe_arrays(flat)
+    _check_budget(array_bytes, max_bytes)
+    generics = _pickle_generics(flat, arrays)
+    raw = array_bytes + sum(leaf.nbytes for leaf in generics.values())
+    _check_budget(raw, max_bytes)
+    copied = _copy_arrays(flat, arrays, previous, pool)
+    leaves = tuple(copied[p] if p in copied else generics[p] for p in flat)
+    snapshot = Snapshot(raw_nbytes=raw, treedef=treedef, leaves=leaves)
+    snapshot._pool = pool  # type: ignore[attr-defined]
+    return snapshot
+
+
+def _check_budget(nbytes: int, max_bytes: int | None) -> None:
+    if max_bytes is not None and nbytes > max_bytes:
+        raise MemoryBudgetExceeded(f"state needs {nbytes} bytes, budget is {max_bytes}")
+
+
+def _describe_arrays(flat: dict[str, object]) -> tuple[dict[str, tuple[Any, dict[str, Any]]], int]:
+    arrays: dict[str, tuple[Any, dict[str, Any]]] = {}
+    total = 0
+    for path, obj in flat.items():
+        codec = codecs.find_array_codec(obj)
+        if codec is not None:
+            try:
+                meta = codec.describe(obj)
+            except Exception as exc:
+                raise _fail(path, exc) from exc
+            arrays[path] = (codec, meta)
+            total += meta["nbytes"]
+    return arrays, total
+
+
+def _pickle_generics(flat: dict[str, object], arrays: dict[str, Any]) -> dict[str, Leaf]:
+    out: dict[str, Leaf] = {}
+    for path, obj in flat.items():
+        if path in arrays:
+            continue
+        try:
+            kind, meta, data = generic.pickle_leaf(obj)
+        except Exception as exc:
+            raise _fail(path, exc) from exc
+        out[path] = Leaf(path, kind, meta, data)
+    return out
+
+
+def _copy_arrays(
+    flat: dict[str, object],
+    arrays: dict[str, tuple[Any, dict[str, Any]]],
+    previous: Snapshot | None,
+    pool: BufferPool,
+) -> dict[str, Leaf]:
+    before = previous.leaf_map() if previous is not None else {}
+    out: dict[str, Leaf] = {}
+    taken: list[np.ndarray] = []
+    asynchronous = False
+    try:
+        for path, (codec, meta) in arrays.items():
+            obj = flat[path]
+            token = codec.version_token(obj) if hasattr(codec, "version_token") else None
+            old = before.get(path)
+            if _reusable(old, meta) and codec.unchanged(obj, old.token):  # type: ignore[union-attr]
+                assert old is not None
+                pool.retain(old.data)
+                taken.append(old.data)
+                out[path] = Leaf(path, ARRAY, meta, old.data, unchanged=True, token=token)
+                continue
+            pinned = bool(getattr(codec, "needs_pinned", lambda _o: False)(obj))
+            buf = pool.acquire((path, meta["nbytes"], pinned), meta["nbytes"], pinned)
+            taken.append(buf.array)
+            target = buf.holder if buf.holder is not None else buf.array
+            try:
+                codec.copy_into(obj, target, non_blocking=pinned)
+            except Exception as exc:
+                raise _fail(path, exc) from exc
+            asynchronous = asynchronous or pinned
+            out[path] = Leaf(path, ARRAY, meta, buf.array, token=token)
+        if asynchronous:
+            codecs.codec_for("torch").synchronize()
+    except BaseException:
+        pool._abandon(taken)
+        raise
+    return out
+
+
+def _reusable(old: Leaf | None, meta: dict[str, Any]) -> bool:
+    return old is not None and old.kind == ARRAY and old.token is not None and old.meta == meta
+

@@ -1,0 +1,149 @@
+"""Compression of one blob, and the byte shuffle used for arrays.
+
+Codec strings (recorded in the manifest): ``none``, ``zstd``, ``gzip`` and
+``shuffle+zstd``. A ``shuffle+zstd`` blob starts with one byte, the element size,
+followed by a zstd frame of the shuffled bytes (byte k of every element grouped
+together, so slowly-varying high bytes compress well). zstd frames carry a
+checksum. Every decoding failure is raised as ``CorruptCheckpoint``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import zlib
+from typing import Any
+
+import numpy as np
+import zstandard
+
+from .errors import CorruptCheckpoint
+
+__all__ = [
+    "CODECS", "MODES", "choose_codec", "compress", "decompress", "shuffle", "unshuffle",
+]
+
+MODES = ("auto", "gzip", "zstd", "none")
+CODECS = ("none", "zstd", "gzip", "shuffle+zstd")
+ARRAY_LEVEL = 1
+PICKLE_LEVEL = 3
+_SAMPLE_FROM = 256 * 1024
+_SAMPLE_WINDOW = 32 * 1024
+_NOT_WORTH = 0.95
+_MT_FROM = 8 * 1024 * 1024
+_local = threading.local()
+
+
+def _compressor(level: int, threads: int) -> zstandard.ZstdCompressor:
+    cache = getattr(_local, "zstd", None)
+    if cache is None:
+        cache = _local.zstd = {}
+    key = (level, threads)
+    if key not in cache:
+        cache[key] = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
+    return cache[key]
+
+
+def shuffle(data: Any, itemsize: int) -> np.ndarray:
+    """Group byte k of every element together (length must be a multiple of itemsize)."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if itemsize <= 1 or raw.size == 0:
+        return raw
+    return np.ascontiguousarray(raw.reshape(-1, itemsize).T).reshape(-1)
+
+
+def unshuffle(data: Any, itemsize: int) -> np.ndarray:
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if itemsize <= 1 or raw.size == 0:
+        return raw
+    if raw.size % itemsize:
+        raise CorruptCheckpoint(f"shuffled blob of {raw.size} bytes is not a multiple of {itemsize}")
+    return np.ascontiguousarray(raw.reshape(itemsize, -1).T).reshape(-1)
+
+
+def _zstd(data: Any, level: int) -> bytes:
+    size = memoryview(data).nbytes
+    threads = -1 if size >= _MT_FROM else 0
+    return _compressor(level, threads).compress(data)
+
+
+def _sample(data: Any, itemsize: int) -> memoryview:
+    view = memoryview(data).cast("B")
+    if view.nbytes < _SAMPLE_FROM:
+        return view
+    step = max(itemsize, 1)
+    window = _SAMPLE_WINDOW - _SAMPLE_WINDOW % step
+    starts = [((view.nbytes - window) * i // 3) // step * step for i in range(4)]
+    return memoryview(b"".join(view[s:s + window] for s in starts))
+
+
+def choose_codec(mode: str, data: Any, *, itemsize: int = 1, array: bool = True) -> str:
+    """The codec ``mode`` resolves to for this blob (``auto`` samples large blobs)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown compression {mode!r}; expected one of {MODES}")
+    if mode != "auto":
+        return mode
+    codec = "shuffle+zstd" if array and itemsize > 1 else "zstd"
+    sample = _sample(data, itemsize)
+    if sample.nbytes >= _SAMPLE_WINDOW:
+        packed = _encode(codec, sample, itemsize, ARRAY_LEVEL if array else PICKLE_LEVEL)
+        if len(packed) > _NOT_WORTH * sample.nbytes:
+            return "none"
+    return codec
+
+
+def _encode(codec: str, data: Any, itemsize: int, level: int) -> bytes:
+    if codec == "none":
+        return bytes(data)
+    if codec == "zstd":
+        return _zstd(data, level)
+    if codec == "gzip":
+        return gzip.compress(data, compresslevel=6, mtime=0)
+    if codec == "shuffle+zstd":
+        if not 1 <= itemsize <= 255:
+            raise ValueError(f"itemsize {itemsize} cannot be shuffled")
+        return bytes([itemsize]) + _zstd(shuffle(data, itemsize), level)
+    raise ValueError(f"unknown codec {codec!r}")
+
+
+def compress(data: Any, mode: str, *, itemsize: int = 1, array: bool = True) -> tuple[bytes, str]:
+    """Compress one blob; returns (stored bytes, codec string)."""
+    codec = choose_codec(mode, data, itemsize=itemsize, array=array)
+    if codec == "shuffle+zstd" and memoryview(data).nbytes % itemsize:
+        codec = "zstd"
+    return _encode(codec, data, itemsize, ARRAY_LEVEL if array else PICKLE_LEVEL), codec
+
+
+def _unzstd(data: Any, raw_size: int | None) -> bytes:
+    dobj = zstandard.ZstdDecompressor().decompressobj()
+    out = dobj.decompress(data)
+    if not dobj.eof:
+        raise CorruptCheckpoint("truncated zstd frame")
+    if dobj.unused_data:
+        raise CorruptCheckpoint("trailing bytes after zstd frame")
+    return out
+
+
+def decompress(data: Any, codec: str, *, raw_size: int | None = None) -> Any:
+    """Inverse of ``compress``; checks ``raw_size`` when given."""
+    try:
+        if codec == "none":
+            out: Any = data
+        elif codec == "zstd":
+            out = _unzstd(data, raw_size)
+        elif codec == "gzip":
+            out = gzip.decompress(data)
+        elif codec == "shuffle+zstd":
+            view = memoryview(data)
+            if view.nbytes < 1:
+                raise CorruptCheckpoint("empty shuffle+zstd blob")
+            out = unshuffle(_unzstd(view[1:], raw_size), view[0])
+        else:
+            raise CorruptCheckpoint(f"unknown codec {codec!r}")
+    except CorruptCheckpoint:
+        raise
+    except (zstandard.ZstdError, OSError, EOFError, zlib.error, ValueError) as exc:
+        raise CorruptCheckpoint(f"cannot decompress {codec} blob: {exc}") from exc
+    if raw_size is not None and memoryview(out).nbytes != raw_size:
+        raise CorruptCheckpoint(f"{codec} blob decoded to {memoryview(out).nbytes} bytes, expected {raw_size}")
+    return out

@@ -1,0 +1,427 @@
+"""Encode a snapshot as a full base or as a per-leaf delta, and decode it back.
+
+Parts, in a deterministic order:
+
+* part 0, the *index*: a plain pickle (tuples, dicts, str, bytes, numbers only,
+  read back with a loader that refuses every global) holding the tree
+  definition, one record per leaf, and the size / CRC-32 / codec of every
+  other part. Small payloads (below ``PART_FROM``) are stored inline here.
+* parts 1..n: the payloads of large leaves, in leaf order, each split into
+  chunks of at most ``CHUNK`` bytes.
+
+Per-leaf operations (``op`` in the record):
+
+* ``same``   unchanged; costs only its record. torch tensors found unchanged by
+  capture share the previous buffer and are not read again; other arrays are
+  compared.
+* ``rows``   2-D+ arrays where at most half the rows (axis 0) changed: row
+  indices in the index, XOR of the changed rows as payload.
+* ``xor``    dense change: XOR with the previous bytes (then shuffled and
+  compressed by ``_compress``) when a sample shows it packs smaller than...
+* ``full``   ...the plain bytes. Always lossless.
+* ``tail`` / ``items`` / ``keys`` for generic lists (new tail, changed items)
+  and dicts (changed, removed keys, and the key order when it is not implied).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import zlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _compress
+from ._snapshot import ARRAY, Leaf, Snapshot
+from .errors import CorruptCheckpoint
+
+__all__ = ["CHUNK", "COMPRESSIONS", "PART_FROM", "EncodedPart", "decode", "encode", "snapshots_equal"]
+
+COMPRESSIONS = ("auto", "gzip", "zstd", "none")
+PART_FROM = 1024 * 1024
+CHUNK = 16 * 1024 * 1024  # at most 64 MiB per part; smaller chunks encode in parallel
+SMALL_ARRAY = 64 * 1024
+ROW_FRACTION = 0.5
+_ROW_BLOCK = 16 * 1024 * 1024
+_PROBE_ROWS = 64
+_MAGIC = b"CCX1"
+_VERSION = 1
+_executor: ThreadPoolExecutor | None = None
+
+
+@dataclass(frozen=True)
+class EncodedPart:
+    data: bytes       # bytes to store (already compressed)
+    codec: str        # compression recorded in the manifest
+    raw_size: int     # size before compression
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="ckpt-codec")
+    return _executor
+
+
+# ---------------------------------------------------------------- byte helpers
+
+def _xor(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if a.nbytes % 8 == 0:
+        return np.bitwise_xor(a.view(np.uint64), b.view(np.uint64)).view(np.uint8)
+    return np.bitwise_xor(a, b)
+
+
+def _equal(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.nbytes == b.nbytes and memoryview(a) == memoryview(b)
+
+
+def _word(nbytes: int) -> type[np.unsignedinteger[Any]]:
+    for size, dtype in ((8, np.uint64), (4, np.uint32), (2, np.uint16)):
+        if nbytes % size == 0:
+            return dtype
+    return np.uint8
+
+
+def _changed_rows(a: np.ndarray, b: np.ndarray, nrows: int) -> np.ndarray | None:
+    """Indices of rows that differ, or None when a probe says most rows changed."""
+    row_bytes = a.nbytes // nrows
+    word = _word(row_bytes)
+    av, bv = a.view(word).reshape(nrows, -1), b.view(word).reshape(nrows, -1)
+    probe = np.unique(np.linspace(0, nrows - 1, min(nrows, _PROBE_ROWS)).astype(np.int64))
+    if np.count_nonzero((av[probe] != bv[probe]).any(axis=1)) > ROW_FRACTION * probe.size:
+        return None
+    block = max(1, _ROW_BLOCK // max(row_bytes, 1))
+    masks = [(av[i:i + block] != bv[i:i + block]).any(axis=1) for i in range(0, nrows, block)]
+    return np.flatnonzero(np.concatenate(masks))
+
+
+# ---------------------------------------------------------------- planning
+
+@dataclass
+class _Plan:
+    record: list[Any]                      # [path, kind, meta, op, ref, extra]
+    size: int = 0                          # payload bytes
+    source: Callable[[int, int], Any] | None = None
+    itemsize: int = 1
+    array: bool = True
+
+
+def _plan(old: Leaf | None, cur: Leaf, mode: str) -> _Plan:
+    if cur.kind == ARRAY:
+        return _plan_array(old, cur, mode)
+    return _plan_generic(old, cur)
+
+
+def _full(cur: Leaf) -> _Plan:
+    data = cur.data
+    return _Plan([cur.path, cur.kind, cur.meta, "full", None, None], data.nbytes,
+                 lambda s, e: data[s:e], int(cur.meta["itemsize"]))
+
+
+def _same(cur: Leaf) -> _Plan:
+    return _Plan([cur.path, cur.kind, cur.meta, "same", None, None])
+
+
+def _plan_array(old: Leaf | None, cur: Leaf, mode: str) -> _Plan:
+    meta = cur.meta
+    if old is None or old.kind != ARRAY or old.meta.get("shape") != meta["shape"] \
+            or old.meta.get("nbytes") != meta["nbytes"]:
+        return _full(cur)
+    if cur.data is old.data or meta["nbytes"] == 0:
+        return _same(cur)
+    shape, n = meta["shape"], meta["nbytes"]
+    if n < SMALL_ARRAY:
+        return _same(cur) if _equal(cur.data, old.data) else _full(cur)
+    if len(shape) >= 2 and shape[0] >= 2:
+        rows = _changed_rows(cur.data, old.data, shape[0])
+        if rows is not None and rows.size == 0:
+            return _same(cur)
+        if rows is not None and rows.size <= ROW_FRACTION * shape[0]:
+            return _rows(old, cur, rows)
+    elif _equal(cur.data, old.data):
+        return _same(cur)
+    return _dense(old, cur, mode)
+
+
+def _rows(old: Leaf, cur: Leaf, rows: np.ndarray) -> _Plan:
+    nrows = cur.meta["shape"][0]
+    row_bytes = cur.meta["nbytes"] // nrows
+    delta = _xor(cur.data.reshape(nrows, row_bytes)[rows].reshape(-1),
+                 old.data.reshape(nrows, row_bytes)[rows].reshape(-1))
+    record = [cur.path, cur.kind, cur.meta, "rows", None, rows.astype("<i8").tobytes()]
+    return _Plan(record, delta.nbytes, lambda s, e: delta[s:e], int(cur.meta["itemsize"]))
+
+
+def _dense(old: Leaf, cur: Leaf, mode: str) -> _Plan:
+    a, b, itemsize = cur.data, old.data, int(cur.meta["itemsize"])
+    if mode == "none" or not _xor_pays(a, b, itemsize, mode):
+        return _full(cur)
+    record = [cur.path, cur.kind, cur.meta, "xor", None, None]
+    return _Plan(record, a.nbytes, lambda s, e: _xor(a[s:e], b[s:e]), itemsize)
+
+
+def _xor_pays(a: np.ndarray, b: np.ndarray, itemsize: int, mode: str) -> bool:
+    window = max(8 * itemsize, (32 * 1024) // (8 * itemsize) * 8 * itemsize)
+    starts = sorted({(a.nbytes - window) * i // 3 // (8 * itemsize) * 8 * itemsize for i in range(4)})
+    if a.nbytes <= 4 * window:
+        starts, window = [0], a.nbytes
+    plain = np.concatenate([a[s:s + window] for s in starts])
+    mixed = _xor(plain, np.concatenate([b[s:s + window] for s in starts]))
+    packed_plain = _compress.compress(plain, mode, itemsize=itemsize)[0]
+    packed_xor = _compress.compress(mixed, mode, itemsize=itemsize)[0]
+    return len(packed_xor) <= len(packed_plain)
+
+
+def _plan_generic(old: Leaf | None, cur: Leaf) -> _Plan:
+    if old is not None and old.kind == cur.kind and old.meta == cur.meta and old.data == cur.data:
+        return _same(cur)
+    record = [cur.path, cur.kind, cur.meta, "full", None, None]
+    if old is not None and old.kind == cur.kind and old.meta == cur.meta:
+        if cur.kind == "pickle_list":
+            record[3:5] = _list_delta(old.data, cur.data)
+        elif cur.kind == "pickle_dict":
+            record[3:5] = _dict_delta(old.data, cur.data)
+    if record[3] == "full" and cur.kind == "pickle" and len(cur.data) >= PART_FROM:
+        view = memoryview(cur.data)
+        return _Plan(record, len(cur.data), lambda s, e: view[s:e], 1, array=False)
+    if record[3] == "full":
+        record[4] = cur.data
+    return _Plan(record)
+
+
+def _list_delta(old: tuple[bytes, ...], cur: tuple[bytes, ...]) -> tuple[str, Any]:
+    n = len(old)
+    if len(cur) >= n and cur[:n] == old:
+        return "tail", (n, cur[n:])
+    prefix = 0
+    for x, y in zip(old, cur):
+        if x != y:
+            break
+        prefix += 1
+    if len(cur) == n:
+        changed = tuple((i, cur[i]) for i in range(prefix, n) if cur[i] != old[i])
+        if len(changed) * 2 <= n:
+            return "items", changed
+    if prefix * 2 >= len(cur):
+        return "tail", (prefix, cur[prefix:])
+    return "full", cur
+
+
+def _dict_order(old: tuple[tuple[bytes, bytes], ...], keep: set[bytes], added: list[bytes]) -> list[bytes]:
+    return [k for k, _ in old if k in keep] + added
+
+
+def _dict_delta(old: tuple[tuple[bytes, bytes], ...], cur: tuple[tuple[bytes, bytes], ...]) -> tuple[str, Any]:
+    before = dict(old)
+    keys = [k for k, _ in cur]
+    present = set(keys)
+    changed = tuple((k, v) for k, v in cur if before.get(k) != v)
+    removed = tuple(k for k in before if k not in present)
+    order = _dict_order(old, present, [k for k, _ in changed if k not in before])
+    return "keys", (changed, removed, None if order == keys else tuple(keys))
+
+
+# ---------------------------------------------------------------- encode
+
+def encode(previous: Snapshot | None, current: Snapshot, *, compression: str = "auto") -> list[EncodedPart]:
+    """A full base (``previous`` None) or a delta against ``previous``.
+
+    Pure CPU work on a thread pool. Raises ValueError for an unknown compression.
+    """
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"unknown compression {compression!r}; expected one of {COMPRESSIONS}")
+    before = previous.leaf_map() if previous is not None else {}
+    plans = list(_pool().map(lambda leaf: _plan(before.get(leaf.path), leaf, compression), current.leaves))
+    jobs: list[tuple[_Plan, int, int]] = []
+    for plan in plans:
+        if plan.source is None:
+            continue
+        if plan.size < PART_FROM:
+            plan.record[4] = bytes(plan.source(0, plan.size))
+            continue
+        chunk = CHUNK // plan.itemsize * plan.itemsize
+        first = len(jobs) + 1
+        jobs.extend((plan, s, min(s + chunk, plan.size)) for s in range(0, plan.size, chunk))
+        plan.record[4] = (first, len(jobs) + 1 - first, plan.size)
+    parts = list(_pool().map(lambda job: _encode_chunk(*job, compression), jobs))
+    same_tree = previous is not None and previous.treedef == current.treedef
+    index = {
+        "v": _VERSION,
+        "base": previous is None,
+        "treedef": None if same_tree else current.treedef,
+        "same_tree": same_tree,
+        "raw": current.raw_nbytes,
+        "leaves": [tuple(p.record) for p in plans],
+        "parts": [(zlib.crc32(p.data), p.raw_size, p.codec) for p in parts],
+    }
+    body = pickle.dumps(index, protocol=5)
+    raw = _MAGIC + zlib.crc32(body).to_bytes(4, "little") + body
+    data, codec = _compress.compress(raw, compression, array=False)
+    return [EncodedPart(data, codec, len(raw)), *parts]
+
+
+def _encode_chunk(plan: _Plan, start: int, end: int, mode: str) -> EncodedPart:
+    assert plan.source is not None
+    payload = plan.source(start, end)
+    data, codec = _compress.compress(payload, mode, itemsize=plan.itemsize, array=plan.array)
+    return EncodedPart(data, codec, end - start)
+
+
+# ---------------------------------------------------------------- decode
+
+class _NoGlobals(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        raise CorruptCheckpoint(f"index refers to {module}.{name}")
+
+
+def _read_index(data: bytes, codec: str) -> dict[str, Any]:
+    raw = bytes(_compress.decompress(data, codec))
+    if len(raw) < 8 or raw[:4] != _MAGIC:
+        raise CorruptCheckpoint("index part has no valid header")
+    body = raw[8:]
+    if zlib.crc32(body) != int.from_bytes(raw[4:8], "little"):
+        raise CorruptCheckpoint("index part failed its CRC-32 check")
+    index = _NoGlobals(io.BytesIO(body)).load()
+    if not isinstance(index, dict) or index.get("v") != _VERSION:
+        raise CorruptCheckpoint("index part has an unknown layout")
+    return index
+
+
+def decode(parts: Sequence[tuple[bytes, str]], previous: Snapshot | None) -> Snapshot:
+    """Inverse of ``encode``: ``parts`` in encode's order, each with its codec.
+
+    Raises CorruptCheckpoint for malformed or truncated input. The result may
+    share buffers with ``previous`` (snapshots are immutable).
+    """
+    try:
+        return _decode(parts, previous)
+    except CorruptCheckpoint:
+        raise
+    except Exception as exc:
+        raise CorruptCheckpoint(f"cannot decode checkpoint: {type(exc).__name__}: {exc}") from exc
+
+
+def _decode(parts: Sequence[tuple[bytes, str]], previous: Snapshot | None) -> Snapshot:
+    if not parts:
+        raise CorruptCheckpoint("no parts")
+    index = _read_index(*parts[0])
+    table = index["parts"]
+    if len(parts) != len(table) + 1:
+        raise CorruptCheckpoint(f"expected {len(table) + 1} parts, got {len(parts)}")
+    if index["base"] != (previous is None):
+        raise CorruptCheckpoint("base/delta mismatch with the previous snapshot given")
+    payloads = list(_pool().map(lambda i: _read_part(parts[i + 1], table[i], i + 1), range(len(table))))
+    before = previous.leaf_map() if previous is not None else {}
+    leaves = tuple(_pool().map(lambda rec: _apply(rec, before, payloads), index["leaves"]))
+    treedef = previous.treedef if index["same_tree"] and previous is not None else index["treedef"]
+    snapshot = Snapshot(raw_nbytes=index["raw"], treedef=treedef, leaves=leaves)
+    if sum(leaf.nbytes for leaf in leaves) != snapshot.raw_nbytes:
+        raise CorruptCheckpoint("decoded leaves do not add up to the recorded size")
+    return snapshot
+
+
+def _read_part(part: tuple[bytes, str], entry: tuple[int, int, str], number: int) -> Any:
+    data, codec = part
+    crc, raw_size, recorded = entry
+    if codec != recorded:
+        raise CorruptCheckpoint(f"part {number}: codec {codec!r}, index says {recorded!r}")
+    if zlib.crc32(data) != crc:
+        raise CorruptCheckpoint(f"part {number} failed its CRC-32 check")
+    return _compress.decompress(data, codec, raw_size=raw_size)
+
+
+def _payload(ref: Any, payloads: list[Any]) -> np.ndarray:
+    if isinstance(ref, bytes):
+        return np.frombuffer(ref, dtype=np.uint8)
+    first, count, size = ref
+    chunks = payloads[first - 1:first - 1 + count]
+    if len(chunks) != count or count < 1:
+        raise CorruptCheckpoint("leaf refers to parts that do not exist")
+    if count == 1:
+        out = np.frombuffer(chunks[0], dtype=np.uint8)
+    else:
+        out = np.concatenate([np.frombuffer(c, dtype=np.uint8) for c in chunks])
+    if out.nbytes != size:
+        raise CorruptCheckpoint("leaf payload has the wrong size")
+    return out
+
+
+def _previous(before: dict[str, Leaf], path: str, kind: str) -> Leaf:
+    old = before.get(path)
+    if old is None or old.kind != kind:
+        raise CorruptCheckpoint(f"delta for {path!r} has no matching leaf in the previous snapshot")
+    return old
+
+
+def _apply(record: tuple[Any, ...], before: dict[str, Leaf], payloads: list[Any]) -> Leaf:
+    path, kind, meta, op, ref, extra = record
+    if kind == ARRAY:
+        data = _apply_array(path, meta, op, ref, extra, before, payloads)
+        if data.nbytes != meta["nbytes"]:
+            raise CorruptCheckpoint(f"leaf {path!r} decoded to the wrong size")
+        return Leaf(path, kind, meta, data)
+    if op == "same":
+        return Leaf(path, kind, meta, _previous(before, path, kind).data)
+    if op == "full":
+        data = bytes(_payload(ref, payloads)) if kind == "pickle" and not isinstance(ref, bytes) else ref
+        return Leaf(path, kind, meta, data)
+    old = _previous(before, path, kind).data
+    if op == "tail":
+        prefix, tail = ref
+        return Leaf(path, kind, meta, tuple(old[:prefix]) + tuple(tail))
+    if op == "items":
+        items = list(old)
+        for i, value in ref:
+            items[i] = value
+        return Leaf(path, kind, meta, tuple(items))
+    if op == "keys":
+        return Leaf(path, kind, meta, _apply_keys(old, *ref))
+    raise CorruptCheckpoint(f"unknown operation {op!r} for {path!r}")
+
+
+def _apply_keys(old: tuple[tuple[bytes, bytes], ...], changed: Any, removed: Any, order: Any) -> tuple[Any, ...]:
+    values = dict(old)
+    for key in removed:
+        del values[key]
+    added = [k for k, _ in changed if k not in values]
+    values.update(changed)
+    if order is None:
+        order = _dict_order(old, set(values), added)
+    return tuple((k, values[k]) for k in order)
+
+
+def _apply_array(path: str, meta: dict[str, Any], op: str, ref: Any, extra: Any,
+                 before: dict[str, Leaf], payloads: list[Any]) -> np.ndarray:
+    if op == "full":
+        return _payload(ref, payloads) if meta["nbytes"] else np.empty(0, np.uint8)
+    old = _previous(before, path, ARRAY).data
+    if op == "same":
+        return old
+    if op == "xor":
+        delta = _payload(ref, payloads)
+        if delta.nbytes != old.nbytes:
+            raise CorruptCheckpoint(f"xor delta for {path!r} has the wrong size")
+        return _xor(old, delta)
+    if op == "rows":
+        rows = np.frombuffer(extra, dtype="<i8")
+        nrows = meta["shape"][0]
+        if rows.size and (rows.min() < 0 or rows.max() >= nrows):
+            raise CorruptCheckpoint(f"row index out of range for {path!r}")
+        row_bytes = meta["nbytes"] // nrows
+        delta = _payload(ref, payloads).reshape(rows.size, row_bytes)
+        out = old.copy().reshape(nrows, row_bytes)
+        out[rows] ^= delta
+        return out.reshape(-1)
+    raise CorruptCheckpoint(f"unknown operation {op!r} for {path!r}")
+
+
+def snapshots_equal(a: Snapshot, b: Snapshot) -> bool:
+    """Bit-exact comparison: tree, leaf paths, kinds, metadata and bytes."""
+    if a.raw_nbytes != b.raw_nbytes or a.treedef != b.treedef or len(a.leaves) != len(b.leaves):
+        return False
+    return all(x.same_content(y) for x, y in zip(a.leaves, b.leaves))

@@ -1,0 +1,243 @@
+"""Turn nested state into ``{path: leaf}`` and back, as pure functions.
+
+Containers that are walked: ``dict`` and ``OrderedDict`` (with plain keys),
+``list``, ``tuple``, namedtuples and dataclass instances. Everything else is a
+leaf. Two rules keep the leaf count proportional to the *structure* of the state
+rather than its size:
+
+* a ``list`` or ``tuple`` that holds no array anywhere below it is one leaf
+  (lists of thousands of small objects are then diffed as one list: see
+  ``_delta``);
+* a ``dict`` that holds no array and whose values are all plain scalars, or
+  that has more than ``MAX_PLAIN_DICT`` entries, is one leaf (diffed by key).
+
+The tree definition (``TreeDef``) is made of tuples, strings and plain keys only,
+so it can be stored and read back without trusting a pickle. Node forms::
+
+    None                              a leaf
+    ("d", keys, children)             dict
+    ("o", keys, children)             collections.OrderedDict
+    ("l", children) / ("t", children) list / tuple
+    ("n", "module:qualname", children)            namedtuple
+    ("c", "module:qualname", names, children)     dataclass instance
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from functools import lru_cache
+from typing import Any
+
+__all__ = ["MAX_PLAIN_DICT", "TreeDef", "flatten", "inflate", "join_path", "resolve_class"]
+
+TreeDef = Any
+MAX_PLAIN_DICT = 64
+_PLAIN = (type(None), bool, int, float, complex, str, bytes)
+_KEY_TYPES = (type(None), bool, int, float, str, bytes)
+
+
+def _identity(obj: object) -> object:
+    return obj
+
+
+def _never(obj: object) -> bool:
+    return False
+
+
+def _escape(key: object) -> str:
+    if isinstance(key, str):
+        return key.replace("~", "~0").replace("/", "~1").replace("#", "~2")
+    return "#" + repr(key)
+
+
+def join_path(parent: str, key: object) -> str:
+    """Path of ``key`` under ``parent``; string keys are escaped so paths are unique."""
+    part = _escape(key)
+    return part if parent == "" else f"{parent}/{part}"
+
+
+def _plain_key(key: object) -> bool:
+    if type(key) is tuple:
+        return all(_plain_key(k) for k in key)
+    return type(key) in _KEY_TYPES
+
+
+def _class_ref(cls: type) -> str | None:
+    ref = f"{cls.__module__}:{cls.__qualname__}"
+    try:
+        return ref if resolve_class(ref) is cls else None
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+@lru_cache(maxsize=1024)
+def resolve_class(ref: str) -> type:
+    """Import the class named ``module:qualname``."""
+    module, _, qualname = ref.partition(":")
+    if not qualname or "<" in qualname:
+        raise ValueError(f"class reference {ref!r} cannot be imported")
+    obj: Any = importlib.import_module(module)
+    for name in qualname.split("."):
+        obj = getattr(obj, name)
+    if not isinstance(obj, type):
+        raise ValueError(f"{ref!r} is not a class")
+    return obj
+
+
+def _is_namedtuple(obj: object) -> bool:
+    return isinstance(obj, tuple) and type(obj) is not tuple and hasattr(type(obj), "_fields")
+
+
+def _dataclass_names(obj: object) -> tuple[str, ...] | None:
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        return None
+    names = tuple(f.name for f in dataclasses.fields(obj))
+    extra = getattr(obj, "__dict__", None)
+    if extra is not None and set(extra) != set(names):
+        return None  # attributes outside the declared fields: keep it whole
+    return names
+
+
+class _Walker:
+    """One flatten call: conversion hook, array predicate, memo and cycle guard."""
+
+    def __init__(self, convert: Callable[[object], object], is_array: Callable[[object], bool]):
+        self.convert = convert
+        self.is_array = is_array
+        self.memo: dict[int, bool] = {}
+        self.leaves: dict[str, object] = {}
+        self.stack: set[int] = set()
+
+    def has_array(self, obj: object) -> bool:
+        if type(obj) in _PLAIN:
+            return False
+        key = id(obj)
+        if key in self.memo:
+            return self.memo[key]
+        self.memo[key] = False  # cycle guard: a node being examined counts as array-free
+        found = self._examine(obj)
+        self.memo[key] = found
+        return found
+
+    def _examine(self, obj: object) -> bool:
+        converted = self.convert(obj)
+        if converted is not obj:
+            return True
+        if self.is_array(obj):
+            return True
+        if isinstance(obj, Mapping):
+            return any(self.has_array(v) for v in obj.values())
+        if isinstance(obj, (list, tuple)):
+            return any(self.has_array(v) for v in obj)
+        names = _dataclass_names(obj)
+        return names is not None and any(self.has_array(getattr(obj, n)) for n in names)
+
+    def walk(self, obj: object, path: str) -> TreeDef:
+        converted = self.convert(obj)
+        if converted is not obj:
+            return self.walk(converted, path)
+        if type(obj) in _PLAIN or self.is_array(obj):
+            return self._leaf(obj, path)
+        node = id(obj)
+        if node in self.stack:
+            raise ValueError(f"cyclic reference at {path or '<root>'!r}")
+        self.stack.add(node)
+        try:
+            return self._container(obj, path)
+        finally:
+            self.stack.discard(node)
+
+    def _leaf(self, obj: object, path: str) -> TreeDef:
+        self.leaves[path] = obj
+        return None
+
+    def _children(self, items: Iterator[tuple[object, object]], path: str) -> tuple[TreeDef, ...]:
+        return tuple(self.walk(v, join_path(path, k)) for k, v in items)
+
+    def _container(self, obj: object, path: str) -> TreeDef:
+        kind = type(obj)
+        if kind is dict or kind is OrderedDict:
+            assert isinstance(obj, dict)
+            if not all(_plain_key(k) for k in obj) or not self._walk_dict(obj):
+                return self._leaf(obj, path)
+            tag = "d" if kind is dict else "o"
+            return (tag, tuple(obj), self._children(iter(obj.items()), path))
+        if kind is list or kind is tuple:
+            assert isinstance(obj, (list, tuple))
+            if not self.has_array(obj):
+                return self._leaf(obj, path)
+            return ("l" if kind is list else "t", self._children(enumerate(obj), path))
+        if _is_namedtuple(obj):
+            ref = _class_ref(kind)
+            if ref is not None:
+                assert isinstance(obj, tuple)
+                return ("n", ref, self._children(zip(kind._fields, obj), path))  # type: ignore[attr-defined]
+        names = _dataclass_names(obj)
+        if names is not None:
+            ref = _class_ref(kind)
+            if ref is not None:
+                items = ((n, getattr(obj, n)) for n in names)
+                return ("c", ref, names, self._children(items, path))
+        return self._leaf(obj, path)
+
+    def _walk_dict(self, obj: dict[Any, Any]) -> bool:
+        if any(self.has_array(v) for v in obj.values()):
+            return True
+        if len(obj) > MAX_PLAIN_DICT:
+            return False
+        return not all(type(v) in _PLAIN for v in obj.values())
+
+
+def flatten(
+    state: object,
+    *,
+    convert: Callable[[object], object] = _identity,
+    is_array: Callable[[object], bool] = _never,
+) -> tuple[TreeDef, dict[str, object]]:
+    """Split ``state`` into a tree definition and ``{path: leaf}`` in traversal order.
+
+    Args:
+        state: the nested state.
+        convert: maps an object to a replacement to walk instead (e.g. a torch module
+            to its ``state_dict()``); returns the object itself when not applicable.
+        is_array: true for objects that are array leaves (never walked into).
+
+    Raises:
+        ValueError: the state contains a reference cycle through walked containers.
+    """
+    walker = _Walker(convert, is_array)
+    treedef = walker.walk(state, "")
+    return treedef, walker.leaves
+
+
+def inflate(treedef: TreeDef, leaves: Mapping[str, object]) -> object:
+    """Rebuild the structure described by ``treedef`` with the given leaves."""
+    return _build(treedef, leaves, "")
+
+
+def _build(node: TreeDef, leaves: Mapping[str, object], path: str) -> object:
+    if node is None:
+        return leaves[path]
+    tag = node[0]
+    if tag in ("d", "o"):
+        _, keys, children = node
+        pairs = ((k, _build(c, leaves, join_path(path, k))) for k, c in zip(keys, children))
+        return dict(pairs) if tag == "d" else OrderedDict(pairs)
+    if tag in ("l", "t"):
+        values = [_build(c, leaves, join_path(path, i)) for i, c in enumerate(node[1])]
+        return values if tag == "l" else tuple(values)
+    if tag == "n":
+        cls = resolve_class(node[1])
+        names = cls._fields  # type: ignore[attr-defined]
+        return cls(*(_build(c, leaves, join_path(path, n)) for n, c in zip(names, node[2])))
+    if tag == "c":
+        _, ref, names, children = node
+        cls = resolve_class(ref)
+        obj = cls.__new__(cls)
+        for name, child in zip(names, children):
+            object.__setattr__(obj, name, _build(child, leaves, join_path(path, name)))
+        return obj
+    raise ValueError(f"unknown tree node {tag!r}")

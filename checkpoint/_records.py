@@ -1,0 +1,114 @@
+"""Frozen records the checkpoint manager hands out, and the compaction policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._snapshot import Snapshot
+
+__all__ = ["CommitInfo", "ManagerConfig", "PartRef", "Restored", "plan_kind"]
+
+
+@dataclass(frozen=True)
+class ManagerConfig:
+    """Tunables of a :class:`CheckpointManager`.
+
+    Attributes:
+        db_size_limit: blobs smaller than this many bytes are stored in SQL,
+            the others in the object store.
+        max_deltas_per_base: after this many deltas the next checkpoint is a base.
+        compression: codec choice passed to the encoder (auto, gzip, zstd, none).
+        orphan_grace_seconds: unreferenced blobs younger than this are kept.
+        key_prefix: first component of every blob key.
+    """
+
+    db_size_limit: int = 1 << 20
+    max_deltas_per_base: int = 50
+    compression: str = "auto"
+    orphan_grace_seconds: float = 3600.0
+    key_prefix: str = "ckpt"
+
+
+@dataclass(frozen=True)
+class PartRef:
+    """One stored blob of a checkpoint, as recorded in the manifest."""
+
+    key: str
+    tier: str  # "sql" | "object"
+    size: int
+    raw_size: int
+    sha256: str
+    codec: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "tier": self.tier, "size": self.size,
+                "raw_size": self.raw_size, "sha256": self.sha256, "codec": self.codec}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PartRef:
+        return cls(str(d["key"]), str(d["tier"]), int(d["size"]), int(d["raw_size"]),
+                   str(d["sha256"]), str(d["codec"]))
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    """A committed checkpoint."""
+
+    task_id: str
+    job_id: str
+    seq: int
+    epoch: int
+    kind: str  # "base" | "delta"
+    base_seq: int
+    raw_bytes: int
+    stored_bytes: int
+    parts: tuple[PartRef, ...]
+    created_at: datetime
+    progress_percent: float | None
+
+    @property
+    def tiers(self) -> tuple[str, ...]:
+        return tuple(p.tier for p in self.parts)
+
+    def ref(self) -> dict[str, Any]:
+        """A small JSON-able reference (for heartbeats and logs)."""
+        return {"task_id": self.task_id, "seq": self.seq, "epoch": self.epoch, "kind": self.kind,
+                "progress_percent": self.progress_percent,
+                "checkpoint_at": self.created_at.isoformat(), "bytes": self.stored_bytes,
+                "stored_in": sorted(set(self.tiers))}
+
+
+@dataclass
+class Restored:
+    """The state rebuilt from the newest consistent checkpoint of a task."""
+
+    snapshot: Snapshot
+    task_id: str
+    job_id: str
+    seq: int
+    base_seq: int
+    epoch: int
+    created_at: datetime
+    age_seconds: float
+    truncated: bool
+    progress_percent: float | None
+    chain: tuple[int, ...] = field(default=())  # seqs applied, base first
+
+    @cached_property
+    def state(self) -> Any:
+        """The restored user state (``snapshot.to_state()``)."""
+        return self.snapshot.to_state()
+
+
+def plan_kind(*, has_previous: bool, deltas_since_base: int, delta_bytes_since_base: int,
+              base_bytes: int, max_deltas_per_base: int) -> str:
+    """``"base"`` or ``"delta"`` for the next checkpoint (DESIGN.md §3, compaction)."""
+    if not has_previous or deltas_since_base >= max_deltas_per_base:
+        return "base"
+    if delta_bytes_since_base > base_bytes:
+        return "base"
+    return "delta"

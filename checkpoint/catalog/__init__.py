@@ -1,0 +1,45 @@
+"""The checkpoint catalog: models, engines and data functions."""
+
+from __future__ import annotations
+
+from ._data import (
+    begin_attempt,
+    chain_rows,
+    clear_chain,
+    commit_checkpoint,
+    delete_checkpoints,
+    ensure_task,
+    get_task,
+    job_tasks,
+    referenced_keys,
+    request_force,
+    set_status,
+    take_force,
+)
+from ._engine import create_engine_for, read_engine
+from ._migrate import upgrade_database
+from ._models import Base, BlobRow, CheckpointRow, TaskRow, UTCDateTime, utcnow
+
+__all__ = [
+    "Base",
+    "BlobRow",
+    "CheckpointRow",
+    "TaskRow",
+    "UTCDateTime",
+    "begin_attempt",
+    "chain_rows",
+    "clear_chain",
+    "commit_checkpoint",
+    "create_engine_for",
+    "delete_checkpoints",
+    "ensure_task",
+    "get_task",
+    "job_tasks",
+    "read_engine",
+    "referenced_keys",
+    "request_force",
+    "set_status",
+    "take_force",
+    "upgrade_database",
+    "utcnow",
+]

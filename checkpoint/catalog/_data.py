@@ -1,0 +1,148 @@
+"""Data functions over the catalog. Each takes a Session; the caller owns the
+transaction (``with Session(engine) as s, s.begin(): ...``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..errors import Fenced
+from ._models import CheckpointRow, TaskRow, utcnow
+
+__all__ = [
+    "begin_attempt",
+    "chain_rows",
+    "clear_chain",
+    "commit_checkpoint",
+    "delete_checkpoints",
+    "ensure_task",
+    "get_task",
+    "job_tasks",
+    "referenced_keys",
+    "request_force",
+    "set_status",
+    "take_force",
+]
+
+
+def get_task(s: Session, task_id: str) -> TaskRow | None:
+    return s.get(TaskRow, task_id)
+
+
+def ensure_task(s: Session, job_id: str, task_id: str) -> TaskRow:
+    """The task's row, inserted first if missing (safe against a concurrent insert)."""
+    row = s.get(TaskRow, task_id)
+    if row is not None:
+        return row
+    try:
+        with s.begin_nested():
+            row = TaskRow(task_id=task_id, job_id=job_id, epoch=0, attempt=0, head_seq=0,
+                          checkpoint_count=0, delta_checkpoints=[], status="pending")
+            s.add(row)
+    except IntegrityError:
+        row = s.get(TaskRow, task_id, populate_existing=True)
+        assert row is not None
+    return row
+
+
+def begin_attempt(s: Session, job_id: str, task_id: str, attempt: int) -> int:
+    """Take a new fencing epoch for the task and return it."""
+    ensure_task(s, job_id, task_id)
+    epoch = s.execute(
+        update(TaskRow)
+        .where(TaskRow.task_id == task_id)
+        .values(epoch=TaskRow.epoch + 1, attempt=attempt, status="running", updated_at=utcnow())
+        .returning(TaskRow.epoch)
+    ).scalar_one()
+    return int(epoch)
+
+
+def commit_checkpoint(s: Session, row: CheckpointRow, summary: dict[str, Any]) -> None:
+    """Insert ``row`` if ``row.epoch`` still owns the task, else raise Fenced.
+
+    The guarded UPDATE comes first so that on PostgreSQL it takes the task's
+    row lock and a concurrent ``begin_attempt`` is serialised against it.
+    """
+    values: dict[str, Any] = {
+        "head_seq": row.seq,
+        "checkpoint_count": TaskRow.checkpoint_count + 1,
+        "last_checkpoint_at": row.created_at,
+        "updated_at": utcnow(),
+        **summary,
+    }
+    if row.progress_percent is not None:
+        values["progress_percent"] = row.progress_percent
+    result = s.execute(
+        update(TaskRow)
+        .where(TaskRow.task_id == row.task_id, TaskRow.epoch == row.epoch, TaskRow.head_seq < row.seq)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        raise Fenced(
+            f"CheckpointManager: commit of task {row.task_id!r} seq {row.seq} rejected: "
+            f"epoch {row.epoch} is no longer current"
+        )
+    s.add(row)
+    s.flush()
+
+
+def chain_rows(s: Session, task_id: str) -> list[CheckpointRow]:
+    """Every committed checkpoint of the task, oldest first."""
+    return list(s.scalars(select(CheckpointRow).where(CheckpointRow.task_id == task_id)
+                          .order_by(CheckpointRow.seq)))
+
+
+def delete_checkpoints(s: Session, task_id: str, seqs: Iterable[int]) -> None:
+    seqs = list(seqs)
+    if seqs:
+        s.execute(delete(CheckpointRow).where(CheckpointRow.task_id == task_id,
+                                              CheckpointRow.seq.in_(seqs)))
+
+
+def clear_chain(s: Session, task_id: str) -> None:
+    """Forget the task's chain; the summary counters stay."""
+    s.execute(update(TaskRow).where(TaskRow.task_id == task_id)
+              .values(base_checkpoint=None, delta_checkpoints=[], checkpoint_storage_path=None,
+                      updated_at=utcnow()))
+
+
+def job_tasks(s: Session, job_id: str) -> Sequence[TaskRow]:
+    return s.scalars(select(TaskRow).where(TaskRow.job_id == job_id).order_by(TaskRow.task_id)).all()
+
+
+def referenced_keys(s: Session) -> set[str]:
+    """Every blob key that a committed checkpoint row names."""
+    keys: set[str] = set()
+    for parts in s.scalars(select(CheckpointRow.parts)):
+        keys.update(p["key"] for p in parts)
+    return keys
+
+
+def set_status(s: Session, task_id: str, status: str) -> bool:
+    result = s.execute(update(TaskRow).where(TaskRow.task_id == task_id)
+                       .values(status=status, updated_at=utcnow()))
+    return result.rowcount == 1
+
+
+def request_force(s: Session, task_id: str, now: datetime) -> bool | None:
+    """Record a force request; False if one is pending, None if the task is unknown."""
+    result = s.execute(update(TaskRow)
+                       .where(TaskRow.task_id == task_id, TaskRow.force_requested_at.is_(None))
+                       .values(force_requested_at=now))
+    if result.rowcount == 1:
+        return True
+    exists = s.scalar(select(func.count()).select_from(TaskRow).where(TaskRow.task_id == task_id))
+    return False if exists else None
+
+
+def take_force(s: Session, task_id: str) -> bool:
+    result = s.execute(update(TaskRow)
+                       .where(TaskRow.task_id == task_id, TaskRow.force_requested_at.is_not(None))
+                       .values(force_requested_at=None))
+    return result.rowcount == 1

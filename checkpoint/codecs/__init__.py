@@ -1,0 +1,83 @@
+"""Framework codecs: recognise array leaves, copy their bytes, rebuild them.
+
+Each framework lives in its own module and imports the framework inside it. A
+framework is only consulted when the process has already imported it (it is in
+``sys.modules``), so a numpy-only worker never imports torch or tensorflow, and
+recognising a leaf never pays for an import.
+
+An array codec works on raw bytes: ``describe`` gives plain metadata (``fw``,
+``dtype``, ``shape``, ``itemsize``, ``nbytes`` plus codec extras), ``copy_into``
+copies the leaf into a flat ``uint8`` host buffer in C order, and ``restore``
+rebuilds an equal object from metadata and bytes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any, Protocol
+
+import numpy as np
+
+from . import generic, numpy_codec
+
+__all__ = ["ArrayCodec", "codec_for", "convert", "find_array_codec", "generic", "is_array"]
+
+
+class ArrayCodec(Protocol):
+    name: str
+
+    def matches(self, obj: object) -> bool: ...
+    def describe(self, obj: Any) -> dict[str, Any]: ...
+    def copy_into(self, obj: Any, out: Any, *, non_blocking: bool = False) -> None: ...
+    def restore(self, meta: dict[str, Any], data: np.ndarray) -> object: ...
+
+
+_MODULES = {"numpy": "numpy_codec", "torch": "torch_codec", "tf": "tf_codec"}
+
+
+def codec_for(name: str) -> Any:
+    """The codec module registered under ``name`` (imports its framework)."""
+    try:
+        module = _MODULES[name]
+    except KeyError:
+        raise ValueError(f"unknown array codec {name!r}") from None
+    return importlib.import_module(f"{__name__}.{module}")
+
+
+def _loaded_codecs() -> list[Any]:
+    found: list[Any] = [numpy_codec]
+    if "torch" in sys.modules:
+        found.append(codec_for("torch"))
+    if "tensorflow" in sys.modules:
+        found.append(codec_for("tf"))
+    return found
+
+
+def find_array_codec(obj: object) -> Any | None:
+    """The codec that stores ``obj`` as raw bytes, or None for a generic leaf."""
+    if type(obj) is np.ndarray:
+        return numpy_codec if numpy_codec.matches(obj) else None
+    for codec in _loaded_codecs():
+        if codec.matches(obj):
+            return codec
+    return None
+
+
+def is_array(obj: object) -> bool:
+    return find_array_codec(obj) is not None
+
+
+def convert(obj: object) -> object:
+    """Replace framework objects by their plain weights; ``obj`` itself otherwise.
+
+    torch modules, optimizers and LR schedulers become their ``state_dict()`` and
+    Keras models their ``get_weights()`` list; restoring yields those structures,
+    which the caller loads with ``load_state_dict`` / ``set_weights``.
+    """
+    kind = generic.framework_kind(type(obj))
+    if kind == "state_dict":
+        return obj.state_dict()  # type: ignore[attr-defined]
+    if kind == "keras_weights":
+        return list(obj.get_weights())  # type: ignore[attr-defined]
+    return obj

@@ -1,0 +1,126 @@
+"""torch tensors as raw bytes: every dtype (bfloat16, float8, complex, bool ...).
+
+Tensors are never passed through ``torch.save``: the bytes of the dense,
+C-ordered values are copied into a host buffer (a ``uint8`` view, so bfloat16 is
+just two bytes per element). CUDA tensors are copied asynchronously into pinned
+memory; the caller synchronizes once after all copies (``synchronize``).
+
+Unchanged tensors are found without reading them: a tensor whose storage,
+layout and version counter (``t._version``) match the previous capture has not
+been written through autograd-visible in-place ops. Writes that bypass the
+counter (``t.data`` tricks, writes through a numpy view) are not seen.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "copy_into", "describe", "matches", "name", "pinned_buffer", "restore",
+    "synchronize", "unchanged", "version_token",
+]
+
+name = "torch"
+
+
+def matches(obj: object) -> bool:
+    return (
+        isinstance(obj, torch.Tensor)
+        and obj.layout == torch.strided
+        and not obj.is_quantized
+        and not obj.is_meta
+        and type(obj) in (torch.Tensor, torch.nn.Parameter)
+    )
+
+
+def describe(t: torch.Tensor) -> dict[str, Any]:
+    itemsize = t.element_size()
+    return {
+        "fw": name,
+        "dtype": str(t.dtype).removeprefix("torch."),
+        "shape": tuple(int(s) for s in t.shape),
+        "itemsize": itemsize,
+        "nbytes": t.numel() * itemsize,
+        "device": str(t.device),
+        "grad": bool(t.requires_grad),
+        "param": isinstance(t, torch.nn.Parameter),
+    }
+
+
+def needs_pinned(t: torch.Tensor) -> bool:
+    return t.device.type == "cuda" and torch.cuda.is_available()
+
+
+def pinned_buffer(nbytes: int) -> tuple[torch.Tensor, np.ndarray]:
+    """A page-locked host buffer and a numpy view of it."""
+    holder = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    return holder, holder.numpy()
+
+
+def copy_into(t: torch.Tensor, out: Any, *, non_blocking: bool = False) -> None:
+    if t.numel() == 0:
+        return
+    src = t.detach()
+    if src.is_conj():
+        src = src.resolve_conj()
+    if src.is_neg():
+        src = src.resolve_neg()
+    dst = out if isinstance(out, torch.Tensor) else torch.from_numpy(out)
+    dst.view(t.dtype).view(t.shape).copy_(src, non_blocking=non_blocking)
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def version_token(t: torch.Tensor) -> tuple[Any, ...] | None:
+    """What identifies the tensor's current contents; None when it cannot be tracked."""
+    if t.numel() == 0:
+        return None
+    try:
+        version = t._version
+    except RuntimeError:  # inference tensors have no version counter
+        return None
+    storage = t.untyped_storage()
+    # The storage object is kept alive by the token, so its address cannot be
+    # reused by another tensor while the token exists.
+    return (storage, storage.data_ptr(), storage.nbytes(), t.storage_offset(), tuple(t.stride()), version)
+
+
+def unchanged(t: torch.Tensor, token: tuple[Any, ...] | None) -> bool:
+    current = version_token(t)
+    return token is not None and current is not None and current[1:] == token[1:]
+
+
+def _device_available(device: str) -> bool:
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return True
+    if dev.type == "cuda":
+        return torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count()
+    if dev.type == "mps":
+        return bool(torch.backends.mps.is_available())
+    return False
+
+
+def restore(meta: dict[str, Any], data: np.ndarray) -> torch.Tensor:
+    dtype = getattr(torch, meta["dtype"])
+    t = torch.empty(tuple(meta["shape"]), dtype=dtype)
+    if meta["nbytes"]:
+        t.reshape(-1).view(torch.uint8).numpy()[:] = np.frombuffer(data, np.uint8, count=meta["nbytes"])
+    device = meta.get("device", "cpu")
+    if device != "cpu":
+        if _device_available(device):
+            t = t.to(device)
+        else:
+            warnings.warn(f"tensor was on {device}, which is not available here: restored on CPU", stacklevel=2)
+    if meta.get("param"):
+        return torch.nn.Parameter(t, requires_grad=meta["grad"])
+    if meta.get("grad"):
+        t.requires_grad_(True)
+    return t

@@ -1,0 +1,87 @@
+"""The blob store interface every storage adapter implements.
+
+Call order, as the checkpoint manager uses it:
+
+1. ``put(key, data)`` exactly once per key. Keys are create-only: a second put
+   of the same key raises :class:`BlobExists` and leaves the first value intact.
+   A put is atomic: a reader sees the whole blob or no blob.
+2. ``exists(key)`` to verify a write, then ``get(key)`` any number of times.
+   ``get`` of a missing key raises :class:`BlobNotFound`.
+3. ``delete(key)`` once the catalog no longer refers to the key; deleting a
+   missing key is not an error.
+4. ``scan(prefix)`` / ``list(prefix)`` at any time (cleanup and the orphan
+   sweeper); they report only complete blobs.
+
+Keys are ``/``-separated relative paths whose components are non-empty and
+never ``.`` or ``..``; adapters check this with :func:`check_key`. Backend
+errors are translated into :mod:`checkpoint.errors` types.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from ..errors import InvalidId
+
+__all__ = ["BlobInfo", "BlobStore", "check_key"]
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """A stored blob as listed by :meth:`BlobStore.scan`."""
+
+    key: str
+    size: int
+    modified_at: datetime  # timezone-aware UTC
+
+
+def check_key(key: str) -> str:
+    """Raise :class:`InvalidId` unless ``key`` is a safe relative key."""
+    if not isinstance(key, str) or not key or len(key) > 1024:
+        raise InvalidId(f"invalid blob key {key!r}")
+    if "\x00" in key or "\\" in key:
+        raise InvalidId(f"blob key {key!r} contains a forbidden character")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise InvalidId(f"blob key {key!r} has an empty, '.' or '..' component")
+    return key
+
+
+class BlobStore(ABC):
+    """Create-only key/value storage for checkpoint blobs (see module docstring)."""
+
+    #: how the manifest names the tier this store backs ("sql" or "object")
+    tier: str = "object"
+
+    @abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` under a new ``key``; :class:`BlobExists` if taken."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """Return the blob; :class:`BlobNotFound` if missing."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether a complete blob is stored under ``key``."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key`` if present."""
+
+    @abstractmethod
+    def scan(self, prefix: str = "") -> Iterator[BlobInfo]:
+        """Yield every complete blob whose key starts with ``prefix``."""
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Sorted keys starting with ``prefix``."""
+        return sorted(info.key for info in self.scan(prefix))
+
+    def describe(self, key: str) -> str:
+        """Where ``key`` lives, for humans (a path or URL)."""
+        return key
+
+    def close(self) -> None:
+        """Release connections; the default has none."""

@@ -1,0 +1,130 @@
+"""Blob store in a local directory: atomic, durable, create-only files.
+
+A put writes a hidden temp file in the target directory, fsyncs it, links it
+into place (``os.link`` fails if the name exists, which makes the put
+create-only even between processes), removes the temp name and fsyncs the
+directory. Readers therefore never see a partial blob.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ..errors import BlobExists, BlobNotFound, StorageError, StorageUnavailable
+from ._base import BlobInfo, BlobStore, check_key
+
+__all__ = ["FsStore"]
+
+_TMP = ".tmp-"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FsStore(BlobStore):
+    """Blobs as files under ``root``; the key is the relative path."""
+
+    tier = "object"
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable(f"CheckpointManager: cannot create {self.root}: {exc}") from exc
+
+    def _path(self, key: str) -> Path:
+        path = self.root.joinpath(*check_key(key).split("/"))
+        if self.root not in path.parents:  # belt and braces: check_key already forbids '..'
+            raise StorageError(f"blob key {key!r} escapes {self.root}")
+        return path
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        for _ in range(5):  # a concurrent delete may remove the empty parent directory
+            try:
+                self._put_once(path, data)
+                return
+            except FileNotFoundError:
+                continue
+            except FileExistsError:
+                raise BlobExists(f"CheckpointManager: blob {key!r} already exists") from None
+            except OSError as exc:
+                raise StorageUnavailable(f"CheckpointManager: writing {path} failed: {exc}") from exc
+        raise StorageUnavailable(f"CheckpointManager: writing {path} kept racing a delete")
+
+    def _put_once(self, path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, "exists", str(path))
+        tmp = path.with_name(f"{_TMP}{uuid.uuid4().hex}")
+        try:
+            with open(tmp, "xb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
+                    raise
+                os.rename(tmp, path)  # filesystems without hard links
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob {key!r} not found at {path}") from None
+        except OSError as exc:
+            raise StorageUnavailable(f"CheckpointManager: reading {path} failed: {exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable(f"CheckpointManager: deleting {path} failed: {exc}") from exc
+        parent = path.parent
+        while parent != self.root:  # drop directories left empty
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+
+    def scan(self, prefix: str = "") -> Iterator[BlobInfo]:
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(_TMP):
+                    continue
+                full = Path(dirpath, name)
+                key = full.relative_to(self.root).as_posix()
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    st = full.stat()
+                except FileNotFoundError:
+                    continue
+                yield BlobInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+
+    def describe(self, key: str) -> str:
+        return str(self._path(key))

@@ -1,0 +1,53 @@
+"""Shared helpers for the checkpoint tests (states, raw catalog queries)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from checkpoint import CheckpointManager
+from checkpoint.catalog import BlobRow, CheckpointRow, TaskRow
+
+
+def make_state(seed: int = 0, arrays: int = 8, size: int = 2048) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"weights": {f"w{i}": rng.standard_normal(size) for i in range(arrays)},
+            "step": 0, "history": [0.0]}
+
+
+def mutate(state: dict, step: int) -> None:
+    """A small change: one element of one array, the step and a history entry."""
+    w = state["weights"]
+    name = sorted(w)[step % len(w)]
+    w[name][step % w[name].size] += 1.0
+    state["step"] = step
+    state["history"].append(float(step))
+
+
+def states_equal(a: dict, b: dict) -> bool:
+    return (a["step"] == b["step"] and a["history"] == b["history"]
+            and sorted(a["weights"]) == sorted(b["weights"])
+            and all(np.array_equal(a["weights"][k], b["weights"][k]) for k in a["weights"]))
+
+
+def copy_state(state: dict) -> dict:
+    return {"weights": {k: v.copy() for k, v in state["weights"].items()},
+            "step": state["step"], "history": list(state["history"])}
+
+
+def count_rows(manager: CheckpointManager) -> dict[str, int]:
+    with Session(manager.engine) as s:
+        return {name: int(s.scalar(select(func.count()).select_from(model)) or 0)
+                for name, model in (("tasks", TaskRow), ("checkpoints", CheckpointRow),
+                                    ("blobs", BlobRow))}
+
+
+def all_blob_keys(manager: CheckpointManager) -> list[str]:
+    return sorted(manager.blobs.sql.list("") + manager.blobs.objects.list(""))
+
+
+def chain(manager: CheckpointManager, task_id: str) -> list[CheckpointRow]:
+    with Session(manager.engine, expire_on_commit=False) as s:
+        return list(s.scalars(select(CheckpointRow).where(CheckpointRow.task_id == task_id)
+                              .order_by(CheckpointRow.seq)))

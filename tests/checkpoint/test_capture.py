@@ -1,0 +1,153 @@
+"""capture: copies are independent of the caller's state, budgets, errors, pool."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from checkpoint._capture import BufferPool, capture
+from checkpoint._delta import snapshots_equal
+from checkpoint.errors import CaptureError, MemoryBudgetExceeded
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_mutating_after_capture_leaves_snapshot_intact():
+    weights = np.arange(12, dtype=np.float64).reshape(3, 4)
+    history = [{"step": 1}]
+    config = {"lr": 0.1}
+    snap = capture({"w": weights, "history": history, "config": config})
+    weights[:] = -1
+    history[0]["step"] = 99
+    history.append({"step": 2})
+    config["lr"] = 0.5
+    restored = snap.to_state()
+    assert restored["w"].tolist() == np.arange(12, dtype=np.float64).reshape(3, 4).tolist()
+    assert restored["history"] == [{"step": 1}]
+    assert restored["config"] == {"lr": 0.1}
+
+
+def test_restored_arrays_do_not_alias_snapshot_buffers():
+    snap = capture({"w": np.zeros(4)})
+    first = snap.to_state()["w"]
+    first[:] = 7
+    assert snap.to_state()["w"].tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_non_contiguous_and_fortran_arrays():
+    base = np.arange(60, dtype=np.int32).reshape(6, 10)
+    state = {"strided": base[::2, 1::3], "fortran": np.asfortranarray(base), "scalar": np.float16(2.5)}
+    restored = capture(state).to_state()
+    assert restored["strided"].tolist() == base[::2, 1::3].tolist()
+    assert restored["fortran"].tolist() == base.tolist()
+    assert restored["scalar"] == np.float16(2.5)
+    assert type(restored["scalar"]) is np.float16
+
+
+def test_raw_nbytes_counts_arrays_and_pickles():
+    snap = capture({"a": np.zeros(100, dtype=np.float32), "b": np.zeros((2, 3), dtype=np.int8)})
+    assert snap.raw_nbytes == 406
+
+
+def test_memory_budget_is_checked_before_copying():
+    pool = BufferPool()
+    state = {"a": np.zeros(1000, dtype=np.float64)}
+    with pytest.raises(MemoryBudgetExceeded):
+        capture(state, pool=pool, max_bytes=7999)
+    assert pool._live == {}
+    assert capture(state, pool=pool, max_bytes=8000).raw_nbytes == 8000
+
+
+def test_memory_budget_counts_generic_leaves():
+    with pytest.raises(MemoryBudgetExceeded):
+        capture({"a": np.zeros(10), "blob": b"x" * 10_000}, max_bytes=5_000)
+
+
+def test_unpicklable_leaf_raises_capture_error_with_path():
+    state = {"model": {"w": np.zeros(2), "lock": threading.Lock()}}
+    with pytest.raises(CaptureError, match="model/lock"):
+        capture(state)
+
+
+def test_capture_error_is_not_a_budget_error():
+    with pytest.raises(CaptureError) as info:
+        capture({"f": lambda: 1})
+    assert type(info.value) is CaptureError
+
+
+def test_pool_reuses_buffers_after_release():
+    pool = BufferPool()
+    state = {"w": np.ones(1000)}
+    first = capture(state, pool=pool)
+    buffer = first.leaves[0].data
+    pool.release(first)
+    pool.release(first)  # releasing twice is harmless
+    second = capture(state, pool=pool)
+    assert second.leaves[0].data is buffer
+    third = capture(state, pool=pool)
+    assert third.leaves[0].data is not buffer
+
+
+def test_pool_keeps_shared_buffers_until_every_holder_is_released():
+    torch = pytest.importorskip("torch")
+    pool = BufferPool()
+    state = {"t": torch.arange(1000, dtype=torch.float32)}
+    first = capture(state, pool=pool)
+    second = capture(state, previous=first, pool=pool)
+    assert second.leaves[0].unchanged is True
+    assert second.leaves[0].data is first.leaves[0].data
+    pool.release(first)
+    third = capture({"t": torch.zeros(1000)}, pool=pool)
+    assert third.leaves[0].data is not second.leaves[0].data
+    assert second.to_state()["t"].tolist() == list(range(1000))
+    pool.release(second)
+    fourth = capture({"t": torch.zeros(1000)}, pool=pool)
+    assert fourth.leaves[0].data is second.leaves[0].data
+
+
+def test_capture_is_repeatable():
+    state = {"w": np.arange(5), "cfg": {"a": 1}, "xs": [1, 2, 3]}
+    assert snapshots_equal(capture(state), capture(state)) is True
+
+
+BLOCKED = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "tensorflow", "keras", "jax"):
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    import numpy as np
+    from checkpoint._capture import capture
+    from checkpoint._delta import decode, encode, snapshots_equal
+
+    state = {"w": np.arange(10.0), "hist": [1, 2], "cfg": {"a": 1}}
+    base = capture(state)
+    state["w"][3] = 7
+    state["hist"].append(3)
+    current = capture(state, previous=base)
+    parts = encode(base, current)
+    back = decode([(p.data, p.codec) for p in parts], base)
+    assert snapshots_equal(back, current)
+    restored = back.to_state()
+    print(restored["w"].tolist()[3], restored["hist"], sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "tensorflow")))
+    """
+)
+
+
+def test_numpy_only_environment_works_without_torch_or_tensorflow():
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCKED], cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert (result.returncode, result.stderr[-2000:]) == (0, result.stderr[-2000:])
+    assert result.stdout.strip() == "7.0 [1, 2, 3] []"

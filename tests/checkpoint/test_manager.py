@@ -1,0 +1,299 @@
+"""The commit / restore / fencing / compaction protocol of CheckpointManager."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import build_manager
+from helpers import all_blob_keys, chain, copy_state, count_rows, make_state, mutate, states_equal
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+import checkpoint
+from checkpoint import CheckpointManager, ManagerConfig
+from checkpoint._records import plan_kind
+from checkpoint.catalog import CheckpointRow, utcnow
+from checkpoint.errors import Fenced, InvalidId, StorageUnavailable
+from checkpoint.stores import MemoryStore
+
+
+def run_steps(writer, state: dict, steps: range, progress: bool = True) -> list:
+    infos = []
+    for step in steps:
+        mutate(state, step)
+        infos.append(writer.save(writer.capture(state),
+                                 progress_percent=float(step) if progress else None))
+    return infos
+
+
+def test_public_api_is_pinned() -> None:
+    assert checkpoint.__all__ == sorted([
+        "BlobExists", "BlobNotFound", "BlobStore", "BufferPool", "COMPRESSIONS", "CaptureError",
+        "CheckpointError", "CheckpointManager", "CommitInfo", "CorruptCheckpoint", "EncodedPart",
+        "Fenced", "FsStore", "HybridStore", "InvalidId", "ManagerConfig", "MemoryBudgetExceeded",
+        "MemoryStore", "PartRef", "Restored", "S3Store", "Snapshot", "SqlStore", "StaleCheckpoint",
+        "StorageError", "StorageUnavailable", "TaskWriter", "capture", "create_engine_for",
+        "decode", "encode", "encode_id", "open_object_store", "snapshots_equal",
+        "upgrade_database", "validate_id"])
+    for name in checkpoint.__all__:
+        assert getattr(checkpoint, name) is not None
+
+
+def test_save_and_restore_round_trip(manager: CheckpointManager) -> None:
+    epoch = manager.begin_attempt("job", "task-1")
+    assert manager.restore("job", "task-1") is None
+    writer = manager.writer("job", "task-1", epoch)
+    state = make_state()
+    infos = run_steps(writer, state, range(1, 5))
+    assert [i.kind for i in infos] == ["base", "delta", "delta", "delta"]
+    assert [i.seq for i in infos] == [1, 2, 3, 4]
+    assert {i.epoch for i in infos} == {epoch}
+    restored = manager.restore("job", "task-1")
+    assert restored is not None
+    assert (restored.seq, restored.truncated, restored.chain) == (4, False, (1, 2, 3, 4))
+    assert restored.progress_percent == 4.0
+    assert states_equal(restored.state, state)
+
+
+def test_tiers_follow_the_size_limit(manager: CheckpointManager) -> None:
+    epoch = manager.begin_attempt("job", "t")
+    writer = manager.writer("job", "t", epoch)
+    info = run_steps(writer, make_state(), range(1, 3))
+    base, delta = info
+    assert [p.tier for p in base.parts] == ["object" if p.size >= 4096 else "sql"
+                                            for p in base.parts]
+    assert "object" in base.tiers  # 128 KiB of random floats cannot fit under 4 KiB
+    detail = manager.storage_info("t")
+    locations = {b["key"]: b["storage"] for b in detail["blobs"]}
+    for p in base.parts + delta.parts:
+        assert locations[p.key] == ("database" if p.tier == "sql" else "object_store")
+        store = manager.blobs.sql if p.tier == "sql" else manager.blobs.objects
+        assert store.exists(p.key) is True
+
+
+def test_fencing_rejects_the_stale_attempt(manager: CheckpointManager) -> None:
+    e1 = manager.begin_attempt("job", "t", attempt=1)
+    zombie = manager.writer("job", "t", e1)
+    zstate = make_state(1)
+    run_steps(zombie, zstate, range(1, 3))
+    e2 = manager.begin_attempt("job", "t", attempt=2)
+    assert e2 == e1 + 1
+    restored = manager.restore("job", "t")
+    assert restored is not None and restored.seq == 2
+    live = manager.writer("job", "t", e2, restored)
+    state = copy_state(restored.state)
+    run_steps(live, state, range(3, 5))
+    keys_before = all_blob_keys(manager)
+    mutate(zstate, 99)
+    with pytest.raises(Fenced):
+        zombie.save(zombie.capture(zstate))
+    assert all_blob_keys(manager) == keys_before  # nothing of the stale write is visible
+    rows = chain(manager, "t")
+    assert [r.seq for r in rows] == [1, 2, 3, 4]
+    assert [r.epoch for r in rows] == [e1, e1, e2, e2]
+    again = manager.restore("job", "t")
+    assert again is not None and again.seq == 4
+    assert states_equal(again.state, state)
+    assert manager.task_detail("t")["epoch"] == e2
+    assert manager.task_detail("t")["attempt"] == 2
+
+
+def test_compaction_after_max_deltas(manager: CheckpointManager) -> None:
+    epoch = manager.begin_attempt("job", "t")
+    writer = manager.writer("job", "t", epoch)
+    state = make_state(arrays=16)
+    infos = run_steps(writer, state, range(1, 14))  # max_deltas_per_base = 5
+    assert [i.kind for i in infos] == (["base"] + ["delta"] * 5) * 2 + ["base"]
+    rows = chain(manager, "t")
+    assert [(r.seq, r.kind) for r in rows] == [(13, "base")]
+    live = {p.key for p in infos[-1].parts}
+    assert set(all_blob_keys(manager)) == live  # the old chains' blobs are gone
+    restored = manager.restore("job", "t")
+    assert restored is not None and states_equal(restored.state, state)
+    detail = manager.task_detail("t")
+    assert (detail["checkpoint_count"], detail["head_seq"], len(detail["chain"])) == (13, 13, 1)
+
+
+def test_compaction_at_default_fifty(backend, tmp_path: Path) -> None:
+    manager = build_manager(backend, db_size_limit=4096)
+    assert manager.config.max_deltas_per_base == 50
+    epoch = manager.begin_attempt("job", "t")
+    writer = manager.writer("job", "t", epoch)
+    state = make_state(arrays=64, size=512)
+    infos = run_steps(writer, state, range(1, 53), progress=False)
+    assert [i.kind for i in infos] == ["base"] + ["delta"] * 50 + ["base"]
+    assert [r.seq for r in chain(manager, "t")] == [52]
+    restored = manager.restore("job", "t")
+    assert restored is not None and states_equal(restored.state, state)
+
+
+def test_compaction_on_size(manager: CheckpointManager) -> None:
+    epoch = manager.begin_attempt("job", "t")
+    writer = manager.writer("job", "t", epoch)
+    rng = np.random.default_rng(5)
+    state = {"a": rng.standard_normal(4096), "b": rng.standard_normal(64)}
+    infos = []
+    for _ in range(6):
+        state["a"] = rng.standard_normal(4096)  # every delta rewrites most of the base
+        infos.append(writer.save(writer.capture(state)))
+    base_bytes, delta_bytes, deltas = 0, 0, 0
+    for n, info in enumerate(infos):
+        expected = plan_kind(has_previous=n > 0, deltas_since_base=deltas,
+                             delta_bytes_since_base=delta_bytes, base_bytes=base_bytes,
+                             max_deltas_per_base=5)
+        assert info.kind == expected
+        if info.kind == "base":
+            base_bytes, delta_bytes, deltas = info.stored_bytes, 0, 0
+        else:
+            delta_bytes, deltas = delta_bytes + info.stored_bytes, deltas + 1
+    assert [i.kind for i in infos].count("base") >= 2  # size, not count, forced a base
+    assert all(r.seq >= max(i.seq for i in infos if i.kind == "base") for r in chain(manager, "t"))
+    restored = manager.restore("job", "t")
+    assert restored is not None
+    assert np.array_equal(restored.state["a"], state["a"])
+
+
+def test_plan_kind_policy() -> None:
+    kw = dict(deltas_since_base=0, delta_bytes_since_base=0, base_bytes=100, max_deltas_per_base=3)
+    assert plan_kind(has_previous=False, **kw) == "base"
+    assert plan_kind(has_previous=True, **kw) == "delta"
+    assert plan_kind(has_previous=True, **{**kw, "deltas_since_base": 3}) == "base"
+    assert plan_kind(has_previous=True, **{**kw, "delta_bytes_since_base": 100}) == "delta"
+    assert plan_kind(has_previous=True, **{**kw, "delta_bytes_since_base": 101}) == "base"
+
+
+def test_resumed_writer_continues_the_chain(manager: CheckpointManager) -> None:
+    e1 = manager.begin_attempt("job", "t")
+    state = make_state()
+    run_steps(manager.writer("job", "t", e1), state, range(1, 3))
+    e2 = manager.begin_attempt("job", "t", attempt=2)
+    restored = manager.restore("job", "t")
+    writer = manager.writer("job", "t", e2, restored)
+    state = copy_state(restored.state)
+    infos = run_steps(writer, state, range(3, 5))
+    assert [(i.kind, i.base_seq) for i in infos] == [("delta", 1), ("delta", 1)]
+    final = manager.restore("job", "t")
+    assert final.chain == (1, 2, 3, 4) and states_equal(final.state, state)
+
+
+def test_writer_without_restore_starts_a_new_base(manager: CheckpointManager) -> None:
+    e1 = manager.begin_attempt("job", "t")
+    run_steps(manager.writer("job", "t", e1), make_state(), range(1, 3))
+    e2 = manager.begin_attempt("job", "t", attempt=2)
+    info = run_steps(manager.writer("job", "t", e2), make_state(9), range(1, 2))[0]
+    assert (info.kind, info.seq) == ("base", 3)
+    assert [r.seq for r in chain(manager, "t")] == [3]
+
+
+class FlakyStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__("object")
+        self.fail_next = False
+
+    def put(self, key: str, data: bytes) -> None:
+        if self.fail_next:
+            self.fail_next = False
+            raise StorageUnavailable("simulated outage")
+        super().put(key, data)
+
+
+def test_failed_save_keeps_previous(sqlite_engine) -> None:
+    from checkpoint.stores import SqlStore
+
+    flaky = FlakyStore()
+    manager = CheckpointManager(sqlite_engine, SqlStore(sqlite_engine), flaky,
+                                ManagerConfig(db_size_limit=1024))
+    epoch = manager.begin_attempt("job", "t")
+    writer = manager.writer("job", "t", epoch)
+    state = make_state()
+    run_steps(writer, state, range(1, 3))
+    committed = writer.previous
+    flaky.fail_next = True
+    mutate(state, 3)
+    with pytest.raises(StorageUnavailable):
+        writer.save(writer.capture(state), progress_percent=3.0)
+    assert writer.previous is committed
+    mutate(state, 4)
+    info = writer.save(writer.capture(state), progress_percent=4.0)
+    assert (info.kind, info.seq) == ("delta", 4)
+    restored = manager.restore("job", "t")
+    assert restored.chain == (1, 2, 4) and states_equal(restored.state, state)
+    assert manager.task_detail("t")["checkpoint_count"] == 3
+
+
+def test_staleness(manager: CheckpointManager) -> None:
+    epoch = manager.begin_attempt("job", "t")
+    state = make_state()
+    run_steps(manager.writer("job", "t", epoch), state, range(1, 3))
+    with Session(manager.engine) as s, s.begin():
+        s.execute(update(CheckpointRow).values(created_at=utcnow() - timedelta(hours=2)))
+    kept = manager.restore("job", "t", max_age=None)
+    assert kept is not None and kept.age_seconds > 7000 and states_equal(kept.state, state)
+    assert manager.restore("job", "t", max_age=3600.0) is None
+    assert count_rows(manager)["checkpoints"] == 0
+    assert all_blob_keys(manager) == []
+    assert manager.task_detail("t")["checkpoint_count"] == 2  # the summary stays
+
+
+def test_force_requests(manager: CheckpointManager) -> None:
+    manager.begin_attempt("job", "t")
+    assert manager.take_force("t") is False
+    assert manager.request_force("t") is True
+    assert manager.request_force("t") is False
+    assert manager.task_detail("t")["force_requested_at"] is not None
+    assert manager.take_force("t") is True
+    assert manager.take_force("t") is False
+    with pytest.raises(KeyError):
+        manager.request_force("unknown")
+
+
+def test_read_api(manager: CheckpointManager) -> None:
+    for n, task in enumerate(["a", "b", "c"]):
+        epoch = manager.begin_attempt("job", task)
+        if task != "c":
+            run_steps(manager.writer("job", task, epoch), make_state(n), range(1, 3 + n))
+    summary = manager.job_summary("job")
+    assert (summary["job_id"], summary["total_tasks"], summary["tasks_with_checkpoints"],
+            summary["total_checkpoints_taken"]) == ("job", 3, 2, 5)
+    assert summary["average_progress_percent"] == pytest.approx((2.0 + 3.0 + 0.0) / 3)
+    a = summary["tasks"][0]
+    assert (a["task_id"], a["checkpoint_count"], a["progress_percent"]) == ("a", 2, 2.0)
+    assert a["base_checkpoint_size"] > 0 and a["last_checkpoint_at"].endswith("+00:00")
+    detail = manager.task_detail("b")
+    assert [(c["seq"], c["kind"]) for c in detail["chain"]] == [(1, "base"), (2, "delta"),
+                                                                 (3, "delta")]
+    assert all(c["codecs"] for c in detail["chain"])
+    info = manager.storage_info("b")
+    assert info["totals"]["stored_bytes"] == sum(c["stored_bytes"] for c in detail["chain"])
+    assert info["totals"]["blob_count"] == len(info["blobs"])
+    with pytest.raises(KeyError):
+        manager.job_summary("nope")
+    with pytest.raises(KeyError):
+        manager.task_detail("nope")
+    with pytest.raises(InvalidId):
+        manager.task_detail("x" * 300)
+
+
+def test_from_urls_sqlite_and_files(tmp_path: Path) -> None:
+    m = CheckpointManager.from_urls(f"sqlite:///{tmp_path}/c.db", f"file://{tmp_path}/blobs",
+                                    config=ManagerConfig(db_size_limit=1000))
+    epoch = m.begin_attempt("j", "t")
+    state = make_state()
+    run_steps(m.writer("j", "t", epoch), state, range(1, 3))
+    assert states_equal(m.restore("j", "t").state, state)
+    assert any(p.is_file() for p in (tmp_path / "blobs").rglob("*"))
+    m.close()
+
+
+def test_from_urls_postgres_and_s3(pg_engine, pg_url: str, moto_url: str, s3_store) -> None:
+    m = CheckpointManager.from_urls(pg_url, "s3://ckpt-bucket/other", s3_endpoint_url=moto_url,
+                                    config=ManagerConfig(db_size_limit=1000))
+    epoch = m.begin_attempt("j", "t")
+    state = make_state()
+    run_steps(m.writer("j", "t", epoch), state, range(1, 3))
+    assert states_equal(m.restore("j", "t").state, state)
+    assert m.blobs.objects.list("ckpt/") != []
+    m.close()

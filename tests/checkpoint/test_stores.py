@@ -1,0 +1,217 @@
+"""One contract suite for every blob store, plus adapter-specific behaviour."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import STORE_KINDS, make_store
+
+from checkpoint._ids import blob_key, encode_id, validate_id
+from checkpoint.errors import BlobExists, BlobNotFound, InvalidId, StorageError
+from checkpoint.stores import BlobStore, FsStore, HybridStore, MemoryStore, open_object_store
+from checkpoint.stores.s3 import S3Store
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
+    return make_store(request.param, request, tmp_path)
+
+
+class TestBlobStoreContract:
+    def test_put_get_exists(self, store: BlobStore) -> None:
+        data = bytes(range(256)) * 3
+        assert store.exists("a/b/c") is False
+        store.put("a/b/c", data)
+        assert store.exists("a/b/c") is True
+        assert store.get("a/b/c") == data
+
+    def test_empty_blob(self, store: BlobStore) -> None:
+        store.put("k/empty", b"")
+        assert store.get("k/empty") == b""
+        assert store.exists("k/empty") is True
+
+    def test_put_is_create_only(self, store: BlobStore) -> None:
+        store.put("k/once", b"first")
+        with pytest.raises(BlobExists):
+            store.put("k/once", b"second")
+        assert store.get("k/once") == b"first"
+
+    def test_get_missing_raises(self, store: BlobStore) -> None:
+        with pytest.raises(BlobNotFound):
+            store.get("no/such/key")
+
+    def test_delete_and_delete_missing(self, store: BlobStore) -> None:
+        store.put("d/x", b"1")
+        store.delete("d/x")
+        assert store.exists("d/x") is False
+        store.delete("d/x")
+        with pytest.raises(BlobNotFound):
+            store.get("d/x")
+        store.put("d/x", b"again")  # a deleted key may be written anew
+        assert store.get("d/x") == b"again"
+
+    def test_list_by_prefix(self, store: BlobStore) -> None:
+        for key in ["p/a%2Fb/1", "p/a%2Fb/2", "p/aXb/1", "p/a_b/1", "q/1"]:
+            store.put(key, key.encode())
+        assert store.list("p/a%2Fb/") == ["p/a%2Fb/1", "p/a%2Fb/2"]
+        assert store.list("p/a_b/") == ["p/a_b/1"]
+        assert store.list("p/") == ["p/a%2Fb/1", "p/a%2Fb/2", "p/aXb/1", "p/a_b/1"]
+        assert store.list("zzz/") == []
+
+    def test_scan_reports_size_and_time(self, store: BlobStore) -> None:
+        before = datetime.now(UTC) - timedelta(seconds=5)
+        store.put("s/one", b"12345")
+        [info] = list(store.scan("s/"))
+        assert (info.key, info.size) == ("s/one", 5)
+        assert before <= info.modified_at <= datetime.now(UTC) + timedelta(seconds=5)
+
+    @pytest.mark.parametrize("key", ["../x", "/abs", "a//b", "a/./b", "a/\x00", "", "a/.."])
+    def test_unsafe_keys_rejected(self, store: BlobStore, key: str) -> None:
+        with pytest.raises(InvalidId):
+            store.put(key, b"x")
+
+    def test_large_blob_round_trip(self, store: BlobStore) -> None:
+        data = (bytes(range(251)) * 40_000)[: 9 * (1 << 20) + 17]  # above the multipart size
+        store.put("big/1", data)
+        assert store.get("big/1") == data
+        with pytest.raises(BlobExists):
+            store.put("big/1", data[:100])
+        assert store.get("big/1") == data
+
+    def test_concurrent_create_only(self, store: BlobStore) -> None:
+        outcomes: list[str] = []
+        barrier = threading.Barrier(4)
+
+        def attempt(i: int) -> None:
+            barrier.wait()
+            try:
+                store.put("race/key", f"writer{i}".encode())
+                outcomes.append("ok")
+            except BlobExists:
+                outcomes.append("exists")
+
+        threads = [threading.Thread(target=attempt, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(outcomes) == ["exists", "exists", "exists", "ok"]
+        assert store.get("race/key") in {f"writer{i}".encode() for i in range(4)}
+
+
+# --- filesystem --------------------------------------------------------------------------
+
+def test_fs_leaves_no_temp_files_and_prunes_dirs(tmp_path: Path) -> None:
+    store = FsStore(tmp_path / "root")
+    store.put("j/t/e1/s1/p0", b"abc")
+    assert [p.name for p in (tmp_path / "root/j/t/e1/s1").iterdir()] == ["p0"]
+    store.delete("j/t/e1/s1/p0")
+    assert list((tmp_path / "root").iterdir()) == []
+
+
+def test_fs_hostile_ids_stay_inside_root(tmp_path: Path) -> None:
+    store = FsStore(tmp_path / "root")
+    key = blob_key("ckpt", "../../etc", "..%2F..%2Fpasswd", 1, 1, 0)
+    store.put(key, b"x")
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) == 1
+    assert (tmp_path / "root") in files[0].parents
+    assert store.get(key) == b"x"
+
+
+# --- ids ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["..", "../x", "a/b", "%2F", "ü/ß", ".", "a\\b", " x "])
+def test_encoded_ids_are_single_safe_components(value: str) -> None:
+    enc = encode_id(value)
+    assert "/" not in enc and "." not in enc and "\\" not in enc
+    from urllib.parse import unquote
+    assert unquote(enc) == value
+
+
+@pytest.mark.parametrize("value", ["", "x" * 256, "a\x00b", None, 7])
+def test_invalid_ids(value: object) -> None:
+    with pytest.raises(InvalidId):
+        validate_id(value)
+
+
+def test_longest_id_is_accepted() -> None:
+    assert validate_id("x" * 255) == "x" * 255
+
+
+def test_blob_key_layout() -> None:
+    assert blob_key("ckpt", "job 1", "t/2", 3, 4, 5) == "ckpt/job%201/t%2F2/e3/s4/p5"
+
+
+# --- hybrid routing --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size,tier", [(0, "sql"), (999, "sql"), (1000, "object"), (5000, "object")])
+def test_hybrid_routes_by_size(size: int, tier: str) -> None:
+    sql, objects = MemoryStore("sql"), MemoryStore("object")
+    hybrid = HybridStore(sql, objects, db_size_limit=1000)
+    assert hybrid.put_routed("k", b"x" * size) == tier
+    assert (sql.exists("k"), objects.exists("k")) == (tier == "sql", tier == "object")
+    assert hybrid.get("k") == b"x" * size
+
+
+def test_hybrid_real_tiers_at_threshold(sqlite_engine, s3_store: S3Store) -> None:
+    from checkpoint.stores import SqlStore
+
+    limit = 1 << 20
+    hybrid = HybridStore(SqlStore(sqlite_engine), s3_store, limit)
+    hybrid.put("t/below", b"b" * (limit - 1))
+    hybrid.put("t/at", b"a" * limit)
+    assert hybrid.sql.list("t/") == ["t/below"]
+    assert s3_store.list("t/") == ["t/at"]
+    assert hybrid.get("t/at") == b"a" * limit
+
+
+# --- S3 ---------------------------------------------------------------------------------------
+
+def test_s3_probe_accepts_conditional_store(s3_store: S3Store) -> None:
+    assert s3_store.probe() is True
+    assert s3_store.list("") == []
+
+
+def test_s3_probe_reports_store_ignoring_if_none_match(moto_url: str) -> None:
+    store = S3Store("ckpt-bucket", "x", endpoint_url=moto_url, create_bucket=True)
+
+    def strip(request, **_kw):  # a store that drops the header behaves like this
+        request.headers.pop("If-None-Match", None)
+
+    store.client.meta.events.register("before-send.s3.PutObject", strip)
+    with pytest.raises(StorageError, match="ignores If-None-Match"):
+        store.probe()
+
+
+def test_s3_large_put_is_multipart(s3_store: S3Store) -> None:
+    data = b"m" * (17 << 20)
+    s3_store.put("mp/1", data)
+    head = s3_store.client.head_object(Bucket="ckpt-bucket", Key="runs/a/mp/1")
+    assert head["ETag"].strip('"').endswith("-3")
+    assert s3_store.get("mp/1") == data
+    uploads = s3_store.client.list_multipart_uploads(Bucket="ckpt-bucket").get("Uploads", [])
+    assert uploads == []
+
+
+def test_s3_keys_live_under_prefix(s3_store: S3Store) -> None:
+    s3_store.put("k/1", b"1")
+    keys = [o["Key"] for o in s3_store.client.list_objects_v2(Bucket="ckpt-bucket")["Contents"]]
+    assert keys == ["runs/a/k/1"]
+    assert s3_store.describe("k/1") == "s3://ckpt-bucket/runs/a/k/1"
+
+
+# --- URLs ---------------------------------------------------------------------------------------
+
+def test_open_object_store_urls(tmp_path: Path, moto_url: str) -> None:
+    fs = open_object_store(f"file://{tmp_path}/objs")
+    assert isinstance(fs, FsStore) and fs.root == (tmp_path / "objs").resolve()
+    s3 = open_object_store("s3://bkt/some/prefix", moto_url)
+    assert isinstance(s3, S3Store)
+    assert (s3.bucket, s3.prefix, s3.endpoint_url) == ("bkt", "some/prefix", moto_url)
+    assert isinstance(open_object_store(str(tmp_path / "plain")), FsStore)
+    with pytest.raises(StorageError):
+        open_object_store("ftp://host/x")

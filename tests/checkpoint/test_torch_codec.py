@@ -1,0 +1,183 @@
+"""torch tensors, modules and optimizers: raw-byte round trips and version-counter deltas."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from checkpoint._capture import BufferPool, capture
+from checkpoint._delta import decode, encode, snapshots_equal
+from checkpoint.codecs import torch_codec
+
+DTYPES = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+          torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64,
+          torch.complex128]
+DTYPES += [getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n)]
+
+
+def _round(previous, current):
+    parts = encode(previous, current)
+    return parts, decode([(p.data, p.codec) for p in parts], previous)
+
+
+def _bits(t: torch.Tensor) -> bytes:
+    flat = t.detach().resolve_conj().contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+
+
+def _make(dtype, shape, seed, transpose):
+    gen = torch.Generator().manual_seed(seed)
+    t = (torch.randn(shape, generator=gen) * 10).to(dtype)
+    if transpose and t.dim() >= 2:
+        t = t.transpose(0, 1)
+    return t
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.sampled_from(DTYPES),
+    st.lists(st.integers(0, 5), min_size=0, max_size=3).map(tuple),
+    st.integers(0, 1000),
+    st.booleans(),
+)
+def test_tensor_round_trip_is_bit_exact(dtype, shape, seed, transpose):
+    tensor = _make(dtype, shape, seed, transpose)
+    snap = capture({"t": tensor})
+    _, back = _round(None, snap)
+    assert snapshots_equal(back, snap) is True
+    restored = back.to_state()["t"]
+    assert (restored.dtype, tuple(restored.shape)) == (tensor.dtype, tuple(tensor.shape))
+    assert _bits(restored) == _bits(tensor)
+
+
+def test_bfloat16_is_stored_as_raw_uint16():
+    tensor = torch.tensor([1.5, -2.0, 3.25], dtype=torch.bfloat16)
+    snap = capture({"t": tensor})
+    assert snap.leaves[0].data.tobytes() == tensor.view(torch.int16).numpy().tobytes()
+
+
+def test_non_contiguous_zero_d_and_conj():
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    state = {"strided": base[:, ::2], "scalar": torch.tensor(5), "conj": torch.tensor([1 + 2j]).conj()}
+    restored = capture(state).to_state()
+    assert restored["strided"].tolist() == base[:, ::2].tolist()
+    assert restored["strided"].is_contiguous() is True
+    assert (restored["scalar"].dim(), restored["scalar"].item()) == (0, 5)
+    assert restored["conj"].tolist() == [1 - 2j]
+
+
+def test_requires_grad_and_parameter_are_kept():
+    param = torch.nn.Parameter(torch.randn(3))
+    frozen = torch.nn.Parameter(torch.randn(2), requires_grad=False)
+    leaf = torch.randn(2, requires_grad=True)
+    restored = capture({"p": param, "f": frozen, "l": leaf}).to_state()
+    assert (type(restored["p"]), restored["p"].requires_grad) == (torch.nn.Parameter, True)
+    assert (type(restored["f"]), restored["f"].requires_grad) == (torch.nn.Parameter, False)
+    assert (type(restored["l"]), restored["l"].requires_grad) == (torch.Tensor, True)
+
+
+def test_module_and_optimizer_restore_as_state_dicts():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    model(torch.randn(5, 4)).sum().backward()
+    opt.step()
+    restored = capture({"model": model, "opt": opt}).to_state()
+    fresh = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+    fresh.load_state_dict(restored["model"])
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=0.5)
+    fresh_opt.load_state_dict(restored["opt"])
+    for a, b in zip(model.parameters(), fresh.parameters()):
+        assert torch.equal(a, b) is True
+    assert fresh_opt.param_groups[0]["lr"] == 0.01
+    assert torch.equal(fresh_opt.state[fresh_opt.param_groups[0]["params"][0]]["exp_avg"],
+                       opt.state[opt.param_groups[0]["params"][0]]["exp_avg"]) is True
+
+
+def test_unchanged_tensors_are_not_read_and_cost_nothing(monkeypatch):
+    frozen = torch.nn.Linear(512, 512)
+    live = torch.nn.Linear(512, 512)
+    pool = BufferPool()
+    first = capture({"frozen": frozen, "live": live}, pool=pool)
+    with torch.no_grad():
+        live.weight.add_(1.0)
+    copied = []
+    original = torch_codec.copy_into
+    monkeypatch.setattr(torch_codec, "copy_into", lambda t, out, **kw: copied.append(tuple(t.shape)) or original(t, out, **kw))
+    second = capture({"frozen": frozen, "live": live}, previous=first, pool=pool)
+    assert copied == [(512, 512)]
+    assert [leaf.unchanged for leaf in second.leaves] == [True, True, False, True]
+    parts, back = _round(first, second)
+    assert snapshots_equal(back, second) is True
+    assert len(parts) == 2
+    assert parts[1].raw_size == 512 * 512 * 4
+
+
+def test_writes_through_version_counter_are_seen():
+    tensor = torch.zeros(1000)
+    first = capture({"t": tensor})
+    tensor[10] = 3.0
+    second = capture({"t": tensor}, previous=first)
+    assert second.leaves[0].unchanged is False
+    assert second.to_state()["t"][10].item() == 3.0
+
+
+def test_chain_of_training_steps_is_exact():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 8))
+    model[0].requires_grad_(False)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad])
+    pool = BufferPool()
+    state = {"model": model, "opt": opt, "step": 0}
+    previous = capture(state, pool=pool)
+    _, restored = _round(None, previous)
+    for step in range(1, 5):
+        model(torch.randn(16, 64)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+        state["step"] = step
+        current = capture(state, previous=previous, pool=pool)
+        _, restored = _round(restored, current)
+        assert snapshots_equal(restored, current) is True
+        pool.release(previous)
+        previous = current
+    final = restored.to_state()
+    assert final["step"] == 4
+    assert all(torch.equal(final["model"][k], v) for k, v in model.state_dict().items())
+
+
+def test_missing_device_falls_back_to_cpu_with_warning():
+    meta = torch_codec.describe(torch.arange(3, dtype=torch.int32))
+    meta["device"] = "cuda:63"
+    with pytest.warns(UserWarning, match="cuda:63"):
+        restored = torch_codec.restore(meta, np.arange(3, dtype=np.int32).view(np.uint8))
+    assert (restored.device.type, restored.tolist()) == ("cpu", [0, 1, 2])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+def test_cuda_round_trip():
+    model = torch.nn.Linear(256, 128).cuda()
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(8, 256, device="cuda")).sum().backward()
+    opt.step()
+    state = {"model": model, "opt": opt, "bf16": torch.randn(33, 7, device="cuda").to(torch.bfloat16).t()}
+    pool = BufferPool()
+    first = capture(state, pool=pool)
+    assert first.leaves[0].meta["device"] == "cuda:0"
+    with torch.no_grad():
+        model.bias.add_(1)
+    second = capture(state, previous=first, pool=pool)
+    assert [leaf.unchanged for leaf in second.leaves[:2]] == [True, False]
+    _, base = _round(None, first)
+    _, back = _round(base, second)
+    assert snapshots_equal(back, second) is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        restored = back.to_state()
+    assert restored["model"]["bias"].device.type == "cuda"
+    assert torch.equal(restored["model"]["bias"], model.bias.detach()) is True
+    assert torch.equal(restored["bf16"], state["bf16"]) is True
