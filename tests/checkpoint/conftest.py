@@ -24,9 +24,11 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 
-from checkpoint import CheckpointManager, ManagerConfig  # noqa: E402
+from ckpt_helpers import build_manager  # noqa: E402
+
+from checkpoint import CheckpointManager  # noqa: E402
 from checkpoint.catalog import create_engine_for, upgrade_database  # noqa: E402
-from checkpoint.stores import FsStore, MemoryStore, SqlStore  # noqa: E402
+from checkpoint.stores import FsStore, SqlStore  # noqa: E402
 from checkpoint.stores.s3 import S3Store  # noqa: E402
 
 PG_SCHEMA = f"ckpt_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
@@ -85,21 +87,6 @@ def s3_store(moto_url: str) -> S3Store:
     return S3Store("ckpt-bucket", "runs/a", endpoint_url=moto_url, create_bucket=True)
 
 
-STORE_KINDS = ["memory", "fs", "sql-sqlite", "sql-postgres", "s3"]
-
-
-def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path):
-    if kind == "memory":
-        return MemoryStore()
-    if kind == "fs":
-        return FsStore(tmp_path / "blobs")
-    if kind == "sql-sqlite":
-        return SqlStore(request.getfixturevalue("sqlite_engine"))
-    if kind == "sql-postgres":
-        return SqlStore(request.getfixturevalue("pg_engine"))
-    return request.getfixturevalue("s3_store")
-
-
 @pytest.fixture(params=["sqlite-fs", "postgres-s3"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path):
     """(engine, sql store, object store) for a manager; two real combinations."""
@@ -108,11 +95,6 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path):
         return engine, SqlStore(engine), FsStore(tmp_path / "objects")
     engine = request.getfixturevalue("pg_engine")
     return engine, SqlStore(engine), request.getfixturevalue("s3_store")
-
-
-def build_manager(backend, **config) -> CheckpointManager:
-    engine, sql, objects = backend
-    return CheckpointManager(engine, sql, objects, ManagerConfig(**config))
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ last consistent prefix."""
 from __future__ import annotations
 
 import pytest
-from helpers import chain, copy_state, make_state, mutate, states_equal
+from ckpt_helpers import chain, copy_state, make_state, mutate, states_equal
 
 import checkpoint._manager as manager_module
 from checkpoint import CheckpointManager

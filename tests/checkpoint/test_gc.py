@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from helpers import all_blob_keys, count_rows, make_state, mutate
+from ckpt_helpers import all_blob_keys, count_rows, make_state, mutate
 
 from checkpoint import CheckpointManager
 from checkpoint._ids import blob_key

@@ -7,8 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_manager
-from helpers import all_blob_keys, chain, copy_state, count_rows, make_state, mutate, states_equal
+from ckpt_helpers import (
+    all_blob_keys,
+    build_manager,
+    chain,
+    copy_state,
+    count_rows,
+    make_state,
+    mutate,
+    states_equal,
+)
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import STORE_KINDS, make_store
+from ckpt_helpers import STORE_KINDS, make_store
 
 from checkpoint._ids import blob_key, encode_id, validate_id
 from checkpoint.errors import BlobExists, BlobNotFound, InvalidId, StorageError

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from checkpoint import CheckpointManager
+from checkpoint import CheckpointManager, ManagerConfig
 from checkpoint.catalog import BlobRow, CheckpointRow, TaskRow
+from checkpoint.stores import FsStore, MemoryStore, SqlStore
 
 
 def make_state(seed: int = 0, arrays: int = 8, size: int = 2048) -> dict:
@@ -51,3 +55,23 @@ def chain(manager: CheckpointManager, task_id: str) -> list[CheckpointRow]:
     with Session(manager.engine, expire_on_commit=False) as s:
         return list(s.scalars(select(CheckpointRow).where(CheckpointRow.task_id == task_id)
                               .order_by(CheckpointRow.seq)))
+
+
+STORE_KINDS = ["memory", "fs", "sql-sqlite", "sql-postgres", "s3"]
+
+
+def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path):
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "fs":
+        return FsStore(tmp_path / "blobs")
+    if kind == "sql-sqlite":
+        return SqlStore(request.getfixturevalue("sqlite_engine"))
+    if kind == "sql-postgres":
+        return SqlStore(request.getfixturevalue("pg_engine"))
+    return request.getfixturevalue("s3_store")
+
+
+def build_manager(backend, **config) -> CheckpointManager:
+    engine, sql, objects = backend
+    return CheckpointManager(engine, sql, objects, ManagerConfig(**config))
