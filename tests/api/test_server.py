@@ -1,0 +1,65 @@
+"""The API behind a real uvicorn server (what ``crowdcompute api`` runs), with
+raw request paths that no client library normalises first."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+from fastapi import FastAPI
+
+from _servers import free_port
+from worker_app.api import build_server
+from worker_app.settings import Settings
+
+from .conftest import write_checkpoints
+
+if TYPE_CHECKING:
+    from checkpoint import CheckpointManager
+
+
+@pytest.fixture
+def served(api_settings: Settings, app: FastAPI) -> Iterator[int]:
+    port = free_port()
+    server = build_server(api_settings, port, host="127.0.0.1", app=app)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield port
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def get(port: int, raw_path: str) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest("GET", raw_path, skip_accept_encoding=True)
+        conn.endheaders()
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"{}")
+    finally:
+        conn.close()
+
+
+def test_real_server(served: int, manager: CheckpointManager) -> None:
+    write_checkpoints(manager, "served-job", 4, [33.0])
+    assert get(served, "/healthz") == (200, {"status": "ok"})
+    status, body = get(served, "/api/checkpoints/tasks/served-job:4")
+    assert status == 200 and body["progress_percent"] == 33.0
+    for raw in ("/api/checkpoints/tasks/..%2F..%2Fetc%2Fpasswd:0",
+                "/api/checkpoints/tasks/../../etc/passwd",
+                "/api/checkpoints/storage-info/%2e%2e%2f%2e%2e%2fetc:1",
+                "/api/checkpoints/jobs/job%00",
+                "/api/checkpoints/jobs/%ff%fe",
+                "/api/checkpoints/jobs/" + "x" * 10_000):
+        status, body = get(served, raw)
+        assert status in (404, 422), (raw[:60], status)
+        assert "error" in body
