@@ -1,0 +1,25 @@
+"""CrowdCompute SDK: run a Python function over many inputs as a durable Temporal job.
+
+    from sdk import connect, map, current_task
+    await connect("localhost:7233")
+    results = await map(train, items, checkpoint_interval=10.0)
+"""
+
+from activities.context import TaskContext, current_task
+from sdk._connection import Connection, connect
+from sdk._jobs import JobHandle, map, run_map, submit
+from sdk.errors import JobCancelled, JobFailed, TemporalUnreachable
+
+__all__ = [
+    "Connection",
+    "JobCancelled",
+    "JobFailed",
+    "JobHandle",
+    "TaskContext",
+    "TemporalUnreachable",
+    "connect",
+    "current_task",
+    "map",
+    "run_map",
+    "submit",
+]

@@ -147,6 +147,7 @@ def reference_tf(cfg: dict[str, Any]) -> dict[str, Any]:
 def unpicklable_then_fine(cfg: dict[str, Any]) -> dict[str, Any]:
     """Checkpoints a state holding a lock (unpicklable) and then a good one."""
     ctx = current_task()
+    time.sleep(cfg["interval"] * 1.2)
     results = {"bad": ctx.checkpoint({"lock": threading.Lock()}), "good": None}
     time.sleep(cfg["interval"] * 1.2)
     results["good"] = ctx.checkpoint({"x": np.arange(10)})

@@ -1,0 +1,422 @@
+"""Checkpoint library: workloads W1-W5 against baselines measured in the same run.
+
+Every figure is the median of the steady-state checkpoints (the first two
+checkpoints, which allocate the capture buffers, are not counted); ours and the
+baseline alternate which goes first. Timings are reported, never asserted.
+
+* W1  MLP of ``layers`` x Linear(width, width) + AdamW, 10 steps between
+  checkpoints: capture pause vs ``torch.save`` + fsync; restore of base + 8
+  deltas (+ ``to_state``) vs ``torch.load`` of one full checkpoint file.
+* W2  W1 with all layers but the last frozen: bytes per incremental / raw bytes.
+* W3  ``nn.Embedding(rows, 64, sparse=True)`` + SparseAdam, Zipf(1.05) ids,
+  100 steps between checkpoints: bytes per incremental / raw bytes.
+* W4  W1's checkpoints through ``encode``: bytes / raw (lossless) and encode
+  throughput vs zlib level 6 (gzip-6, one thread) on the same raw bytes.
+* W5  dict of 50 float32 arrays (5 % changed per checkpoint) + 10,000 small
+  Python objects (10 appended per checkpoint): full incremental checkpoint
+  (capture + encode + write + commit) vs pickle + gzip-6 + write + fsync.
+
+The library runs end to end on a SQLite catalog and a local blob directory in a
+temporary directory. ``python -m bench.checkpoint_bench --plot OUT.json PNG``
+draws the chart of docs/performance.md from a ``python -m bench --json`` file.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import statistics
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import register
+
+W1_CHECKPOINTS = 9       # base + 8 deltas (the restore chain)
+CHECKPOINTS = 7          # W2, W3, W5: 5 steady-state checkpoints
+STEADY_FROM = 2          # checkpoints 0 and 1 allocate the capture buffers
+GZIP_RUNS = 5
+
+GOALS: dict[str, tuple[str, float]] = {
+    "pause_vs_torch_save": ("<=", 0.05),
+    "frozen_delta_bytes_ratio": ("<=", 0.11),
+    "sparse_embedding_delta_bytes_ratio": ("<=", 0.17),
+    "dense_delta_bytes_ratio": ("<=", 0.72),
+    "dense_encode_speed_vs_gzip6": (">=", 15.0),
+    "generic_time_vs_pickle_gzip6": ("<=", 0.05),
+    "generic_bytes_vs_pickle_gzip6": ("<=", 0.08),
+    "restore_vs_torch_load": ("<=", 1.25),
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    width: int
+    layers: int
+    rows: int
+    batch: int
+    array_bytes: int
+
+
+FULL = Sizes(width=2048, layers=8, rows=1_000_000, batch=8192, array_bytes=256 << 20)
+# Quick keeps the share of embedding rows touched per checkpoint (~16 %) by
+# scaling the batch with the table.
+QUICK = Sizes(width=1024, layers=8, rows=125_000, batch=1024, array_bytes=64 << 20)
+
+MB = 1e6
+
+
+def _median(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def _write_fsync(path: Path, write: Callable[[Any], None]) -> None:
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _torch_save(state: dict[str, Any], path: Path) -> float:
+    import torch
+
+    plain = {k: v.state_dict() if hasattr(v, "state_dict") else v for k, v in state.items()}
+    return _timed(lambda: _write_fsync(path, lambda f: torch.save(plain, f)))[0]
+
+
+def _manager(root: Path) -> Any:
+    from checkpoint import CheckpointManager
+
+    root.mkdir(parents=True, exist_ok=True)
+    return CheckpointManager.from_urls(f"sqlite:///{root}/catalog.db", f"file://{root}/blobs")
+
+
+def _writer(manager: Any, task: str, *, deltas_only: bool = False) -> Any:
+    epoch = manager.begin_attempt("bench", task)
+    writer = manager.writer("bench", task, epoch)
+    if deltas_only:
+        # The size rule of the compaction policy makes every second dense W1
+        # checkpoint a base; the restore figure is specified for base + 8 deltas.
+        writer._plan = lambda: "base" if writer.previous is None else "delta"
+    return writer
+
+
+# ---------------------------------------------------------------- workloads
+
+def _mlp(s: Sizes, frozen: int) -> tuple[dict[str, Any], Callable[[int], None]]:
+    import torch
+
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(s.width, s.width) for _ in range(s.layers)]
+    model = torch.nn.Sequential(*[m for lin in layers for m in (lin, torch.nn.ReLU())][:-1])
+    for lin in layers[:frozen]:
+        lin.requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(16, s.width)
+    state: dict[str, Any] = {"model": model, "optim": opt, "step": 0}
+
+    def train(steps: int) -> None:
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            model(x).pow(2).mean().backward()
+            opt.step()
+        state["step"] += steps
+
+    return state, train
+
+
+def _embedding(s: Sizes) -> tuple[dict[str, Any], Callable[[int], None]]:
+    import numpy as np
+    import torch
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    emb = torch.nn.Embedding(s.rows, 64, sparse=True)
+    opt = torch.optim.SparseAdam(emb.parameters(), lr=1e-3)
+    cdf = np.cumsum(np.arange(1, s.rows + 1, dtype=np.float64) ** -1.05)
+    cdf /= cdf[-1]
+    rank_to_row = rng.permutation(s.rows)
+    state: dict[str, Any] = {"model": emb, "optim": opt, "step": 0}
+
+    def train(steps: int) -> None:
+        for _ in range(steps):
+            ranks = np.minimum(np.searchsorted(cdf, rng.random(s.batch)), s.rows - 1)
+            ids = torch.from_numpy(rank_to_row[ranks])
+            opt.zero_grad(set_to_none=True)
+            emb(ids).pow(2).mean().backward()
+            opt.step()
+        state["step"] += steps
+
+    return state, train
+
+
+def _generic(s: Sizes) -> tuple[dict[str, Any], Callable[[int], None]]:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = s.array_bytes // 50 // (1024 * 4)
+    arrays = {f"a{i:02d}": rng.standard_normal((rows, 1024), dtype=np.float32) for i in range(50)}
+    records = [{"id": i, "name": f"item-{i}", "tags": (i % 7, i % 11), "score": i * 0.5}
+               for i in range(10_000)]
+    state = {"arrays": arrays, "records": records}
+    names = sorted(arrays)
+
+    def change(n: int) -> None:
+        # 2 or 3 arrays in turn: 5 % of 50 on average
+        for name in rng.choice(names, size=2 + n % 2, replace=False):
+            arrays[name] += rng.standard_normal(arrays[name].shape, dtype=np.float32) * 0.01
+        start = len(records)
+        records.extend({"id": i, "name": f"item-{i}", "tags": (i % 7, i % 11), "score": i * 0.5}
+                       for i in range(start, start + 10))
+
+    return state, change
+
+
+# ---------------------------------------------------------------- measurements
+
+def _gzip6_seconds(snapshot: Any) -> tuple[float, int]:
+    """zlib level 6, one thread, over the snapshot's raw leaf bytes."""
+    def run() -> int:
+        z = zlib.compressobj(6)
+        n = 0
+        for leaf in snapshot.leaves:
+            chunks = [leaf.data] if leaf.kind == "array" else _pickles(leaf)
+            n += sum(len(z.compress(c)) for c in chunks)
+        return n + len(z.flush())
+
+    return _timed(run)
+
+
+def _pickles(leaf: Any) -> list[bytes]:
+    if leaf.kind == "pickle":
+        return [leaf.data]
+    if leaf.kind == "pickle_list":
+        return list(leaf.data)
+    return [b for pair in leaf.data for b in pair]
+
+
+def _w1_w4(s: Sizes, root: Path, restore_runs: int) -> dict[str, float]:
+    import torch
+
+    from checkpoint import encode
+
+    state, train = _mlp(s, frozen=0)
+    manager = _manager(root / "w1")
+    writer = _writer(manager, "w1", deltas_only=True)
+    baseline = root / "w1.pt"
+    pause, base_s, save_s, enc_s, gz_s, enc_ratio, gz_ratio = [], [], [], [], [], [], []
+    raw = 0
+    for i in range(W1_CHECKPOINTS):
+        train(10)
+        steady = i >= STEADY_FROM
+        if i % 2:
+            b = _torch_save(state, baseline)
+        t, snap = _timed(lambda: writer.capture(state))
+        if steady and writer.previous is not None:
+            e, parts = _timed(lambda: encode(writer.previous, snap))
+            enc_s.append(e)
+            enc_ratio.append(sum(len(p.data) for p in parts) / snap.raw_nbytes)
+            del parts
+            if len(gz_s) < GZIP_RUNS:
+                g, n = _gzip6_seconds(snap)
+                gz_s.append(g)
+                gz_ratio.append(n / snap.raw_nbytes)
+        sv, info = _timed(lambda: writer.save(snap))
+        if not i % 2:
+            b = _torch_save(state, baseline)
+        raw = info.raw_bytes
+        if steady:
+            pause.append(t)
+            base_s.append(b)
+            save_s.append(sv)
+    del snap
+    gc.collect()
+    ours_r, load_r = [], []
+    for i in range(restore_runs):
+        order = [0, 1] if i % 2 else [1, 0]
+        for which in order:
+            if which:
+                ours_r.append(_timed(lambda: manager.restore("bench", "w1", max_age=None).state)[0])
+            else:
+                load_r.append(_timed(lambda: torch.load(baseline, weights_only=True))[0])
+            gc.collect()
+    manager.close()
+    out = {
+        "w1_raw_mb": raw / MB,
+        "w1_capture_pause_s": _median(pause),
+        "w1_torch_save_fsync_s": _median(base_s),
+        "w1_save_background_s": _median(save_s),
+        "pause_vs_torch_save": _median(pause) / _median(base_s),
+        "w1_restore_chain_s": _median(ours_r),
+        "w1_torch_load_s": _median(load_r),
+        "restore_vs_torch_load": _median(ours_r) / _median(load_r),
+        "w4_encode_s": _median(enc_s),
+        "w4_gzip6_s": _median(gz_s),
+        "w4_encode_mb_per_s": raw / MB / _median(enc_s),
+        "w4_gzip6_mb_per_s": raw / MB / _median(gz_s),
+        "w4_gzip6_bytes_ratio": _median(gz_ratio),
+        "dense_delta_bytes_ratio": _median(enc_ratio),
+        "dense_encode_speed_vs_gzip6": _median(gz_s) / _median(enc_s),
+    }
+    return out
+
+
+def _bytes_workload(name: str, make: Callable[[], tuple[dict[str, Any], Callable[[int], None]]],
+                    steps: int, root: Path) -> dict[str, float]:
+    """Bytes per incremental checkpoint / raw bytes, through the manager."""
+    state, train = make()
+    manager = _manager(root / name)
+    writer = _writer(manager, name)
+    ratios, pause, base_s, stored = [], [], [], []
+    raw = 0
+    for i in range(CHECKPOINTS):
+        train(steps)
+        t, snap = _timed(lambda: writer.capture(state))
+        info = writer.save(snap)
+        b = _torch_save(state, root / f"{name}.pt")
+        raw = info.raw_bytes
+        if i >= STEADY_FROM:
+            ratios.append(info.stored_bytes / info.raw_bytes)
+            stored.append(info.stored_bytes)
+            pause.append(t)
+            base_s.append(b)
+    del snap
+    manager.close()
+    return {f"{name}_raw_mb": raw / MB, f"{name}_delta_mb": _median(stored) / MB,
+            f"{name}_capture_pause_s": _median(pause), f"{name}_torch_save_fsync_s": _median(base_s),
+            f"{name}_ratio": _median(ratios)}
+
+
+def _w5(s: Sizes, root: Path) -> dict[str, float]:
+    state, change = _generic(s)
+    manager = _manager(root / "w5")
+    writer = _writer(manager, "w5")
+    ours_s, ours_b, gz_s, gz_b, pk_s = [], [], [], [], []
+    raw = 0
+
+    def ours() -> Any:
+        return writer.save(writer.capture(state))
+
+    def pickle_gzip6() -> int:
+        data = zlib.compress(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL), 6)
+        _write_fsync(root / "w5.pkl.gz", lambda f: f.write(data))
+        return len(data)
+
+    def pickle_fsync() -> None:
+        _write_fsync(root / "w5.pkl", lambda f: pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL))
+
+    for i in range(CHECKPOINTS):
+        change(i)
+        steady = i >= STEADY_FROM
+        if steady and i % 2:
+            g, n = _timed(pickle_gzip6)
+        t, info = _timed(ours)
+        if steady and not i % 2:
+            g, n = _timed(pickle_gzip6)
+        raw = info.raw_bytes
+        if steady:
+            ours_s.append(t)
+            ours_b.append(info.stored_bytes)
+            gz_s.append(g)
+            gz_b.append(n)
+            pk_s.append(_timed(pickle_fsync)[0])
+    manager.close()
+    return {
+        "w5_raw_mb": raw / MB,
+        "w5_checkpoint_s": _median(ours_s),
+        "w5_delta_mb": _median(ours_b) / MB,
+        "w5_pickle_gzip6_s": _median(gz_s),
+        "w5_pickle_gzip6_mb": _median(gz_b) / MB,
+        "w5_pickle_fsync_s": _median(pk_s),
+        "generic_time_vs_pickle_gzip6": _median(ours_s) / _median(gz_s),
+        "generic_bytes_vs_pickle_gzip6": _median(ours_b) / _median(gz_b),
+    }
+
+
+def measure(quick: bool) -> dict[str, float]:
+    s = QUICK if quick else FULL
+    out: dict[str, float] = {"quick": float(quick), "cpu_count": float(os.cpu_count() or 0)}
+    with tempfile.TemporaryDirectory(prefix="ckpt-bench-") as tmp:
+        root = Path(tmp)
+        for label, step in (
+            ("W1/W4", lambda: _w1_w4(s, root, 3 if quick else 5)),
+            ("W2", lambda: _bytes_workload("w2", lambda: _mlp(s, frozen=s.layers - 1), 10, root)),
+            ("W3", lambda: _bytes_workload("w3", lambda: _embedding(s), 100, root)),
+            ("W5", lambda: _w5(s, root)),
+        ):
+            t0 = time.perf_counter()
+            out.update(step())
+            gc.collect()
+            print(f"  {label} done in {time.perf_counter() - t0:.1f} s", flush=True)
+    out["frozen_delta_bytes_ratio"] = out.pop("w2_ratio")
+    out["sparse_embedding_delta_bytes_ratio"] = out.pop("w3_ratio")
+    _print_table(out)
+    return out
+
+
+def _print_table(out: dict[str, float]) -> None:
+    print(f"  {'metric':38} {'reached':>10} {'goal':>10}")
+    for key, (op, goal) in GOALS.items():
+        value = out[key]
+        met = value <= goal if op == "<=" else value >= goal
+        print(f"  {key:38} {value:10.4f} {op + ' ' + str(goal):>10} {'met' if met else 'NOT met'}")
+
+
+@register("checkpoint")
+async def run(quick: bool) -> dict[str, float]:
+    return measure(quick)
+
+
+# ---------------------------------------------------------------- chart
+
+def plot(metrics: dict[str, float], png: Path) -> None:
+    """Two panels: reached / goal per metric, and W1's times per checkpoint."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [3, 2]})
+    keys = list(GOALS)
+    # normalised so that < 1 means the goal is met, whatever its direction
+    norm = [metrics[k] / g if op == "<=" else g / metrics[k] for k, (op, g) in GOALS.items()]
+    colors = ["tab:green" if v <= 1 else "tab:red" for v in norm]
+    a.barh(keys, norm, color=colors)
+    a.axvline(1.0, color="black", linestyle="--", linewidth=1)
+    a.set_xscale("log")
+    a.invert_yaxis()
+    a.set_xlabel("reached / goal  (< 1: goal met; '>=' goals inverted)")
+    for y, (k, v) in enumerate(zip(keys, norm)):
+        a.text(v, y, f"  {metrics[k]:.3g}", va="center", fontsize=8)
+    labels = ["capture\n(pause)", "save\n(background)", "torch.save\n+ fsync", "restore\nchain", "torch.load"]
+    values = [metrics["w1_capture_pause_s"], metrics["w1_save_background_s"],
+              metrics["w1_torch_save_fsync_s"], metrics["w1_restore_chain_s"], metrics["w1_torch_load_s"]]
+    b.bar(labels, values, color=["tab:blue", "tab:cyan", "tab:gray", "tab:blue", "tab:gray"])
+    b.set_ylabel("seconds (median)")
+    b.set_title(f"W1: {metrics['w1_raw_mb']:.0f} MB MLP + AdamW", fontsize=10)
+    kind = "quick" if metrics.get("quick") else "full"
+    fig.suptitle(f"Checkpoint library benchmarks ({kind} run, {int(metrics['cpu_count'])} CPU cores)")
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+
+
+if __name__ == "__main__":
+    import json
+
+    if len(sys.argv) != 4 or sys.argv[1] != "--plot":
+        sys.exit("usage: python -m bench.checkpoint_bench --plot RESULTS.json OUT.png")
+    data = json.loads(Path(sys.argv[2]).read_text())
+    plot(data.get("checkpoint", data), Path(sys.argv[3]))

@@ -1,0 +1,107 @@
+"""Job fan-out: a CrowdCompute job of no-op tasks vs a hand-written Temporal fan-out.
+
+Both run on one dev server and one worker in the same process. The baseline is
+what one would write by hand: a parent workflow starting child workflows of
+1,000 activities each, every activity returning its input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from temporalio import activity, workflow
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from bench import register
+
+CHUNK = 1000
+
+
+def noop(x: Any) -> Any:
+    return x
+
+
+@activity.defn(name="bench_noop")
+async def bench_noop(x: str) -> str:
+    return x
+
+
+@workflow.defn(name="BenchChunk")
+class BenchChunk:
+    @workflow.run
+    async def run(self, items: list[str]) -> list[str]:
+        return list(
+            await asyncio.gather(
+                *(
+                    workflow.execute_activity(
+                        bench_noop, x, activity_id=str(i), start_to_close_timeout=timedelta(minutes=5)
+                    )
+                    for i, x in enumerate(items)
+                )
+            )
+        )
+
+
+@workflow.defn(name="BenchFanout")
+class BenchFanout:
+    @workflow.run
+    async def run(self, items: list[str]) -> list[str]:
+        wid = workflow.info().workflow_id
+        parts = await asyncio.gather(
+            *(
+                workflow.execute_child_workflow(BenchChunk.run, items[i : i + CHUNK], id=f"{wid}-{i}")
+                for i in range(0, len(items), CHUNK)
+            )
+        )
+        return [r for part in parts for r in part]
+
+
+@register("fanout")
+async def run(quick: bool) -> dict[str, Any]:
+    import sdk
+    from activities import TaskActivities
+    from activities.codec import encode_value
+    from worker_app.dev import DEV_SERVER_ARGS, find_temporal_binary
+    from worker_app.settings import Settings
+    from worker_app.worker import MAX_CONCURRENT_ACTIVITIES
+    from workflows import WORKFLOWS
+
+    n = 2000 if quick else 10_000
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=find_temporal_binary(), dev_server_extra_args=DEV_SERVER_ARGS
+    )
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            address = env.client.service_client.config.target_host
+            settings = Settings(temporal_address=address, task_queue="bench", state_dir=Path(tmp))
+            conn = await sdk.connect(settings=settings)
+            worker = Worker(
+                conn.client,
+                task_queue="bench",
+                workflows=[*WORKFLOWS, BenchFanout, BenchChunk],
+                activities=[*TaskActivities(settings).activities(), bench_noop],
+                max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
+            )
+            async with worker:
+                payload = [encode_value(i) for i in range(n)]
+                t0 = time.monotonic()
+                await conn.client.execute_workflow(
+                    BenchFanout.run, payload, id=f"baseline-{uuid.uuid4().hex[:8]}", task_queue="bench"
+                )
+                baseline = time.monotonic() - t0
+                t0 = time.monotonic()
+                results = await sdk.map(noop, range(n))
+                ours = time.monotonic() - t0
+                assert results == list(range(n))
+    finally:
+        await env.shutdown()
+    ratio = ours / baseline
+    print(f"{n} no-op tasks: crowdcompute {ours:.1f}s, hand-written fan-out {baseline:.1f}s, ratio {ratio:.2f}")
+    return {"tasks": n, "crowdcompute_s": round(ours, 2), "baseline_s": round(baseline, 2), "ratio": round(ratio, 3)}

@@ -1,0 +1,185 @@
+"""``submit`` / ``map`` / ``run_map`` and the ``JobHandle`` they return."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import Any
+
+from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import ApplicationError, CancelledError, TerminatedError
+from temporalio.service import RPCError
+
+from activities.codec import decode_value, encode_value
+from sdk._connection import Connection, connect, default_connection
+from sdk._functions import function_path
+from sdk.errors import JobCancelled, JobFailed
+from workflows.job import JobWorkflow
+from workflows.models import (
+    TASK_COMPLETED,
+    JobInput,
+    JobProgress,
+    TaskOptions,
+    TaskProgress,
+    task_id_for,
+    validate_job_id,
+)
+
+
+class JobHandle:
+    """A submitted job: ``await result()``, ``await progress()``, ``await cancel()``."""
+
+    def __init__(self, job_id: str, handle: WorkflowHandle[Any, Any], conn: Connection) -> None:
+        self.job_id = job_id
+        self._handle = handle
+        self._conn = conn
+
+    def __repr__(self) -> str:
+        return f"JobHandle(job_id={self.job_id!r})"
+
+    async def result(self) -> list[Any]:
+        """The results in input order; :class:`JobFailed` / :class:`JobCancelled` otherwise."""
+        try:
+            encoded: list[str] = await self._handle.result()
+        except WorkflowFailureError as err:
+            cause = err.cause
+            if isinstance(cause, (CancelledError, TerminatedError)):
+                how = "cancelled" if isinstance(cause, CancelledError) else "terminated"
+                raise JobCancelled(f"job {self.job_id} was {how}") from err
+            msg = cause.message if isinstance(cause, ApplicationError) else str(cause)
+            raise JobFailed(f"job {self.job_id} failed: {msg}") from err
+        return [decode_value(e) for e in encoded]
+
+    async def progress(self) -> JobProgress:
+        """Per-task state (pending / running / completed / failed) and attempts."""
+        top: JobProgress = await self._handle.query(JobWorkflow.progress)
+        if not top.batches:
+            return top
+        tasks: list[TaskProgress] = []
+        for batch in top.batches:
+            part = None
+            if batch.state != TASK_COMPLETED:
+                try:
+                    child = self._conn.client.get_workflow_handle(batch.workflow_id)
+                    part = await child.query("progress", result_type=JobProgress)
+                except RPCError:
+                    part = None
+            if part is not None and part.tasks:
+                tasks.extend(part.tasks)
+                continue
+            state = TASK_COMPLETED if batch.state == TASK_COMPLETED else "pending"
+            tasks.extend(
+                TaskProgress(i, task_id_for(self.job_id, i), state, int(state == TASK_COMPLETED))
+                for i in range(batch.offset, batch.offset + batch.size)
+            )
+        counts: dict[str, int] = {k: 0 for k in top.counts}
+        for t in tasks:
+            counts[t.state] = counts.get(t.state, 0) + 1
+        return replace(top, counts=counts, tasks=tasks)
+
+    async def cancel(self) -> None:
+        """Cancel the job and its running tasks."""
+        await self._handle.cancel()
+
+
+def _options(
+    max_attempts: int,
+    heartbeat_timeout: float,
+    checkpoint_interval: float | None,
+    max_checkpoint_age: float | None,
+) -> TaskOptions:
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be >= 1")
+    if heartbeat_timeout <= 0:
+        raise ValueError("heartbeat_timeout must be > 0 seconds")
+    if checkpoint_interval is not None and checkpoint_interval <= 0:
+        raise ValueError("checkpoint_interval must be > 0 seconds or None")
+    if max_checkpoint_age is not None and max_checkpoint_age <= 0:
+        raise ValueError("max_checkpoint_age must be > 0 seconds or None")
+    return TaskOptions(max_attempts, heartbeat_timeout, checkpoint_interval, max_checkpoint_age)
+
+
+async def submit(
+    fn: Callable[..., Any] | str,
+    items: Iterable[Any],
+    *,
+    checkpoint_interval: float | None = None,
+    job_id: str | None = None,
+    max_attempts: int = 5,
+    heartbeat_timeout: float = 30.0,
+    max_checkpoint_age: float | None = 3600.0,
+    progress: bool = False,
+) -> JobHandle:
+    """Start a job running ``fn`` on every item; return without waiting.
+
+    Args:
+        fn: a top-level function of an importable module (or ``"module:function"``).
+        items: picklable inputs, one task each.
+        checkpoint_interval: seconds between checkpoints; None disables them.
+        job_id: the workflow id (generated when omitted).
+        max_attempts: attempts per task before the job fails.
+        heartbeat_timeout: seconds without a heartbeat before a task is retried.
+        max_checkpoint_age: older checkpoints are not resumed from (None: any age).
+        progress: accepted for symmetry with ``map``; ``submit`` draws nothing.
+    """
+    del progress
+    path = function_path(fn)
+    options = _options(max_attempts, heartbeat_timeout, checkpoint_interval, max_checkpoint_age)
+    job_id = validate_job_id(job_id) if job_id is not None else f"job-{uuid.uuid4().hex[:16]}"
+    encoded = [encode_value(item) for item in items]
+    conn = await default_connection()
+    handle = await conn.client.start_workflow(
+        JobWorkflow.run,
+        JobInput(job_id=job_id, fn=path, items=encoded, options=options),
+        id=job_id,
+        task_queue=conn.settings.task_queue,
+    )
+    return JobHandle(job_id, handle, conn)
+
+
+async def map(  # noqa: A001 - the public name is part of the API
+    fn: Callable[..., Any] | str,
+    items: Iterable[Any],
+    *,
+    checkpoint_interval: float | None = None,
+    job_id: str | None = None,
+    max_attempts: int = 5,
+    heartbeat_timeout: float = 30.0,
+    max_checkpoint_age: float | None = 3600.0,
+    progress: bool = False,
+) -> list[Any]:
+    """Run ``fn`` over ``items`` as one durable job; the results in input order."""
+    job = await submit(
+        fn,
+        items,
+        checkpoint_interval=checkpoint_interval,
+        job_id=job_id,
+        max_attempts=max_attempts,
+        heartbeat_timeout=heartbeat_timeout,
+        max_checkpoint_age=max_checkpoint_age,
+    )
+    if not progress:
+        return await job.result()
+    from sdk._progress import watch
+
+    return await watch(job)
+
+
+def run_map(
+    fn: Callable[..., Any] | str,
+    items: Iterable[Any],
+    *,
+    address: str | None = None,
+    **options: Any,
+) -> list[Any]:
+    """Synchronous ``map`` for scripts: connects (``address`` or the environment) and waits."""
+
+    function_path(fn)  # fail before connecting
+
+    async def main() -> list[Any]:
+        await connect(address)
+        return await map(fn, items, **options)
+
+    return asyncio.run(main())

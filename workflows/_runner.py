@@ -1,0 +1,127 @@
+"""Runs the tasks of one workflow (a small job or one batch of a large job).
+
+Shared by ``JobWorkflow`` and ``BatchWorkflow`` so both report progress the same
+way. Activities are referenced by name: this module must not import the
+activity implementations (they may pull in heavy dependencies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+
+from workflows.models import (
+    TASK_CANCELLED,
+    TASK_COMPLETED,
+    TASK_FAILED,
+    TASK_PENDING,
+    TASK_RUNNING,
+    CleanupTaskInput,
+    RunTaskInput,
+    TaskOptions,
+    TaskProgress,
+    task_id_for,
+)
+
+# A task is bounded by its heartbeat timeout, not by its total run time.
+TASK_START_TO_CLOSE = timedelta(days=365)
+NON_RETRYABLE_TYPES = ["FunctionNotFound", "UnpicklableResult", "BadTaskInput"]
+
+
+def describe_failure(task_id: str, err: BaseException) -> str:
+    """One line naming the task and the original exception type and message."""
+    cause = err.cause if isinstance(err, ActivityError) and err.cause else err
+    if isinstance(cause, ApplicationError):
+        return f"task {task_id} failed: {cause.type or 'Error'}: {cause.message}"
+    return f"task {task_id} failed: {type(cause).__name__}: {cause}"
+
+
+class TaskRunner:
+    """Schedules one ``run_task`` activity per item and tracks their states."""
+
+    def __init__(
+        self, job_id: str, fn: str, items: list[str], offset: int, options: TaskOptions
+    ) -> None:
+        self.job_id = job_id
+        self.fn = fn
+        self.items = items
+        self.offset = offset
+        self.options = options
+        self.tasks = [
+            TaskProgress(index=offset + i, task_id=task_id_for(job_id, offset + i))
+            for i in range(len(items))
+        ]
+        self.results: list[str | None] = [None] * len(items)
+
+    def mark_started(self, index: int, attempt: int) -> None:
+        """Record that an attempt of task ``index`` is running (a signal)."""
+        pos = index - self.offset
+        if 0 <= pos < len(self.tasks):
+            task = self.tasks[pos]
+            if task.state in (TASK_PENDING, TASK_RUNNING) and attempt >= task.attempt:
+                task.state, task.attempt = TASK_RUNNING, attempt
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in (TASK_PENDING, TASK_RUNNING, TASK_COMPLETED, TASK_FAILED)}
+        for task in self.tasks:
+            out[task.state] = out.get(task.state, 0) + 1
+        return out
+
+    async def run(self) -> list[str]:
+        """Run every task; on the first failure cancel the rest and fail."""
+        pending = {asyncio.ensure_future(self._run_one(i)) for i in range(len(self.items))}
+        try:
+            while pending:
+                done, pending = await workflow.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+                for fut in done:
+                    fut.result()
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+        return [r for r in self.results if r is not None]
+
+    async def _run_one(self, pos: int) -> None:
+        task = self.tasks[pos]
+        opts = self.options
+        arg = RunTaskInput(
+            job_id=self.job_id,
+            index=task.index,
+            fn=self.fn,
+            payload=self.items[pos],
+            checkpoint_interval=opts.checkpoint_interval,
+            max_checkpoint_age=opts.max_checkpoint_age,
+            heartbeat_timeout=opts.heartbeat_timeout,
+        )
+        try:
+            result = await workflow.execute_activity(
+                "run_task",
+                arg,
+                result_type=str,
+                activity_id=str(task.index),
+                start_to_close_timeout=TASK_START_TO_CLOSE,
+                heartbeat_timeout=timedelta(seconds=opts.heartbeat_timeout),
+                retry_policy=RetryPolicy(
+                    maximum_attempts=opts.max_attempts,
+                    non_retryable_error_types=NON_RETRYABLE_TYPES,
+                ),
+            )
+        except (ActivityError, CancelledError, asyncio.CancelledError) as err:
+            if isinstance(err, ActivityError) and not isinstance(err.cause, CancelledError):
+                task.state, task.error = TASK_FAILED, describe_failure(task.task_id, err)
+                raise ApplicationError(task.error, type="TaskFailed", non_retryable=True) from err
+            task.state = TASK_CANCELLED
+            raise
+        task.state = TASK_COMPLETED
+        task.attempt = max(task.attempt, 1)
+        self.results[pos] = result
+        if opts.checkpoint_interval is not None:
+            await workflow.execute_activity(
+                "cleanup_task",
+                CleanupTaskInput(job_id=self.job_id, task_id=task.task_id),
+                start_to_close_timeout=timedelta(minutes=5),
+            )

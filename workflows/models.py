@@ -1,0 +1,150 @@
+"""Inputs, outputs and identifiers shared by the SDK, workflows and activities.
+
+Sandbox-safe: standard library only. Every model is a dataclass whose fields are
+only ever added (with defaults), never renamed, so running histories replay.
+User items and results cross Temporal as opaque base64 strings of pickles; the
+workflow never unpickles them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+# Tasks per workflow: a job with more items runs them in child BatchWorkflows of
+# this size, which keeps each history near 4,000 events (< 10,240) and pending
+# activities well under Temporal's 2,000 per workflow.
+DEFAULT_BATCH_SIZE = 1000
+
+TASK_PENDING = "pending"
+TASK_RUNNING = "running"
+TASK_COMPLETED = "completed"
+TASK_FAILED = "failed"
+TASK_CANCELLED = "cancelled"
+
+
+def validate_job_id(job_id: str) -> str:
+    """Return ``job_id`` if it is a valid job id, else raise ``ValueError``."""
+    if not isinstance(job_id, str) or not JOB_ID_PATTERN.match(job_id):
+        raise ValueError(
+            f"invalid job id {job_id!r}: use 1-200 characters from A-Z a-z 0-9 . _ -, "
+            "starting with a letter or digit"
+        )
+    return job_id
+
+
+def task_id_for(job_id: str, index: int) -> str:
+    """The globally unique id of task ``index`` of ``job_id`` (catalog, REST API)."""
+    return f"{job_id}:{index}"
+
+
+def batch_workflow_id(job_id: str, batch: int) -> str:
+    """Workflow id of the child workflow that runs batch ``batch`` of a job."""
+    return f"{job_id}--batch-{batch}"
+
+
+@dataclass
+class TaskOptions:
+    """Per-task execution options, identical for every task of a job."""
+
+    max_attempts: int = 5
+    heartbeat_timeout: float = 30.0
+    checkpoint_interval: float | None = None
+    max_checkpoint_age: float | None = 3600.0
+
+
+@dataclass
+class JobInput:
+    """Input of ``JobWorkflow``: ``items`` are base64 pickles, in input order."""
+
+    job_id: str
+    fn: str
+    items: list[str]
+    options: TaskOptions = field(default_factory=TaskOptions)
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+
+@dataclass
+class BatchInput:
+    """Input of ``BatchWorkflow``: items ``offset .. offset+len(items)-1`` of a job."""
+
+    job_id: str
+    fn: str
+    items: list[str]
+    offset: int = 0
+    options: TaskOptions = field(default_factory=TaskOptions)
+
+
+@dataclass
+class RunTaskInput:
+    """Input of the ``run_task`` activity: one item of one job."""
+
+    job_id: str
+    index: int
+    fn: str
+    payload: str
+    checkpoint_interval: float | None = None
+    max_checkpoint_age: float | None = 3600.0
+    heartbeat_timeout: float = 30.0
+
+
+@dataclass
+class CleanupTaskInput:
+    """Input of the ``cleanup_task`` activity."""
+
+    job_id: str
+    task_id: str
+
+
+@dataclass
+class CleanupJobInput:
+    """Input of the ``cleanup_job`` activity."""
+
+    job_id: str
+
+
+@dataclass
+class TaskStarted:
+    """Signal payload: an attempt of task ``index`` started running."""
+
+    index: int
+    attempt: int
+
+
+@dataclass
+class TaskProgress:
+    """State of one task as reported by the ``progress`` query."""
+
+    index: int
+    task_id: str
+    state: str = TASK_PENDING
+    attempt: int = 0
+    error: str | None = None
+
+
+@dataclass
+class BatchProgress:
+    """A child batch as seen by its parent job."""
+
+    workflow_id: str
+    offset: int
+    size: int
+    state: str = TASK_PENDING
+
+
+@dataclass
+class JobProgress:
+    """Result of the ``progress`` query.
+
+    ``tasks`` lists the tasks this workflow runs itself. A large job runs its
+    tasks in child batches instead: ``batches`` names them (query each for its
+    tasks; ``JobHandle.progress()`` merges them).
+    """
+
+    job_id: str
+    total: int
+    counts: dict[str, int] = field(default_factory=dict)
+    tasks: list[TaskProgress] = field(default_factory=list)
+    batches: list[BatchProgress] = field(default_factory=list)
