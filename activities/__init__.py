@@ -1,10 +1,13 @@
 """Activities: ``run_task`` executes user functions; cleanup hooks for checkpoints."""
 
+from activities.checkpointing import CheckpointService, TaskCheckpointSession
 from activities.context import CheckpointSession, NotInTaskError, TaskContext, current_task
-from activities.tasks import CheckpointManager, TaskActivities
+from activities.tasks import CheckpointProvider, TaskActivities
 
 __all__ = [
-    "CheckpointManager",
+    "CheckpointService",
+    "TaskCheckpointSession",
+    "CheckpointProvider",
     "CheckpointSession",
     "NotInTaskError",
     "TaskActivities",

@@ -1,7 +1,7 @@
 """``TaskActivities``: the ``run_task`` activity and the cleanup pair.
 
 Dependencies come in through the constructor: the settings and, optionally, a
-:class:`CheckpointManager` that opens a :class:`CheckpointSession` per attempt
+:class:`CheckpointProvider` that opens a :class:`CheckpointSession` per attempt
 and deletes a task's or a job's checkpoint data.
 """
 
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 START_SIGNAL_DELAY = 1.0
 
 
-class CheckpointManager(Protocol):
+class CheckpointProvider(Protocol):
     """What ``TaskActivities`` needs from the checkpointing layer."""
 
     async def open_session(self, ctx: TaskContext, arg: RunTaskInput) -> CheckpointSession: ...
@@ -44,7 +44,7 @@ class CheckpointManager(Protocol):
 class TaskActivities:
     """Activities of a worker; register ``activities()`` with the Temporal worker."""
 
-    def __init__(self, settings: Settings, checkpoints: CheckpointManager | None = None) -> None:
+    def __init__(self, settings: Settings, checkpoints: CheckpointProvider | None = None) -> None:
         self.settings = settings
         self.checkpoints = checkpoints
 

@@ -400,11 +400,12 @@ def plot(metrics: dict[str, float], png: Path) -> None:
     a.set_xlabel("reached / goal  (< 1: goal met; '>=' goals inverted)")
     for y, (k, v) in enumerate(zip(keys, norm)):
         a.text(v, y, f"  {metrics[k]:.3g}", va="center", fontsize=8)
-    labels = ["capture\n(pause)", "save\n(background)", "torch.save\n+ fsync", "restore\nchain", "torch.load"]
+    labels = ["capture\n(pause)", "save\n(bg)", "torch.save\n+ fsync", "restore\n9 links", "torch\n.load"]
     values = [metrics["w1_capture_pause_s"], metrics["w1_save_background_s"],
               metrics["w1_torch_save_fsync_s"], metrics["w1_restore_chain_s"], metrics["w1_torch_load_s"]]
     b.bar(labels, values, color=["tab:blue", "tab:cyan", "tab:gray", "tab:blue", "tab:gray"])
     b.set_ylabel("seconds (median)")
+    b.tick_params(axis="x", labelsize=8)
     b.set_title(f"W1: {metrics['w1_raw_mb']:.0f} MB MLP + AdamW", fontsize=10)
     kind = "quick" if metrics.get("quick") else "full"
     fig.suptitle(f"Checkpoint library benchmarks ({kind} run, {int(metrics['cpu_count'])} CPU cores)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import signal
 import sys
 import time
@@ -59,10 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     cmd = args.command
     if cmd == "worker":
-        from worker_app.worker import serve
+        from worker_app.worker import exit_now, serve
 
-        asyncio.run(serve(settings))
-        return 0
+        _log_to_stderr()
+        # Not asyncio.run: it would join the threads of cancelled task functions.
+        asyncio.new_event_loop().run_until_complete(serve(settings))
+        exit_now(0)
     if cmd == "dev":
         return _dev(args, settings)
     if cmd == "demo":
@@ -88,6 +91,14 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         print("crowdcompute: the REST API is not part of this build yet", file=sys.stderr)
         return 1
     raise AssertionError(cmd)
+
+
+def _log_to_stderr() -> None:
+    """Warnings from everything; checkpoint activity (spec log prefixes) at INFO."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("checkpoint", "crowdcompute", "activities", "worker_app"):
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 def _raise_interrupt(*_: object) -> None:

@@ -29,6 +29,7 @@ from workflows.models import (
 
 # A task is bounded by its heartbeat timeout, not by its total run time.
 TASK_START_TO_CLOSE = timedelta(days=365)
+MAX_RETRY_INTERVAL = timedelta(seconds=10)
 NON_RETRYABLE_TYPES = ["FunctionNotFound", "UnpicklableResult", "BadTaskInput"]
 
 
@@ -107,6 +108,8 @@ class TaskRunner:
                 heartbeat_timeout=timedelta(seconds=opts.heartbeat_timeout),
                 retry_policy=RetryPolicy(
                     maximum_attempts=opts.max_attempts,
+                    # A retry after a worker died should not wait minutes: cap the backoff.
+                    maximum_interval=MAX_RETRY_INTERVAL,
                     non_retryable_error_types=NON_RETRYABLE_TYPES,
                 ),
             )

@@ -93,7 +93,7 @@ def _torch_step(state: dict[str, Any], cfg: dict[str, Any]) -> None:
     opt.step()
     state["model"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
     state["opt"] = opt.state_dict()
-    state["losses"].append(float(loss))
+    state["losses"].append(float(loss.detach()))
     state["step"] += 1
 
 
