@@ -36,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("job_id")
     st.add_argument("--watch", action="store_true")
     sub.add_parser("demo", help="run the demo job (starts the embedded stack if needed)")
-    sub.add_parser("gc", help="sweep checkpoint data left by terminated jobs")
+    gc = sub.add_parser("gc", help="sweep checkpoint data left by terminated jobs")
+    gc.add_argument("--grace", type=float, default=3600.0,
+                    help="keep unreferenced blobs younger than this many seconds (default 3600)")
     db = sub.add_parser("db", help="database maintenance")
     db.add_argument("action", choices=["upgrade"])
     api = sub.add_parser("api", help="run the REST API")
@@ -75,12 +77,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if cmd == "submit":
         return asyncio.run(_submit(args, settings))
     if cmd == "status":
-        from worker_app.status import show_status
+        from worker_app.status_view import show_status
 
         return asyncio.run(show_status(settings, args.job_id, watch=args.watch))
     if cmd == "gc":
-        print("nothing to sweep")
-        return 0
+        return asyncio.run(_gc(settings, args.grace))
     if cmd == "db":
         import checkpoint
 
@@ -88,8 +89,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         print(f"database at {settings.database_url} is up to date")
         return 0
     if cmd == "api":
-        print("crowdcompute: the REST API is not part of this build yet", file=sys.stderr)
-        return 1
+        from worker_app.api import serve as serve_api
+
+        serve_api(settings, args.port)
+        return 0
     raise AssertionError(cmd)
 
 
@@ -106,16 +109,22 @@ def _raise_interrupt(*_: object) -> None:
 
 
 def _dev(args: argparse.Namespace, settings: Settings) -> int:
-    from worker_app.dev import DevStack
+    from worker_app.dev import DevStack, DevStackError, port_in_use
 
     stack = DevStack(settings, port=args.port, ui_port=args.ui_port)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
+        if port_in_use(args.api_port):
+            raise DevStackError(f"port {args.api_port} (REST API) is already in use: stop what "
+                                "runs there or choose another with --api-port")
         stack.start_server()
         for _ in range(max(1, args.workers)):
             stack.start_worker()
+        _start_api(stack, settings, args.api_port)
         print(f"Temporal:     {stack.address} (namespace {settings.namespace})")
         print(f"Temporal UI:  http://localhost:{args.ui_port}")
+        print(f"REST API:     http://localhost:{args.api_port}/api/checkpoints/jobs/JOB_ID "
+              f"(docs: http://localhost:{args.api_port}/docs)")
         print(f"workers:      {len(stack.workers)} on task queue {settings.task_queue!r}")
         print(f"state dir:    {settings.state_dir}")
         print("Ctrl-C stops everything.", flush=True)
@@ -128,6 +137,30 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     finally:
         stack.stop()
+
+
+def _start_api(stack: Any, settings: Settings, port: int) -> None:
+    import os
+    import subprocess
+
+    env = {**os.environ, **settings.child_env(), "CROWDCOMPUTE_TEMPORAL_ADDRESS": stack.address}
+    stack.procs.append(subprocess.Popen(
+        [sys.executable, "-m", "worker_app.cli", "api", "--port", str(port)],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+
+async def _gc(settings: Settings, grace: float) -> int:
+    from worker_app.gc import collect
+    from worker_app.temporal import connect_client
+    from worker_app.worker import build_checkpoints
+
+    manager = build_checkpoints(settings).manager
+    report = await collect(manager, await connect_client(settings), grace)
+    print(f"checked {report.jobs_checked} job(s) with checkpoint data; deleted "
+          f"{len(report.jobs_deleted)} that are not running"
+          + (f" ({', '.join(report.jobs_deleted)})" if report.jobs_deleted else "")
+          + f"; removed {report.orphans_removed} orphaned blob(s)")
+    return 0
 
 
 async def _submit(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,0 +1,113 @@
+"""The embedded stack as a user runs it: ``crowdcompute dev`` and ``crowdcompute demo``
+as real processes (their own Temporal dev server, workers and REST API)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from _servers import free_port
+
+pytestmark = pytest.mark.timeout(240)
+
+EXE = str(Path(sys.executable).with_name("crowdcompute"))
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CROWDCOMPUTE_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "task_modules")
+    env.update(extra)
+    return env
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_until(pred, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(0.3)
+
+
+def healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def test_dev_runs_a_job_serves_the_api_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    port, ui, api = free_port(), free_port(), free_port()
+    state = tmp_path / "state"
+    proc = subprocess.Popen(
+        [EXE, "dev", "--state-dir", str(state), "--port", str(port), "--ui-port", str(ui),
+         "--api-port", str(api), "--workers", "2"],
+        env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: listening(port) and healthy(api))
+        job = subprocess.run(
+            [EXE, "submit", "tasks:square", "--items", str(_items(tmp_path, [1, 2, 3])),
+             "--job-id", "dev-job", "--wait"],
+            env=clean_env(CROWDCOMPUTE_TEMPORAL_ADDRESS=f"127.0.0.1:{port}",
+                          CROWDCOMPUTE_STATE_DIR=str(state)),
+            capture_output=True, text=True, timeout=120)
+        assert job.returncode == 0, job.stderr
+        assert json.loads(job.stdout.split("\n", 1)[1]) == [1, 4, 9]
+        with urllib.request.urlopen(
+                f"http://127.0.0.1:{api}/api/checkpoints/jobs/dev-job", timeout=10) as r:
+            body = json.loads(r.read())
+        assert (body["job_id"], body["job_status"]) == ("dev-job", "completed")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert f"Temporal UI:  http://localhost:{ui}" in out
+    assert not listening(port) and not listening(api)
+    assert (state / "temporal.db").exists()  # jobs survive a restart of the dev server
+
+
+def test_dev_reports_a_taken_port(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        out = subprocess.run(
+            [EXE, "dev", "--state-dir", str(tmp_path), "--port", str(taken),
+             "--ui-port", str(free_port()), "--api-port", str(free_port())],
+            env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert f"port {taken} (Temporal gRPC) is already in use" in out.stderr
+
+
+def test_demo_kills_a_worker_and_resumes_from_checkpoints(tmp_path: Path) -> None:
+    port = free_port()
+    out = subprocess.run(
+        [EXE, "demo"], env=clean_env(CROWDCOMPUTE_STATE_DIR=str(tmp_path / "state"),
+                                     CROWDCOMPUTE_TEMPORAL_ADDRESS=f"127.0.0.1:{port}"),
+        capture_output=True, text=True, timeout=200)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "killed worker pid" in out.stdout
+    assert "resumed from its checkpoint at step" in out.stdout
+    assert "steps (" in out.stdout and "from being recomputed" in out.stdout
+    assert not listening(port)
+
+
+def _items(tmp: Path, items: list[int]) -> Path:
+    path = tmp / "items.json"
+    path.write_text(json.dumps(items))
+    return path
