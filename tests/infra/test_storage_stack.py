@@ -92,5 +92,9 @@ def test_lifecycle_aborts_uploads_and_expires_checkpoints(
     expire = rules["expire-checkpoints"]
     assert expire["Status"] == "Enabled"
     assert expire["Expiration"] == {"Days": EXPIRATION_DAYS}
-    assert expire["Filter"] == {"Prefix": "checkpoints/"}
+    assert expire["Filter"] == {"Prefix": "checkpoints/ckpt/"}
+    payloads = rules["expire-payloads"]
+    assert payloads["Status"] == "Enabled"
+    assert payloads["Expiration"] == {"Days": 90}
+    assert payloads["Filter"] == {"Prefix": "checkpoints/payloads/"}
 

@@ -152,3 +152,13 @@ def unpicklable_then_fine(cfg: dict[str, Any]) -> dict[str, Any]:
     time.sleep(cfg["interval"] * 1.2)
     results["good"] = ctx.checkpoint({"x": np.arange(10)})
     return results
+
+
+def big_state_roundtrip(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoint a state above the SQL size limit, hold it, return the big item back."""
+    ctx = current_task()
+    time.sleep(cfg["interval"] * 1.2)
+    state = {"w": np.random.default_rng(cfg["seed"]).standard_normal(400_000)}  # 3.2 MB
+    captured = ctx.checkpoint(state)
+    time.sleep(cfg["hold"])
+    return {"captured": captured, "item_sum": float(cfg["array"].sum()), "echo": cfg["array"]}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import job_histories
+from _helpers import job_histories
 from temporalio.client import Client
 
 import sdk

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 
 import pytest
-from conftest import wait_for
+from _helpers import wait_for
 from temporalio.client import Client
 
 import sdk
