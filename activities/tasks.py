@@ -8,9 +8,12 @@ and deletes a task's or a job's checkpoint data.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import inspect
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
 from temporalio import activity
@@ -29,6 +32,10 @@ log = logging.getLogger(__name__)
 # A task that finishes sooner than this never signals "running": short tasks
 # cost no extra history events, long ones show up as running in the query.
 START_SIGNAL_DELAY = 1.0
+# Threads for synchronous task functions: one per concurrently running activity
+# (the worker's max_concurrent_activities), so blocking tasks do not queue behind
+# the event loop's default executor (min(32, cpus + 4) threads).
+DEFAULT_TASK_THREADS = 200
 
 
 class CheckpointProvider(Protocol):
@@ -44,9 +51,17 @@ class CheckpointProvider(Protocol):
 class TaskActivities:
     """Activities of a worker; register ``activities()`` with the Temporal worker."""
 
-    def __init__(self, settings: Settings, checkpoints: CheckpointProvider | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        checkpoints: CheckpointProvider | None = None,
+        *,
+        task_threads: int = DEFAULT_TASK_THREADS,
+    ) -> None:
         self.settings = settings
         self.checkpoints = checkpoints
+        # Threads start on demand and are never joined by exit_now(); see worker.py.
+        self._threads = ThreadPoolExecutor(task_threads, thread_name_prefix="crowdcompute-task")
 
     def activities(self) -> list[Callable[..., Any]]:
         return [self.run_task, self.cleanup_task, self.cleanup_job]
@@ -78,30 +93,38 @@ class TaskActivities:
             ) from exc
 
     async def _execute(self, ctx: TaskContext, fn: Callable[..., Any], item: Any) -> Any:
-        beat = asyncio.create_task(self._heartbeat_loop(ctx))
         token = bind(ctx)
+        loop = asyncio.get_running_loop()
+        # No heartbeat task at once: a task shorter than the first delay costs neither
+        # an RPC nor an asyncio task (most tasks of a big job are that short).
+        beat: list[asyncio.Task[None]] = []
+        timer = loop.call_later(
+            min(START_SIGNAL_DELAY, self.settings.heartbeat_interval),
+            lambda: beat.append(loop.create_task(self._heartbeat_loop(ctx))),
+        )
         succeeded = False
         try:
             if inspect.iscoroutinefunction(fn):
                 result = await fn(item)
             else:
-                # to_thread copies the context, so current_task() works in the thread.
-                result = await asyncio.to_thread(fn, item)
+                # Run in a copy of this context, so current_task() works in the thread.
+                call = functools.partial(contextvars.copy_context().run, fn, item)
+                result = await loop.run_in_executor(self._threads, call)
             succeeded = True
             return result
         except asyncio.CancelledError:
             ctx._cancelled.set()
             raise
         finally:
-            beat.cancel()
+            timer.cancel()
+            for task in beat:
+                task.cancel()
             unbind(token)
             await ctx.session.close(succeeded=succeeded)
 
     async def _heartbeat_loop(self, ctx: TaskContext) -> None:
-        """Heartbeat on a fixed schedule whatever the user code does."""
+        """Heartbeat on a fixed schedule whatever the user code does (from the first delay on)."""
         interval = self.settings.heartbeat_interval
-        # No heartbeat at once: a task shorter than the first sleep costs no RPC.
-        await asyncio.sleep(min(START_SIGNAL_DELAY, interval))
         await self._signal_started(ctx)
         while True:
             activity.heartbeat(ctx.heartbeat_details())

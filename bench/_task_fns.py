@@ -22,7 +22,8 @@ def train_w1(spec: dict[str, Any]) -> dict[str, Any]:
     Spec keys: ``width``, ``layers``, ``threads`` (torch intra-op threads),
     ``steps`` or ``seconds``, ``saves`` (torch.save + fsync runs after training,
     default 0) and ``save_path``. Returns steps, loop seconds, checkpoints
-    captured, the training thread's CPU seconds and the save timings.
+    captured, the training thread's CPU seconds (captures included, and
+    separately) and the save timings.
     """
     import torch
 
@@ -33,20 +34,24 @@ def train_w1(spec: dict[str, Any]) -> dict[str, Any]:
     state, train = _mlp(sizes, frozen=0)
     train(1)  # AdamW allocates its moments on the first step
     ctx = sdk.current_task()
-    steps, captured = 0, 0
+    steps, captured, capture_cpu = 0, 0, 0.0
     limit_steps = spec.get("steps")
     deadline = time.perf_counter() + float(spec.get("seconds") or 0.0)
     cpu0, t0 = time.thread_time(), time.perf_counter()
     while (steps < limit_steps) if limit_steps is not None else (time.perf_counter() < deadline):
         train(1)
         steps += 1
-        captured += ctx.checkpoint(state, progress_percent=_percent(steps, limit_steps))
+        c0 = time.thread_time()
+        if ctx.checkpoint(state, progress_percent=_percent(steps, limit_steps)):
+            captured += 1
+            capture_cpu += time.thread_time() - c0
     seconds = time.perf_counter() - t0
     out: dict[str, Any] = {
         "steps": steps,
         "seconds": seconds,
         "checkpoints": captured,
         "train_thread_cpu_s": time.thread_time() - cpu0,
+        "capture_cpu_s": capture_cpu,
     }
     if spec.get("saves"):
         out.update(_saves(state, Path(spec["save_path"]), int(spec["saves"])))

@@ -40,7 +40,10 @@ from . import _compress
 from ._snapshot import ARRAY, Leaf, Snapshot
 from .errors import CorruptCheckpoint
 
-__all__ = ["CHUNK", "COMPRESSIONS", "PART_FROM", "EncodedPart", "decode", "encode", "snapshots_equal"]
+__all__ = [
+    "CHUNK", "COMPRESSIONS", "PART_FROM", "EncodedPart", "decode", "encode", "reuse_buffers",
+    "snapshots_equal",
+]
 
 COMPRESSIONS = ("auto", "gzip", "zstd", "none")
 PART_FROM = 1024 * 1024
@@ -292,21 +295,38 @@ def _read_index(data: bytes, codec: str) -> dict[str, Any]:
     return index
 
 
+def reuse_buffers(snapshot: Snapshot) -> Snapshot:
+    """Let the next ``decode`` against ``snapshot`` update its buffers in place.
+
+    For applying a chain: pass only an intermediate snapshot that nothing else
+    holds. After a successful decode it must not be used again; a decode that
+    fails leaves it intact (everything is checked before anything is written).
+    """
+    snapshot._reuse = True  # type: ignore[attr-defined]
+    return snapshot
+
+
 def decode(parts: Sequence[tuple[bytes, str]], previous: Snapshot | None) -> Snapshot:
     """Inverse of ``encode``: ``parts`` in encode's order, each with its codec.
 
     Raises CorruptCheckpoint for malformed or truncated input. The result may
-    share buffers with ``previous`` (snapshots are immutable).
+    share buffers with ``previous`` (snapshots are immutable), unless
+    ``previous`` was handed over with ``reuse_buffers``: then its writable
+    buffers are updated in place and become the result's.
     """
+    reuse = previous is not None and bool(getattr(previous, "_reuse", False))
     try:
-        return _decode(parts, previous)
+        return _decode(parts, previous, reuse)
     except CorruptCheckpoint:
         raise
     except Exception as exc:
         raise CorruptCheckpoint(f"cannot decode checkpoint: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if previous is not None:
+            previous._reuse = False  # type: ignore[attr-defined]
 
 
-def _decode(parts: Sequence[tuple[bytes, str]], previous: Snapshot | None) -> Snapshot:
+def _decode(parts: Sequence[tuple[bytes, str]], previous: Snapshot | None, reuse: bool) -> Snapshot:
     if not parts:
         raise CorruptCheckpoint("no parts")
     index = _read_index(*parts[0])
@@ -317,38 +337,132 @@ def _decode(parts: Sequence[tuple[bytes, str]], previous: Snapshot | None) -> Sn
         raise CorruptCheckpoint("base/delta mismatch with the previous snapshot given")
     payloads = list(_pool().map(lambda i: _read_part(parts[i + 1], table[i], i + 1), range(len(table))))
     before = previous.leaf_map() if previous is not None else {}
-    leaves = tuple(_pool().map(lambda rec: _apply(rec, before, payloads), index["leaves"]))
-    treedef = previous.treedef if index["same_tree"] and previous is not None else index["treedef"]
-    snapshot = Snapshot(raw_nbytes=index["raw"], treedef=treedef, leaves=leaves)
-    if sum(leaf.nbytes for leaf in leaves) != snapshot.raw_nbytes:
+    # Check every record and build the generic leaves before any buffer is written,
+    # so that a corrupt link leaves a reused previous snapshot as it was.
+    steps = {rec[0]: _array_step(rec, before, payloads) for rec in index["leaves"] if rec[1] == ARRAY}
+    generic = {rec[0]: _apply(rec, before, payloads) for rec in index["leaves"] if rec[1] != ARRAY}
+    size = sum(int(st.meta["nbytes"]) for st in steps.values()) + sum(x.nbytes for x in generic.values())
+    if size != index["raw"]:
         raise CorruptCheckpoint("decoded leaves do not add up to the recorded size")
-    return snapshot
+    tasks = [task for st in steps.values() for task in st.start(reuse)]
+    list(_pool().map(lambda task: task(), tasks))
+    leaves = tuple(steps[rec[0]].leaf() if rec[1] == ARRAY else generic[rec[0]] for rec in index["leaves"])
+    treedef = previous.treedef if index["same_tree"] and previous is not None else index["treedef"]
+    return Snapshot(raw_nbytes=index["raw"], treedef=treedef, leaves=leaves)
 
 
-def _read_part(part: tuple[bytes, str], entry: tuple[int, int, str], number: int) -> Any:
+def _read_part(part: tuple[bytes, str], entry: tuple[int, int, str], number: int) -> tuple[np.ndarray, int]:
     data, codec = part
     crc, raw_size, recorded = entry
     if codec != recorded:
         raise CorruptCheckpoint(f"part {number}: codec {codec!r}, index says {recorded!r}")
     if zlib.crc32(data) != crc:
         raise CorruptCheckpoint(f"part {number} failed its CRC-32 check")
-    return _compress.decompress(data, codec, raw_size=raw_size)
+    return _compress.decompress_planes(data, codec, raw_size=raw_size)
 
 
-def _payload(ref: Any, payloads: list[Any]) -> np.ndarray:
+_Chunk = tuple[int, np.ndarray, int]   # offset in the leaf, (shuffled) bytes, element size
+
+
+def _chunks(ref: Any, payloads: list[tuple[np.ndarray, int]], size: int) -> list[_Chunk]:
+    """The payload of one leaf as chunks placed at their offsets; checks the total size."""
     if isinstance(ref, bytes):
-        return np.frombuffer(ref, dtype=np.uint8)
-    first, count, size = ref
-    chunks = payloads[first - 1:first - 1 + count]
-    if len(chunks) != count or count < 1:
-        raise CorruptCheckpoint("leaf refers to parts that do not exist")
-    if count == 1:
-        out = np.frombuffer(chunks[0], dtype=np.uint8)
+        chunks = [(np.frombuffer(ref, dtype=np.uint8), 1)]
     else:
-        out = np.concatenate([np.frombuffer(c, dtype=np.uint8) for c in chunks])
-    if out.nbytes != size:
+        first, count, total = ref
+        chunks = payloads[first - 1:first - 1 + count] if first >= 1 else []
+        if len(chunks) != count or count < 1:
+            raise CorruptCheckpoint("leaf refers to parts that do not exist")
+        if total != size:
+            raise CorruptCheckpoint("leaf payload has the wrong size")
+    out, offset = [], 0
+    for data, itemsize in chunks:
+        out.append((offset, data, itemsize))
+        offset += data.nbytes
+    if offset != size:
         raise CorruptCheckpoint("leaf payload has the wrong size")
     return out
+
+
+def _payload(ref: Any, payloads: list[tuple[np.ndarray, int]]) -> np.ndarray:
+    """A generic leaf's payload as contiguous plain bytes."""
+    size = len(ref) if isinstance(ref, bytes) else ref[2] if isinstance(ref, tuple) and len(ref) == 3 else -1
+    chunks = _chunks(ref, payloads, size)
+    if len(chunks) == 1 and chunks[0][2] == 1:
+        return chunks[0][1]
+    out = np.empty(size, dtype=np.uint8)
+    for offset, data, itemsize in chunks:
+        _compress.unshuffle_into(out[offset:offset + data.nbytes], data, itemsize)
+    return out
+
+
+@dataclass
+class _ArrayStep:
+    """One array leaf of a link, checked; ``start`` returns its copy/XOR tasks."""
+
+    path: str
+    meta: dict[str, Any]
+    op: str
+    old: np.ndarray | None = None
+    chunks: list[_Chunk] | None = None
+    rows: np.ndarray | None = None
+    data: np.ndarray | None = None
+
+    def start(self, reuse: bool) -> list[Callable[[], None]]:
+        n, old, chunks = int(self.meta["nbytes"]), self.old, self.chunks or []
+        in_place = reuse and old is not None and old.flags.writeable
+        if self.op == "same" or n == 0:
+            self.data = old if old is not None and n else np.empty(0, np.uint8)
+            return []
+        if self.op == "full" and len(chunks) == 1 and chunks[0][2] == 1:
+            self.data = chunks[0][1]   # no copy: the decompressed bytes are the leaf
+            return []
+        assert old is not None or self.op == "full"
+        self.data = old if in_place else np.empty(n, dtype=np.uint8)
+        if self.op == "rows":
+            assert old is not None and self.rows is not None
+            if not in_place:
+                self.data = old.copy()
+            return [self._xor_rows]
+        dst, base = self.data, (None if self.op == "full" else old)
+        return [lambda o=o, c=c, k=k: _compress.unshuffle_into(
+                    dst[o:o + c.nbytes], c, k, xor_with=None if base is None else base[o:o + c.nbytes])
+                for o, c, k in chunks]
+
+    def _xor_rows(self) -> None:
+        assert self.data is not None and self.rows is not None
+        nrows = self.meta["shape"][0]
+        row_bytes = int(self.meta["nbytes"]) // nrows
+        delta = np.empty(self.rows.size * row_bytes, dtype=np.uint8)
+        for offset, data, itemsize in self.chunks or []:
+            _compress.unshuffle_into(delta[offset:offset + data.nbytes], data, itemsize)
+        table = self.data.reshape(nrows, row_bytes)
+        table[self.rows] ^= delta.reshape(self.rows.size, row_bytes)
+
+    def leaf(self) -> Leaf:
+        return Leaf(self.path, ARRAY, self.meta, self.data)
+
+
+def _array_step(record: tuple[Any, ...], before: dict[str, Leaf],
+                payloads: list[tuple[np.ndarray, int]]) -> _ArrayStep:
+    path, _kind, meta, op, ref, extra = record
+    n = int(meta["nbytes"])
+    if op == "full":
+        return _ArrayStep(path, meta, op, chunks=_chunks(ref, payloads, n) if n else [])
+    if op not in ("same", "xor", "rows"):
+        raise CorruptCheckpoint(f"unknown operation {op!r} for {path!r}")
+    old = _previous(before, path, ARRAY).data
+    if old.nbytes != n:
+        raise CorruptCheckpoint(f"leaf {path!r} decoded to the wrong size")
+    if op == "same":
+        return _ArrayStep(path, meta, op, old)
+    if op == "xor":
+        return _ArrayStep(path, meta, op, old, _chunks(ref, payloads, n))
+    rows = np.frombuffer(extra, dtype="<i8")
+    nrows = meta["shape"][0]
+    if rows.size and (rows.min() < 0 or rows.max() >= nrows):
+        raise CorruptCheckpoint(f"row index out of range for {path!r}")
+    return _ArrayStep(path, meta, op, old, _chunks(ref, payloads, rows.size * (n // nrows)), rows)
 
 
 def _previous(before: dict[str, Leaf], path: str, kind: str) -> Leaf:
@@ -359,16 +473,12 @@ def _previous(before: dict[str, Leaf], path: str, kind: str) -> Leaf:
 
 
 def _apply(record: tuple[Any, ...], before: dict[str, Leaf], payloads: list[Any]) -> Leaf:
+    """A generic (pickled) leaf; never writes to ``before``."""
     path, kind, meta, op, ref, extra = record
-    if kind == ARRAY:
-        data = _apply_array(path, meta, op, ref, extra, before, payloads)
-        if data.nbytes != meta["nbytes"]:
-            raise CorruptCheckpoint(f"leaf {path!r} decoded to the wrong size")
-        return Leaf(path, kind, meta, data)
     if op == "same":
         return Leaf(path, kind, meta, _previous(before, path, kind).data)
     if op == "full":
-        data = bytes(_payload(ref, payloads)) if kind == "pickle" and not isinstance(ref, bytes) else ref
+        data = _payload(ref, payloads).tobytes() if kind == "pickle" and not isinstance(ref, bytes) else ref
         return Leaf(path, kind, meta, data)
     old = _previous(before, path, kind).data
     if op == "tail":
@@ -393,31 +503,6 @@ def _apply_keys(old: tuple[tuple[bytes, bytes], ...], changed: Any, removed: Any
     if order is None:
         order = _dict_order(old, set(values), added)
     return tuple((k, values[k]) for k in order)
-
-
-def _apply_array(path: str, meta: dict[str, Any], op: str, ref: Any, extra: Any,
-                 before: dict[str, Leaf], payloads: list[Any]) -> np.ndarray:
-    if op == "full":
-        return _payload(ref, payloads) if meta["nbytes"] else np.empty(0, np.uint8)
-    old = _previous(before, path, ARRAY).data
-    if op == "same":
-        return old
-    if op == "xor":
-        delta = _payload(ref, payloads)
-        if delta.nbytes != old.nbytes:
-            raise CorruptCheckpoint(f"xor delta for {path!r} has the wrong size")
-        return _xor(old, delta)
-    if op == "rows":
-        rows = np.frombuffer(extra, dtype="<i8")
-        nrows = meta["shape"][0]
-        if rows.size and (rows.min() < 0 or rows.max() >= nrows):
-            raise CorruptCheckpoint(f"row index out of range for {path!r}")
-        row_bytes = meta["nbytes"] // nrows
-        delta = _payload(ref, payloads).reshape(rows.size, row_bytes)
-        out = old.copy().reshape(nrows, row_bytes)
-        out[rows] ^= delta
-        return out.reshape(-1)
-    raise CorruptCheckpoint(f"unknown operation {op!r} for {path!r}")
 
 
 def snapshots_equal(a: Snapshot, b: Snapshot) -> bool:

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session
 
 from . import catalog as cat
-from ._delta import decode
+from ._delta import decode, reuse_buffers
 from ._ids import job_prefix, task_prefix, validate_id
 from ._records import ManagerConfig, PartRef, Restored
 from ._writer import TaskWriter
@@ -119,18 +119,20 @@ class CheckpointManager:
     def _restore_chain(self, job_id: str, task_id: str, links: list[CheckpointRow],
                        newest_chain: bool) -> Restored | None:
         verified: list[tuple[CheckpointRow, list[tuple[bytes, str]]]] = []
-        for link in links:  # verify every blob of the chain before decoding any of them
-            try:
-                verified.append((link, self._fetch_verified(task_id, link)))
-            except (CorruptCheckpoint, BlobNotFound) as exc:
+        # verify every blob of the chain before decoding any of them
+        for link, result in zip(links, self._fetch_chain(task_id, links)):
+            if isinstance(result, (CorruptCheckpoint, BlobNotFound)):
                 log.warning("CheckpointManager: task %r seq %d unusable (%s); restoring the last "
-                            "consistent checkpoint before it", task_id, link.seq, exc)
+                            "consistent checkpoint before it", task_id, link.seq, result)
                 break
+            verified.append((link, result))
         snapshot = None
         applied: list[CheckpointRow] = []
         for link, parts in verified:
             try:
-                snapshot = decode(parts, snapshot)
+                # The intermediate snapshots are ours alone: each link updates the
+                # previous one's buffers in place instead of copying the state.
+                snapshot = decode(parts, reuse_buffers(snapshot) if snapshot is not None else None)
             except CorruptCheckpoint as exc:
                 log.warning("CheckpointManager: task %r seq %d failed to decode (%s); restoring "
                             "the last consistent checkpoint before it", task_id, link.seq, exc)
@@ -148,22 +150,35 @@ class CheckpointManager:
                         truncated=truncated, progress_percent=last.progress_percent,
                         chain=tuple(r.seq for r in applied))
 
-    def _fetch_verified(self, task_id: str, link: CheckpointRow) -> list[tuple[bytes, str]]:
-        refs = [PartRef.from_json(p) for p in link.parts]
+    def _fetch_chain(self, task_id: str, links: list[CheckpointRow]
+                     ) -> list[list[tuple[bytes, str]] | CorruptCheckpoint | BlobNotFound]:
+        """Every blob of every link, fetched and hashed on one pool (hashing overlaps I/O).
 
-        def fetch(ref: PartRef) -> bytes:
-            return self.blobs.store_for(ref.tier).get(ref.key)
+        Per link: its parts with their codecs, or the first error met.
+        """
+        refs = [[PartRef.from_json(p) for p in link.parts] for link in links]
 
-        if len(refs) > 1:
-            with ThreadPoolExecutor(min(8, len(refs))) as pool:
-                datas = list(pool.map(fetch, refs))
-        else:
-            datas = [fetch(r) for r in refs]
-        for ref, data in zip(refs, datas, strict=True):
+        def fetch(item: tuple[CheckpointRow, PartRef]) -> bytes:
+            link, ref = item
+            data = self.blobs.store_for(ref.tier).get(ref.key)
             if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.sha256:
                 raise CorruptCheckpoint(f"blob {ref.key!r} of task {task_id!r} seq {link.seq} "
                                         f"fails its SHA-256 check")
-        return [(data, ref.codec) for ref, data in zip(refs, datas, strict=True)]
+            return data
+
+        jobs = [(link, ref) for link, rs in zip(links, refs) for ref in rs]
+        with ThreadPoolExecutor(max(1, min(8, len(jobs)))) as pool:
+            futures = [pool.submit(fetch, job) for job in jobs]
+        out: list[list[tuple[bytes, str]] | CorruptCheckpoint | BlobNotFound] = []
+        for rs in refs:
+            mine, futures = futures[:len(rs)], futures[len(rs):]
+            errors = [f.exception() for f in mine if f.exception() is not None]
+            for error in errors:
+                if not isinstance(error, (CorruptCheckpoint, BlobNotFound)):
+                    raise error
+            out.append(errors[0] if errors else  # type: ignore[arg-type]
+                       [(f.result(), ref.codec) for f, ref in zip(mine, rs, strict=True)])
+        return out
 
     # -- deletion -----------------------------------------------------------------------
 

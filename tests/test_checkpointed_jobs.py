@@ -134,20 +134,29 @@ def catalog_counts(settings: Settings) -> tuple[int, int, int]:
 
 
 def assert_same_state(got: dict[str, Any], want: dict[str, Any]) -> None:
+    """Bit-identical: losses, arrays and (torch) every tensor of the model state."""
     assert got["step"] == want["step"]
     assert got["losses"] == want["losses"]
     for key in want:
         if isinstance(want[key], np.ndarray):
             assert got[key].tobytes() == want[key].tobytes()
+    if "model" in want:
+        assert got["model"].keys() == want["model"].keys()
+        for name, tensor in want["model"].items():
+            assert got["model"][name].numpy().tobytes() == tensor.numpy().tobytes(), name
 
 
-async def test_chaos_sigkill_resumes_bit_identical(settings: Settings, conn: sdk.Connection,
-                                                  spawn: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("variant", ["numpy", "torch"])
+async def test_chaos_sigkill_resumes_bit_identical(variant: str, settings: Settings,
+                                                  conn: sdk.Connection, spawn: Any,
+                                                  tmp_path: Path) -> None:
+    train = getattr(ckpt_tasks, f"train_{variant}")
+    reference = getattr(ckpt_tasks, f"reference_{variant}")
     items = cfgs(tmp_path, 3, steps=140)
     log = StepLog(tmp_path / "steps.log")
     workers = [await spawn(), await spawn()]
-    job = await sdk.submit(ckpt_tasks.train_numpy, items, checkpoint_interval=INTERVAL,
-                           heartbeat_timeout=2.0, max_attempts=30, job_id="chaos-np")
+    job = await sdk.submit(train, items, checkpoint_interval=INTERVAL,
+                           heartbeat_timeout=2.0, max_attempts=30, job_id=f"chaos-{variant}")
     rng = random.Random(1234)
     kills = 0
     while kills < 5:
@@ -163,7 +172,7 @@ async def test_chaos_sigkill_resumes_bit_identical(settings: Settings, conn: sdk
         workers.append(await spawn())
     results = await asyncio.wait_for(job.result(), 240)
     for cfg, got in zip(items, results, strict=True):
-        assert_same_state(got, ckpt_tasks.reference_numpy(cfg))
+        assert_same_state(got, reference(cfg))
     lost = log.recomputed()
     retries = [x for v in lost.values() for x in v]
     assert len(retries) >= 3, lost  # the kills hit running tasks
@@ -171,12 +180,6 @@ async def test_chaos_sigkill_resumes_bit_identical(settings: Settings, conn: sdk
     assert max(retries) <= budget, lost
     assert any(r["resumed_from"] for r in results)
     await wait_for(lambda: catalog_counts(settings) == (0, 0, 0), timeout=30)
-
-
-async def test_torch_task_resumes_after_kill(settings: Settings, conn: sdk.Connection,
-                                             spawn: Any, tmp_path: Path) -> None:
-    await _kill_once_and_compare(settings, spawn, tmp_path, ckpt_tasks.train_torch,
-                                 ckpt_tasks.reference_torch, "kill-torch")
 
 
 async def test_tensorflow_task_resumes_after_kill(settings: Settings, conn: sdk.Connection,
@@ -198,12 +201,7 @@ async def _kill_once_and_compare(settings: Settings, spawn: Any, tmp_path: Path,
     (got,) = await asyncio.wait_for(job.result(), 180)
     want = reference(items[0])
     assert got["resumed_from"] is not None and got["resumed_from"] > 0
-    assert got["losses"] == want["losses"]
-    if "w" in want:
-        assert np.asarray(got["w"]).tobytes() == np.asarray(want["w"]).tobytes()
-    else:
-        for k, v in want["model"].items():
-            assert got["model"][k].equal(v), k
+    assert_same_state(got, want)
     await wait_for(lambda: catalog_counts(settings) == (0, 0, 0), timeout=30)
 
 

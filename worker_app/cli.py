@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from checkpoint.errors import CheckpointError
 from worker_app.settings import Settings, SettingsError, load_settings
 
 
@@ -52,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides = {"state_dir": args.state_dir} if getattr(args, "state_dir", None) else {}
         settings = load_settings(**overrides)
         return _dispatch(args, settings)
-    except (SettingsError, ValueError, ConnectionError, RuntimeError, FileNotFoundError) as exc:
+    except (SettingsError, ValueError, ConnectionError, RuntimeError, FileNotFoundError,
+            CheckpointError) as exc:
         print(f"crowdcompute: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, (SettingsError, ValueError)) else 1
     except KeyboardInterrupt:

@@ -49,7 +49,11 @@ def build_worker(
     client: Client, settings: Settings, checkpoints: CheckpointProvider | None = None
 ) -> Worker:
     """A Temporal worker for ``settings.task_queue`` (not yet running)."""
-    acts = TaskActivities(settings, checkpoints=checkpoints or build_checkpoints(settings))
+    acts = TaskActivities(
+        settings,
+        checkpoints=checkpoints or build_checkpoints(settings),
+        task_threads=MAX_CONCURRENT_ACTIVITIES,
+    )
     return Worker(
         client,
         task_queue=settings.task_queue,

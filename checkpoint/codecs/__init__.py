@@ -54,8 +54,16 @@ def _loaded_codecs() -> list[Any]:
     return found
 
 
+# Types that are never arrays: answered without consulting any codec, which
+# matters when a state holds many small Python objects.
+_NEVER_ARRAY = frozenset({dict, list, tuple, str, bytes, int, float, bool, complex, type(None),
+                          set, frozenset})
+
+
 def find_array_codec(obj: object) -> Any | None:
     """The codec that stores ``obj`` as raw bytes, or None for a generic leaf."""
+    if type(obj) in _NEVER_ARRAY:
+        return None
     if type(obj) is np.ndarray:
         return numpy_codec if numpy_codec.matches(obj) else None
     for codec in _loaded_codecs():
@@ -75,6 +83,8 @@ def convert(obj: object) -> object:
     Keras models their ``get_weights()`` list; restoring yields those structures,
     which the caller loads with ``load_state_dict`` / ``set_weights``.
     """
+    if type(obj) in _NEVER_ARRAY:
+        return obj
     kind = generic.framework_kind(type(obj))
     if kind == "state_dict":
         return obj.state_dict()  # type: ignore[attr-defined]

@@ -69,14 +69,16 @@ def copy_into(t: torch.Tensor, out: Any, *, non_blocking: bool = False) -> None:
         src = src.resolve_conj()
     if src.is_neg():
         src = src.resolve_neg()
+    nbytes = t.numel() * t.element_size()
     if isinstance(out, np.ndarray) and src.device.type == "cpu" and src.is_contiguous():
         # One memcpy on this thread: torch's copy_ splits large copies across its
         # intra-op pool, and one descheduled worker stalls the whole pause when
         # the cores are busy. The uint8 view covers every dtype (bfloat16 too).
-        np.copyto(out[: t.numel() * t.element_size()], src.reshape(-1).view(torch.uint8).numpy())
+        np.copyto(out[:nbytes], src.reshape(-1).view(torch.uint8).numpy())
         return
+    # CUDA (into pinned memory, asynchronously) and strided tensors
     dst = out if isinstance(out, torch.Tensor) else torch.from_numpy(out)
-    dst.view(t.dtype).view(t.shape).copy_(src, non_blocking=non_blocking)
+    dst[:nbytes].view(t.dtype).view(t.shape).copy_(src, non_blocking=non_blocking)
 
 
 def synchronize() -> None:

@@ -10,7 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from checkpoint._compress import MODES, choose_codec, compress, decompress, shuffle, unshuffle
+from checkpoint._compress import (
+    MODES, choose_codec, compress, decompress, decompress_planes, shuffle, unshuffle, unshuffle_into,
+)
 from checkpoint.errors import CorruptCheckpoint
 
 
@@ -81,3 +83,28 @@ def test_wrong_size_and_unknown_codec_are_corrupt():
         decompress(b"abcd", "none", raw_size=5)
     with pytest.raises(CorruptCheckpoint):
         decompress(b"abcd", "brotli")
+
+
+@given(st.binary(max_size=300), st.sampled_from([1, 2, 3, 4, 8]), st.booleans())
+def test_unshuffle_into_matches_unshuffle_and_xor(data, itemsize, xor):
+    data = data[: len(data) // itemsize * itemsize]
+    raw = np.frombuffer(data, dtype=np.uint8)
+    other = np.frombuffer(bytes(reversed(data)), dtype=np.uint8)
+    packed = shuffle(raw, itemsize)
+    out = other.copy() if xor else np.empty(raw.size, dtype=np.uint8)
+    unshuffle_into(out, packed, itemsize, xor_with=out if xor else None)
+    expected = raw ^ other if xor else raw
+    assert out.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("mode", ["auto", "zstd", "gzip", "none"])
+def test_decompress_planes_leaves_the_shuffle_to_the_caller(mode):
+    raw = np.arange(100_000, dtype=np.float32).view(np.uint8)
+    blob, codec = compress(raw, mode, itemsize=4)
+    planes, itemsize = decompress_planes(blob, codec, raw_size=raw.nbytes)
+    assert itemsize == (4 if codec == "shuffle+zstd" else 1)
+    out = np.empty(raw.size, dtype=np.uint8)
+    unshuffle_into(out, planes, itemsize)
+    assert out.tobytes() == raw.tobytes()
+    with pytest.raises(CorruptCheckpoint):
+        decompress_planes(blob[:-3], codec, raw_size=raw.nbytes)

@@ -242,3 +242,72 @@ def test_delta_without_its_previous_is_corrupt():
         decode([(p.data, p.codec) for p in parts], None)
     with pytest.raises(CorruptCheckpoint):
         decode([(p.data, p.codec) for p in parts], capture({"b": np.zeros(3)}))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.integers(0, 2**32 - 1),
+    st.lists(st.sampled_from(["none", "rows", "dense", "reshape", "rebind", "keys"]), min_size=1, max_size=5),
+    st.sampled_from(COMPRESSIONS),
+)
+def test_chain_applied_in_place_is_bit_exact(small_parts, seed, steps, compression):
+    """reuse_buffers: each link updates the previous link's buffers in place."""
+    rng = np.random.default_rng(seed)
+    state = {
+        "emb": rng.standard_normal((40, 8)).astype(np.float32),
+        "vec": rng.standard_normal(100),
+        "half": rng.standard_normal((30, 5)).astype(np.float16),
+        "scalar": np.array(3.5, dtype=np.float32),
+        "empty": np.zeros((0, 3), dtype=np.int16),
+    }
+    previous = capture(state)
+    links = [encode(None, previous, compression=compression)]
+    expected = [previous]
+    for how in steps:
+        _mutate(rng, state, how)
+        current = capture(state, previous=previous)
+        links.append(encode(previous, current, compression=compression))
+        expected.append(current)
+        previous = current
+    restored = None
+    for parts, want in zip(links, expected):
+        pairs = [(p.data, p.codec) for p in parts]
+        restored = decode(pairs, _delta.reuse_buffers(restored) if restored is not None else None)
+        assert snapshots_equal(restored, want) is True
+    assert getattr(restored, "_reuse", False) is False
+
+
+def test_decode_without_reuse_never_writes_to_previous(small_parts):
+    rng = np.random.default_rng(5)
+    state = {"emb": rng.standard_normal((64, 16)).astype(np.float32), "vec": rng.standard_normal(300)}
+    first = capture(state)
+    base = decode([(p.data, p.codec) for p in encode(None, first)], None)
+    copies = {leaf.path: leaf.data.copy() for leaf in base.leaves}
+    state["emb"][[1, 7]] += 1.0           # rows
+    state["vec"] += 1e-3                  # dense xor
+    second = capture(state)
+    parts = encode(first, second)
+    ops = {rec[0]: rec[3] for rec in _index(parts)["leaves"]}
+    assert ops == {"emb": "rows", "vec": "xor"}
+    back = decode([(p.data, p.codec) for p in parts], base)
+    assert snapshots_equal(back, second) is True
+    assert all(leaf.data.tobytes() == copies[leaf.path].tobytes() for leaf in base.leaves)
+
+
+def test_failed_decode_leaves_a_reused_previous_intact(small_parts):
+    rng = np.random.default_rng(6)
+    state = {"emb": rng.standard_normal((64, 16)).astype(np.float32), "vec": rng.standard_normal(300)}
+    first = capture(state)
+    base = decode([(p.data, p.codec) for p in encode(None, first)], None)
+    state["emb"][[2, 9]] += 1.0
+    state["vec"] += 1e-3
+    parts = [(p.data, p.codec) for p in encode(first, capture(state))]
+    for broken in _corruptions(encode(first, capture(state))):
+        with pytest.raises(CorruptCheckpoint):
+            decode(broken, _delta.reuse_buffers(base))
+        assert snapshots_equal(base, first) is True
+    assert snapshots_equal(decode(parts, _delta.reuse_buffers(base)), capture(state)) is True
+
+
+def _index(parts):
+    return _delta._read_index(parts[0].data, parts[0].codec)

@@ -181,3 +181,26 @@ def test_cuda_round_trip():
     assert restored["model"]["bias"].device.type == "cuda"
     assert torch.equal(restored["model"]["bias"], model.bias.detach()) is True
     assert torch.equal(restored["bf16"], state["bf16"]) is True
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.randn(33, 7, dtype=torch.bfloat16),
+    lambda: torch.rand(5, 9) > 0.5,
+    lambda: torch.randn(6, 4, dtype=torch.complex64).conj(),
+    lambda: torch.randn(8, 6)[:, ::2],
+    lambda: torch.randn(5, 7).T,
+    lambda: torch.tensor(1.25, dtype=torch.float64),
+    lambda: torch.randn(11).neg(),
+    lambda: torch.randint(0, 100, (4, 4), dtype=torch.int16),
+])
+def test_copy_into_numpy_buffer_is_bit_exact_for_every_layout(make):
+    t = make()
+    meta = torch_codec.describe(t)
+    out = np.full(meta["nbytes"] + 3, 0xAB, dtype=np.uint8)   # a larger pooled buffer
+    torch_codec.copy_into(t, out)
+    expected = t.detach().resolve_conj().resolve_neg().contiguous()
+    back = torch_codec.restore(meta, out[: meta["nbytes"]])
+    assert back.dtype == t.dtype
+    assert tuple(back.shape) == tuple(t.shape)
+    assert back.reshape(-1).view(torch.uint8).tolist() == expected.reshape(-1).view(torch.uint8).tolist()
+    assert out[meta["nbytes"]:].tolist() == [0xAB] * 3

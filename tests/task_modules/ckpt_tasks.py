@@ -67,11 +67,22 @@ def reference_numpy(cfg: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def _torch_model() -> Any:
+    import torch
+
+    return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+
+
 def _torch_init(cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    torch.manual_seed(cfg["seed"])
-    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+    # A private generator: tasks run concurrently in one worker process, so the
+    # global RNG (torch.manual_seed) would interleave between them.
+    g = torch.Generator().manual_seed(cfg["seed"])
+    model = _torch_model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     return {"step": 0, "model": model.state_dict(), "opt": opt.state_dict(), "losses": []}
 
@@ -79,8 +90,7 @@ def _torch_init(cfg: dict[str, Any]) -> dict[str, Any]:
 def _torch_step(state: dict[str, Any], cfg: dict[str, Any]) -> None:
     import torch
 
-    torch.manual_seed(cfg["seed"])
-    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+    model = _torch_model()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
