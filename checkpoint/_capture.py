@@ -3,12 +3,15 @@
 Order of work, so that nothing is copied when the budget is exceeded:
 flatten, size the array leaves, check the budget, pickle the generic leaves,
 check again, then copy the arrays (CUDA copies are asynchronous into pinned
-buffers, with one synchronize at the end).
+buffers, with one synchronize at the end; host copies are shared leaf by leaf
+between this thread and helper threads on the other cores).
 """
 
 from __future__ import annotations
 
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -178,7 +181,7 @@ def _copy_arrays(
     before = previous.leaf_map() if previous is not None else {}
     out: dict[str, Leaf] = {}
     taken: list[np.ndarray] = []
-    asynchronous = False
+    copies: list[tuple[str, Any, object, Any, bool]] = []
     try:
         for path, (codec, meta) in arrays.items():
             obj = flat[path]
@@ -193,19 +196,77 @@ def _copy_arrays(
             pinned = bool(getattr(codec, "needs_pinned", lambda _o: False)(obj))
             buf = pool.acquire((path, meta["nbytes"], pinned), meta["nbytes"], pinned)
             taken.append(buf.array)
-            target = buf.holder if buf.holder is not None else buf.array
-            try:
-                codec.copy_into(obj, target, non_blocking=pinned)
-            except Exception as exc:
-                raise _fail(path, exc) from exc
-            asynchronous = asynchronous or pinned
+            copies.append((path, codec, obj, buf.holder if buf.holder is not None else buf.array, pinned))
             out[path] = Leaf(path, ARRAY, meta, buf.array, token=token)
-        if asynchronous:
+        _run_copies(copies, sum(int(arrays[c[0]][1]["nbytes"]) for c in copies))
+        if any(c[4] for c in copies):
             codecs.codec_for("torch").synchronize()
     except BaseException:
         pool._abandon(taken)
         raise
     return out
+
+
+def _copy_one(job: tuple[str, Any, object, Any, bool]) -> None:
+    path, codec, obj, target, pinned = job
+    try:
+        codec.copy_into(obj, target, non_blocking=pinned)
+    except Exception as exc:
+        raise _fail(path, exc) from exc
+
+
+def _run_copies(jobs: list[tuple[str, Any, object, Any, bool]], nbytes: int) -> None:
+    """Copy the leaves, helped by other cores when there is enough to copy.
+
+    Each copy is one single-threaded memcpy; the calling thread and the helpers
+    take leaves from one shared queue, so a helper that the OS deschedules
+    delays the pause by at most the leaf it holds, never by a fixed share of
+    the state (as a static split across threads would).
+    """
+    for job in jobs:  # CUDA copies: issued asynchronously, from this thread only
+        if job[4]:
+            _copy_one(job)
+    jobs = [job for job in jobs if not job[4]]
+    helpers = _helpers()
+    if helpers is None or nbytes < _SHARE_FROM or len(jobs) < 2:
+        for job in jobs:
+            _copy_one(job)
+        return
+    queue = iter(jobs)
+    lock = threading.Lock()
+
+    def drain() -> None:
+        while True:
+            with lock:
+                job = next(queue, None)
+            if job is None:
+                return
+            _copy_one(job)
+
+    futures = [helpers.submit(drain) for _ in range(helpers._max_workers)]  # type: ignore[attr-defined]
+    try:
+        drain()
+    finally:
+        errors = [f.exception() for f in futures]
+    for error in errors:
+        if error is not None:
+            raise error
+
+
+_SHARE_FROM = 16 * 1024 * 1024
+_copy_helpers: ThreadPoolExecutor | None = None
+_helpers_lock = threading.Lock()
+
+
+def _helpers() -> ThreadPoolExecutor | None:
+    global _copy_helpers
+    extra = min(3, (os.cpu_count() or 1) - 1)
+    if extra < 1:
+        return None
+    with _helpers_lock:
+        if _copy_helpers is None:
+            _copy_helpers = ThreadPoolExecutor(max_workers=extra, thread_name_prefix="ckpt-capture")
+        return _copy_helpers
 
 
 def _reusable(old: Leaf | None, meta: dict[str, Any]) -> bool:

@@ -79,8 +79,19 @@ def _xor(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.bitwise_xor(a, b)
 
 
+_EQUAL_BLOCK = 1024 * 1024
+
+
 def _equal(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.nbytes == b.nbytes and memoryview(a) == memoryview(b)
+    """Bytewise equality of flat uint8 arrays at memcmp speed, stopping at the first difference.
+
+    (``memoryview ==`` compares item by item, ~15x slower; ``np.array_equal``
+    builds a boolean array.) Bounded temporaries: one block at a time.
+    """
+    if a.nbytes != b.nbytes:
+        return False
+    return all(a[i:i + _EQUAL_BLOCK].tobytes() == b[i:i + _EQUAL_BLOCK].tobytes()
+               for i in range(0, a.nbytes, _EQUAL_BLOCK))
 
 
 def _word(nbytes: int) -> type[np.unsignedinteger[Any]]:
@@ -140,14 +151,12 @@ def _plan_array(old: Leaf | None, cur: Leaf, mode: str) -> _Plan:
     shape, n = meta["shape"], meta["nbytes"]
     if n < SMALL_ARRAY:
         return _same(cur) if _equal(cur.data, old.data) else _full(cur)
+    if _equal(cur.data, old.data):   # cheap, and exits at the first difference
+        return _same(cur)
     if len(shape) >= 2 and shape[0] >= 2:
         rows = _changed_rows(cur.data, old.data, shape[0])
-        if rows is not None and rows.size == 0:
-            return _same(cur)
         if rows is not None and rows.size <= ROW_FRACTION * shape[0]:
             return _rows(old, cur, rows)
-    elif _equal(cur.data, old.data):
-        return _same(cur)
     return _dense(old, cur, mode)
 
 

@@ -69,7 +69,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         _log_to_stderr()
         # Not asyncio.run: it would join the threads of cancelled task functions.
         asyncio.new_event_loop().run_until_complete(serve(settings))
-        exit_now(0)
+        exit_now(0)  # never returns
     if cmd == "dev":
         return _dev(args, settings)
     if cmd == "demo":
@@ -186,5 +186,18 @@ def _jsonable(obj: Any) -> Any:
     return obj.tolist() if hasattr(obj, "tolist") else repr(obj)
 
 
+def run() -> None:
+    """Console entry point: ``main()``, then exit without interpreter finalization.
+
+    The Temporal client's native threads can still be alive when the interpreter
+    finalizes, which occasionally aborts the process ("PyGILState_Release") after
+    the command already succeeded; everything is flushed and the exit is immediate.
+    """
+    code = main()
+    from worker_app.worker import exit_now
+
+    exit_now(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

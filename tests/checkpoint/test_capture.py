@@ -151,3 +151,42 @@ def test_numpy_only_environment_works_without_torch_or_tensorflow():
     )
     assert (result.returncode, result.stderr[-2000:]) == (0, result.stderr[-2000:])
     assert result.stdout.strip() == "7.0 [1, 2, 3] []"
+
+
+def test_large_capture_shared_with_helper_threads_is_exact(monkeypatch):
+    import checkpoint._capture as capture_module
+
+    monkeypatch.setattr(capture_module, "_SHARE_FROM", 1)   # always share the copies
+    rng = np.random.default_rng(11)
+    state = {f"a{i}": rng.standard_normal((64, 33)) for i in range(12)}
+    state["strided"] = rng.standard_normal((40, 30))[:, ::3]
+    pool = BufferPool()
+    snap = capture(state, pool=pool)
+    for key, value in state.items():
+        state[key] = value * 0   # the snapshot must not see later writes
+    restored = snap.to_state()
+    expected = np.random.default_rng(11)
+    for i in range(12):
+        assert restored[f"a{i}"].tobytes() == expected.standard_normal((64, 33)).tobytes()
+    assert restored["strided"].tobytes() == np.ascontiguousarray(expected.standard_normal((40, 30))[:, ::3]).tobytes()
+
+
+def test_failed_copy_on_a_helper_thread_raises_capture_error_and_frees_buffers(monkeypatch):
+    import checkpoint._capture as capture_module
+    from checkpoint.codecs import numpy_codec
+
+    monkeypatch.setattr(capture_module, "_SHARE_FROM", 1)
+    original = numpy_codec.copy_into
+
+    def failing(obj, out, **kw):
+        if obj.shape == (7, 7):
+            raise RuntimeError("device lost")
+        return original(obj, out, **kw)
+
+    monkeypatch.setattr(numpy_codec, "copy_into", failing)
+    pool = BufferPool()
+    state = {f"a{i}": np.ones((50, 50)) for i in range(8)}
+    state["bad"] = np.ones((7, 7))
+    with pytest.raises(CaptureError, match="bad"):
+        capture(state, pool=pool)
+    assert pool._live == {}
