@@ -16,7 +16,7 @@ from worker_app.settings import Settings
 
 
 # The dev server's default per-namespace rate limits throttle 10,000-task jobs.
-# Its history events cache (512 KiB by default) cannot hold the 1,000 activity-
+# Its default history events cache cannot hold the 1,000 activity-
 # scheduled events of one batch: each activity start then re-reads and decodes the
 # whole batch of events from the database, which doubles the server's CPU per task.
 DEV_SERVER_ARGS = [

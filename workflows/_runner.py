@@ -30,6 +30,8 @@ from workflows.models import (
 # A task is bounded by its heartbeat timeout, not by its total run time.
 TASK_START_TO_CLOSE = timedelta(days=365)
 MAX_RETRY_INTERVAL = timedelta(seconds=10)
+SCHEDULE_WAVE = 250
+SCHEDULE_PAUSE = timedelta(milliseconds=1)
 NON_RETRYABLE_TYPES = ["FunctionNotFound", "UnpicklableResult", "BadTaskInput"]
 
 
@@ -76,8 +78,16 @@ class TaskRunner:
         """Run every task; on the first failure cancel the rest and fail."""
         # One gather rather than a wait() loop: re-waiting on every pending task after
         # each completion costs O(tasks) per activation, O(tasks²) per batch.
-        futures = [asyncio.ensure_future(self._run_one(i)) for i in range(len(self.items))]
+        futures: list[asyncio.Future[None]] = []
         try:
+            for start in range(0, len(self.items), SCHEDULE_WAVE):
+                if start:
+                    # A timer ends the workflow task: each activation schedules at most
+                    # one wave, so a loaded worker stays within the deadlock detector's
+                    # 2 s per activation.
+                    await workflow.sleep(SCHEDULE_PAUSE)
+                stop = min(start + SCHEDULE_WAVE, len(self.items))
+                futures.extend(asyncio.ensure_future(self._run_one(i)) for i in range(start, stop))
             await asyncio.gather(*futures)
         except BaseException:
             for fut in futures:
