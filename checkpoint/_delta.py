@@ -483,7 +483,7 @@ def _previous(before: dict[str, Leaf], path: str, kind: str) -> Leaf:
 
 def _apply(record: tuple[Any, ...], before: dict[str, Leaf], payloads: list[Any]) -> Leaf:
     """A generic (pickled) leaf; never writes to ``before``."""
-    path, kind, meta, op, ref, extra = record
+    path, kind, meta, op, ref, _extra = record
     if op == "same":
         return Leaf(path, kind, meta, _previous(before, path, kind).data)
     if op == "full":

@@ -120,7 +120,7 @@ class CheckpointManager:
                        newest_chain: bool) -> Restored | None:
         verified: list[tuple[CheckpointRow, list[tuple[bytes, str]]]] = []
         # verify every blob of the chain before decoding any of them
-        for link, result in zip(links, self._fetch_chain(task_id, links)):
+        for link, result in zip(links, self._fetch_chain(task_id, links), strict=True):
             if isinstance(result, (CorruptCheckpoint, BlobNotFound)):
                 log.warning("CheckpointManager: task %r seq %d unusable (%s); restoring the last "
                             "consistent checkpoint before it", task_id, link.seq, result)
@@ -166,7 +166,7 @@ class CheckpointManager:
                                         f"fails its SHA-256 check")
             return data
 
-        jobs = [(link, ref) for link, rs in zip(links, refs) for ref in rs]
+        jobs = [(link, ref) for link, rs in zip(links, refs, strict=True) for ref in rs]
         with ThreadPoolExecutor(max(1, min(8, len(jobs)))) as pool:
             futures = [pool.submit(fetch, job) for job in jobs]
         out: list[list[tuple[bytes, str]] | CorruptCheckpoint | BlobNotFound] = []

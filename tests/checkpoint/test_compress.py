@@ -11,7 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from checkpoint._compress import (
-    MODES, choose_codec, compress, decompress, decompress_planes, shuffle, unshuffle, unshuffle_into,
+    MODES,
+    choose_codec,
+    compress,
+    decompress,
+    decompress_planes,
+    shuffle,
+    unshuffle,
+    unshuffle_into,
 )
 from checkpoint.errors import CorruptCheckpoint
 

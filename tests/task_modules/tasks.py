@@ -57,3 +57,14 @@ def sleep_until_cancelled(seconds: float) -> str:
     while time.monotonic() < deadline and not ctx.cancelled:
         time.sleep(0.05)
     return "cancelled" if ctx.cancelled else "finished"
+
+
+_barriers: dict[int, "threading.Barrier"] = {}
+
+
+def meet(parties: int) -> int:
+    """Block until ``parties`` tasks of this process wait together (threads prove it)."""
+    import threading
+
+    barrier = _barriers.setdefault(parties, threading.Barrier(parties))
+    return barrier.wait(timeout=30)
