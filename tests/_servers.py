@@ -32,13 +32,16 @@ def postgres_url() -> str:
 
 
 @contextmanager
-def moto_server() -> Iterator[str]:
-    """Run ``moto_server`` on a free loopback port; yield its endpoint URL."""
-    port = free_port()
+def moto_server(command: list[str] | None = None, port: int | None = None) -> Iterator[str]:
+    """Run a moto server on a loopback port; yield its endpoint URL.
+
+    ``command`` replaces ``python -m moto.server`` (it gets ``-H HOST -p PORT``).
+    """
+    port = port or free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [*(command or [sys.executable, "-m", "moto.server"]), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -49,7 +52,8 @@ def moto_server() -> Iterator[str]:
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("moto server did not start") from None
+                    err = proc.stderr.read().decode() if proc.poll() is not None else ""
+                    raise RuntimeError(f"moto server did not start: {err}") from None
                 time.sleep(0.1)
         yield url
     finally:

@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -19,19 +20,21 @@ from workflows import WORKFLOWS
 from worker_app.settings import Settings
 from worker_app.temporal import connect_client
 
+if TYPE_CHECKING:
+    from checkpoint import CheckpointManager
+
 log = logging.getLogger(__name__)
 
 MAX_CONCURRENT_ACTIVITIES = 200
 SHUTDOWN_CANCEL_AFTER = 0.0
 
 
-def build_checkpoints(settings: Settings) -> CheckpointService:
-    """The checkpoint service of a worker: catalog + blob stores from ``settings``."""
+def open_manager(settings: Settings) -> CheckpointManager:
+    """The checkpoint manager (catalog + blob stores) that ``settings`` describe."""
     from checkpoint import CheckpointManager, ManagerConfig
-    from worker_app.metrics import PrometheusObserver
 
     assert settings.database_url is not None and settings.blob_url is not None
-    manager = CheckpointManager.from_urls(
+    return CheckpointManager.from_urls(
         settings.database_url,
         settings.blob_url,
         s3_endpoint_url=settings.s3_endpoint_url,
@@ -40,8 +43,16 @@ def build_checkpoints(settings: Settings) -> CheckpointService:
             max_deltas_per_base=settings.max_deltas_per_base,
         ),
     )
+
+
+def build_checkpoints(settings: Settings) -> CheckpointService:
+    """The checkpoint service of a worker: catalog + blob stores from ``settings``."""
+    from worker_app.metrics import PrometheusObserver
+
     return CheckpointService(
-        manager, memory_budget=settings.checkpoint_memory_budget, observer=PrometheusObserver()
+        open_manager(settings),
+        memory_budget=settings.checkpoint_memory_budget,
+        observer=PrometheusObserver(),
     )
 
 

@@ -13,10 +13,7 @@ written, so a misspelt property still fails (cfn-lint checks the schema).
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -67,27 +64,10 @@ def _install() -> None:
 @contextmanager
 def cfn_moto_server(port: int) -> Iterator[str]:
     """Run this module as a moto server on ``127.0.0.1:port``; yield its URL."""
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    err = proc.stderr.read().decode() if proc.poll() is not None else ""
-                    raise RuntimeError(f"moto server did not start: {err}") from None
-                time.sleep(0.1)
+    from _servers import moto_server  # tests/ is on the path in the tests, not in the server
+
+    with moto_server([sys.executable, __file__], port) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 if __name__ == "__main__":

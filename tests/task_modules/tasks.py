@@ -59,7 +59,7 @@ def sleep_until_cancelled(seconds: float) -> str:
     return "cancelled" if ctx.cancelled else "finished"
 
 
-_barriers: dict[int, "threading.Barrier"] = {}
+_barriers: dict[int, Any] = {}
 
 
 def meet(parties: int) -> int:

@@ -65,17 +65,9 @@ async def _backend_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _default_manager(settings: Any) -> Any:
-    from checkpoint import CheckpointManager, ManagerConfig
+    from worker_app.worker import open_manager
 
-    return CheckpointManager.from_urls(
-        settings.database_url,
-        settings.blob_url,
-        s3_endpoint_url=settings.s3_endpoint_url,
-        config=ManagerConfig(
-            db_size_limit=settings.db_size_limit,
-            max_deltas_per_base=settings.max_deltas_per_base,
-        ),
-    )
+    return open_manager(settings)
 
 
 def _default_client_factory(settings: Any) -> ClientFactory:
