@@ -13,6 +13,7 @@ import asyncio
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from worker_app.dev import DevStack, port_in_use, split_address
@@ -33,14 +34,17 @@ def run_demo(settings: Settings) -> int:
         else:
             print(f"starting Temporal at {stack.address} (UI http://localhost:{stack.ui_port}) …")
             stack.start_server()
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        log_path = settings.state_dir / "demo-workers.log"
+        print(f"worker logs: {log_path}")
         for _ in range(2):
-            stack.start_worker()
-        return asyncio.run(_run(settings, stack))
+            stack.start_worker(log_path)
+        return asyncio.run(_run(settings, stack, log_path))
     finally:
         stack.stop()
 
 
-async def _run(settings: Settings, stack: DevStack) -> int:
+async def _run(settings: Settings, stack: DevStack, log_path: Path) -> int:
     import sdk
     from worker_app.demo_tasks import STEPS, train
 
@@ -57,8 +61,9 @@ async def _run(settings: Settings, stack: DevStack) -> int:
         pid, tasks = victim
         os.kill(pid, signal.SIGKILL)
         print(f"killed worker pid {pid} (SIGKILL) while it ran task(s) {', '.join(tasks)}; "
-              "starting a replacement …", flush=True)
-        stack.start_worker()
+              "Temporal retries them once their 3 s heartbeat timeout passes; starting a "
+              "replacement worker …", flush=True)
+        stack.start_worker(log_path)
     results = await job.result()
     print(f"done in {time.monotonic() - start:.1f}s")
     saved = 0

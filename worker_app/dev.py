@@ -95,12 +95,17 @@ class DevStack:
                 )
             time.sleep(0.2)
 
-    def start_worker(self) -> subprocess.Popen[bytes]:
+    def start_worker(self, log_path: Path | None = None) -> subprocess.Popen[bytes]:
+        """Start a worker; its output goes to ``log_path`` (appended) or this terminal."""
         env = {**os.environ, **self.settings.child_env()}
         env["CROWDCOMPUTE_TEMPORAL_ADDRESS"] = self.address
+        out = open(log_path, "ab") if log_path is not None else None
         proc = subprocess.Popen(
-            [sys.executable, "-m", "worker_app.cli", "worker"], env=env, start_new_session=True
+            [sys.executable, "-m", "worker_app.cli", "worker"], env=env, start_new_session=True,
+            stdout=out, stderr=subprocess.STDOUT if out else None,
         )
+        if out is not None:
+            out.close()  # the child has its own descriptor
         self.procs.append(proc)
         self.workers.append(proc)
         return proc
