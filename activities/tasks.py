@@ -22,7 +22,13 @@ from temporalio.exceptions import ApplicationError
 from activities._resolve import resolve_function
 from activities.codec import decode_value, encode_value
 from activities.context import CheckpointSession, TaskContext, bind, unbind
-from workflows.models import CleanupJobInput, CleanupTaskInput, RunTaskInput, TaskStarted, task_id_for
+from workflows.models import (
+    CleanupJobInput,
+    CleanupTaskInput,
+    RunTaskInput,
+    TaskStarted,
+    task_id_for,
+)
 
 if TYPE_CHECKING:
     from worker_app.settings import Settings

@@ -227,7 +227,7 @@ def _w1_w4(s: Sizes, root: Path, restore_runs: int) -> dict[str, float]:
             b = _torch_save(state, baseline)
         t, snap = _timed(lambda: writer.capture(state))
         if steady and writer.previous is not None:
-            e, parts = _timed(lambda: encode(writer.previous, snap))
+            e, parts = _timed(lambda s=snap: encode(writer.previous, s))
             enc_s.append(e)
             enc_ratio.append(sum(len(p.data) for p in parts) / snap.raw_nbytes)
             del parts
@@ -235,7 +235,7 @@ def _w1_w4(s: Sizes, root: Path, restore_runs: int) -> dict[str, float]:
                 g, n = _gzip6_seconds(snap)
                 gz_s.append(g)
                 gz_ratio.append(n / snap.raw_nbytes)
-        sv, info = _timed(lambda: writer.save(snap))
+        sv, info = _timed(lambda s=snap: writer.save(s))
         if not i % 2:
             b = _torch_save(state, baseline)
         raw = info.raw_bytes

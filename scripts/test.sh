@@ -18,4 +18,5 @@ fi
 export CROWDCOMPUTE_TEST_POSTGRES_URL=${CROWDCOMPUTE_TEST_POSTGRES_URL:-postgresql+psycopg://cc:cc@127.0.0.1:5432/cc_test}
 bash scripts/start-postgres.sh
 
+.venv/bin/ruff check --quiet .
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

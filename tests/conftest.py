@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from _helpers import TASK_MODULES, WorkerProcess, threading_drain, worker_env
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -29,8 +30,6 @@ import sdk
 from worker_app.dev import DEV_SERVER_ARGS, find_temporal_binary
 from worker_app.settings import Settings
 from worker_app.worker import running_worker
-
-from _helpers import TASK_MODULES, WorkerProcess, threading_drain, worker_env
 
 if str(TASK_MODULES) not in sys.path:
     sys.path.insert(0, str(TASK_MODULES))

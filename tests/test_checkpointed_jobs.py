@@ -21,12 +21,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import ckpt_tasks
 import numpy as np
 import pytest
-
-import ckpt_tasks
-import sdk
 from _helpers import wait_for, worker_env
+
+import sdk
 from worker_app.settings import Settings
 
 pytestmark = pytest.mark.timeout(300)
@@ -233,7 +233,7 @@ async def test_stale_checkpoint_restarts_and_fresh_one_resumes(
         items = [dict(c, log=str(log.path)) for c in cfgs(tmp_path, 1, steps=70)]
         job = await sdk.submit(ckpt_tasks.train_numpy, items, checkpoint_interval=INTERVAL,
                                heartbeat_timeout=2.0, max_checkpoint_age=max_age, job_id=job_id)
-        await wait_for(lambda: log.steps() >= 35, timeout=60)
+        await wait_for(lambda log=log: log.steps() >= 35, timeout=60)
         (running,) = [w for w in workers if w.pid == log.last_pid()]
         running.kill()
         workers.remove(running)

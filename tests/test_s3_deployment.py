@@ -8,12 +8,12 @@ import asyncio
 from collections.abc import Iterator
 
 import boto3
+import ckpt_tasks
 import numpy as np
 import pytest
-
-import ckpt_tasks
-import sdk
 from _servers import moto_server
+
+import sdk
 from worker_app.settings import Settings
 from worker_app.worker import running_worker
 

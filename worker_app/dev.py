@@ -14,7 +14,6 @@ from pathlib import Path
 
 from worker_app.settings import Settings
 
-
 # The dev server's default per-namespace rate limits throttle 10,000-task jobs.
 # Its default history events cache cannot hold the 1,000 activity-
 # scheduled events of one batch: each activity start then re-reads and decodes the

@@ -39,7 +39,7 @@ async def connect_client(settings: Settings, timeout: float = CONNECT_TIMEOUT) -
             ),
             timeout,
         )
-    except (asyncio.TimeoutError, RuntimeError, OSError) as exc:
+    except (TimeoutError, RuntimeError, OSError) as exc:
         raise TemporalUnreachable(
             f"cannot reach Temporal at {settings.temporal_address} "
             f"(namespace {settings.namespace!r}): {exc or 'timed out'}. "

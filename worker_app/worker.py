@@ -16,9 +16,9 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities import CheckpointProvider, CheckpointService, TaskActivities
-from workflows import WORKFLOWS
 from worker_app.settings import Settings
 from worker_app.temporal import connect_client
+from workflows import WORKFLOWS
 
 if TYPE_CHECKING:
     from checkpoint import CheckpointManager

@@ -10,7 +10,6 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
 from ..errors import StorageUnavailable
-
 from ._engine import create_engine_for
 
 __all__ = ["upgrade_database"]

@@ -15,7 +15,8 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, ConnectionError as BotoConnectionError
+from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from ..errors import BlobExists, BlobNotFound, StorageError, StorageUnavailable
 from ._base import BlobInfo, BlobStore, check_key

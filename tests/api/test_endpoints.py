@@ -261,6 +261,7 @@ async def test_catalog_outage_is_503_not_500(
 
 async def test_temporal_down(api_settings: Settings, manager: CheckpointManager) -> None:
     from _servers import free_port
+
     from worker_app.api import create_app
 
     async def unreachable() -> Client:

@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import ckpt_tasks
 import httpx
 import pytest
 
-import ckpt_tasks
 import sdk
 from worker_app import metrics
 from worker_app.api import create_app

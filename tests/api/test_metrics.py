@@ -5,11 +5,10 @@ from __future__ import annotations
 import urllib.request
 from pathlib import Path
 
+from _servers import free_port
 from temporalio.client import Client
 
 from worker_app import metrics
-
-from _servers import free_port
 
 NAMES = [
     "crowdcompute_checkpoint_duration_seconds",

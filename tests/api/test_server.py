@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
+from _servers import free_port
 from fastapi import FastAPI
 
-from _servers import free_port
 from worker_app.api import build_server
 from worker_app.settings import Settings
 

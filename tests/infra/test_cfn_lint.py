@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cfnlint.api import lint_file
-
 from _templates import AWS_TEMPLATES, EXPECTED_TEMPLATES, load_template
+from cfnlint.api import lint_file
 
 
 def test_every_template_is_present() -> None:

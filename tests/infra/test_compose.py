@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
-
 from _templates import INFRA, REPO, load_template
+
 from worker_app.settings import Settings
 
 PREFIX = "CROWDCOMPUTE_"

@@ -10,7 +10,6 @@ from typing import Any
 
 import boto3
 import pytest
-
 from _moto_cfn import cfn_moto_server
 from _templates import INFRA, REPO
 

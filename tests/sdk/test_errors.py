@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
+import tasks
 
 import sdk
-import tasks
 from worker_app.settings import Settings
 
 

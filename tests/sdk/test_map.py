@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tasks
 
 import sdk
-import tasks
 from activities.context import NotInTaskError
 
 

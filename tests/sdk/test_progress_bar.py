@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import tasks
 
 import sdk
-import tasks
 
 
 async def test_map_with_progress_draws_a_bar(conn: sdk.Connection, worker: None,

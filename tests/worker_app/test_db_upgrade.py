@@ -11,9 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, inspect, text
-
 from _servers import postgres_url
+from sqlalchemy import create_engine, inspect, text
 
 EXE = str(Path(sys.executable).with_name("crowdcompute"))
 

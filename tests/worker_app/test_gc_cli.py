@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import tasks
+from _helpers import worker_env
 
 import sdk
-import tasks
 from checkpoint import CheckpointManager
-from _helpers import worker_env
 from worker_app.gc import jobs_with_checkpoints
 from worker_app.settings import Settings
 from worker_app.worker import build_checkpoints

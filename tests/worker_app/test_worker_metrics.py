@@ -7,10 +7,11 @@ import re
 import urllib.request
 from pathlib import Path
 
-import sdk
 import ckpt_tasks
-from _servers import free_port
 from _helpers import wait_for
+from _servers import free_port
+
+import sdk
 from worker_app.settings import Settings
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tasks
 from _helpers import job_histories
 from temporalio.client import Client
 
 import sdk
-import tasks
 
 MAX_EVENTS = 10_240
 MAX_PAYLOAD = 256 * 1024

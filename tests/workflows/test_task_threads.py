@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 
-import sdk
 import tasks
+
+import sdk
 
 
 async def test_more_sync_tasks_run_at_once_than_the_default_executor_has_threads(

@@ -7,11 +7,11 @@ import json
 from collections.abc import Callable
 
 import pytest
+import tasks
 from _helpers import wait_for
 from temporalio.client import Client
 
 import sdk
-import tasks
 from worker_app.dev import find_temporal_binary
 from workflows.models import JobProgress
 
