@@ -28,20 +28,23 @@ from workflows.models import (
 CHECKPOINTED_BATCH_SIZE = 400
 
 
-@workflow.defn(name="BatchWorkflow")
-class BatchWorkflow:
-    """Runs tasks ``offset .. offset+len(items)-1`` of a job; returns their results."""
+class _RunsTasks:
+    """The task runner of a workflow and the ``task_started`` signal that feeds it.
+
+    A signal can arrive before ``run`` has built the runner; it is kept and
+    applied when the runner starts.
+    """
 
     def __init__(self) -> None:
         self._runner: TaskRunner | None = None
         self._early: list[TaskStarted] = []
 
-    @workflow.run
-    async def run(self, arg: BatchInput) -> list[str]:
-        self._runner = TaskRunner(arg.job_id, arg.fn, arg.items, arg.offset, arg.options)
+    def _start_runner(self, runner: TaskRunner) -> TaskRunner:
+        self._runner = runner
         for sig in self._early:
-            self._runner.mark_started(sig.index, sig.attempt)
-        return await self._runner.run()
+            runner.mark_started(sig.index, sig.attempt)
+        self._early.clear()
+        return runner
 
     @workflow.signal
     def task_started(self, sig: TaskStarted) -> None:
@@ -49,6 +52,16 @@ class BatchWorkflow:
             self._early.append(sig)
         else:
             self._runner.mark_started(sig.index, sig.attempt)
+
+
+@workflow.defn(name="BatchWorkflow")
+class BatchWorkflow(_RunsTasks):
+    """Runs tasks ``offset .. offset+len(items)-1`` of a job; returns their results."""
+
+    @workflow.run
+    async def run(self, arg: BatchInput) -> list[str]:
+        runner = TaskRunner(arg.job_id, arg.fn, arg.items, arg.offset, arg.options)
+        return await self._start_runner(runner).run()
 
     @workflow.query
     def progress(self) -> JobProgress:
@@ -61,14 +74,13 @@ class BatchWorkflow:
 
 
 @workflow.defn(name="JobWorkflow")
-class JobWorkflow:
+class JobWorkflow(_RunsTasks):
     """One job: runs its tasks itself, or in child ``BatchWorkflow`` s when large."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._input: JobInput | None = None
-        self._runner: TaskRunner | None = None
         self._batches: list[BatchProgress] = []
-        self._early: list[TaskStarted] = []
 
     @workflow.run
     async def run(self, arg: JobInput) -> list[str]:
@@ -76,10 +88,8 @@ class JobWorkflow:
         try:
             size = self._batch_size(arg)
             if len(arg.items) <= size:
-                self._runner = TaskRunner(arg.job_id, arg.fn, arg.items, 0, arg.options)
-                for sig in self._early:
-                    self._runner.mark_started(sig.index, sig.attempt)
-                return await self._runner.run()
+                runner = TaskRunner(arg.job_id, arg.fn, arg.items, 0, arg.options)
+                return await self._start_runner(runner).run()
             return await self._run_batches(arg, size)
         finally:
             if arg.options.checkpoint_interval is not None:
@@ -138,13 +148,6 @@ class JobWorkflow:
             CleanupJobInput(job_id=job_id),
             start_to_close_timeout=timedelta(minutes=10),
         )
-
-    @workflow.signal
-    def task_started(self, sig: TaskStarted) -> None:
-        if self._runner is None:
-            self._early.append(sig)
-        else:
-            self._runner.mark_started(sig.index, sig.attempt)
 
     @workflow.query
     def progress(self) -> JobProgress:
