@@ -28,6 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
 from activities.context import CheckpointSession, TaskContext
+from checkpoint._delta import lower_thread_priority
 from checkpoint.errors import CaptureError, CheckpointError, Fenced, MemoryBudgetExceeded
 
 if TYPE_CHECKING:
@@ -105,7 +106,8 @@ class TaskCheckpointSession(CheckpointSession):
         self._final_done = threading.Event()
         self._fenced = False
         self._inflight: Future[None] | None = None
-        self._persister = ThreadPoolExecutor(1, thread_name_prefix=f"ckpt-{ctx.task_id}")
+        self._persister = ThreadPoolExecutor(1, thread_name_prefix=f"ckpt-{ctx.task_id}",
+                                             initializer=lower_thread_priority)
         self._poller = ThreadPoolExecutor(1, thread_name_prefix=f"ckpt-poll-{ctx.task_id}")
         self._poll: Future[None] | None = None
         self._last_poll = 0.0

@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import threading
 import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -64,10 +65,30 @@ class EncodedPart:
     raw_size: int     # size before compression
 
 
+BACKGROUND_NICE = 10
+
+
+def lower_thread_priority() -> None:
+    """Lower the calling thread's CPU priority (Linux: per-thread nice).
+
+    Encoding and storing a checkpoint run behind the task's own threads: when
+    the cores are busy the training loop should win, and the checkpoint take the
+    CPU that is left. Elsewhere this does nothing.
+    """
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                       max(current, BACKGROUND_NICE))
+    except (AttributeError, OSError):
+        pass
+
+
 def _pool() -> ThreadPoolExecutor:
     global _executor
     if _executor is None:
-        _executor = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="ckpt-codec")
+        _executor = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1),
+                                       thread_name_prefix="ckpt-codec",
+                                       initializer=lower_thread_priority)
     return _executor
 
 
