@@ -46,7 +46,8 @@ class CheckpointObserver(Protocol):
 
     def captured(self, pause_seconds: float) -> None: ...
 
-    def committed(self, info: CommitInfo, persist_seconds: float, lag_seconds: float) -> None: ...
+    def committed(self, info: CommitInfo, duration_seconds: float, lag_seconds: float) -> None:
+        """``duration``: capture start to commit; ``lag``: capture end to commit."""
 
     def skipped(self, reason: str) -> None: ...
 
@@ -59,7 +60,7 @@ class _NullObserver:
     def captured(self, pause_seconds: float) -> None:
         pass
 
-    def committed(self, info: CommitInfo, persist_seconds: float, lag_seconds: float) -> None:
+    def committed(self, info: CommitInfo, duration_seconds: float, lag_seconds: float) -> None:
         pass
 
     def skipped(self, reason: str) -> None:
@@ -169,13 +170,16 @@ class TaskCheckpointSession(CheckpointSession):
                       self.ctx.task_id, exc)
             self.observer.skipped("out_of_memory")
             return False
-        self.observer.captured(time.perf_counter() - started)
-        self._inflight = self._persister.submit(self._persist, snapshot, progress_percent, final)
+        captured = time.perf_counter()
+        self.observer.captured(captured - started)
+        self._inflight = self._persister.submit(self._persist, snapshot, progress_percent, final,
+                                                (started, captured))
         return True
 
-    def _persist(self, snapshot: Any, progress_percent: float | None, final: bool) -> None:
+    def _persist(self, snapshot: Any, progress_percent: float | None, final: bool,
+                 capture: tuple[float, float]) -> None:
+        """Encode, store and commit ``snapshot``; ``capture`` is when its capture began and ended."""
         assert self._writer is not None
-        started = time.perf_counter()
         try:
             info = self._writer.save(snapshot, progress_percent=progress_percent)
         except Fenced as exc:
@@ -193,8 +197,8 @@ class TaskCheckpointSession(CheckpointSession):
             log.exception("CheckpointHandler: task %s checkpoint failed", self.ctx.task_id)
         else:
             self.last_commit = info
-            elapsed = time.perf_counter() - started
-            self.observer.committed(info, elapsed, elapsed)
+            now = time.perf_counter()
+            self.observer.committed(info, now - capture[0], now - capture[1])
             log.info("CheckpointHandler: task %s committed %s seq %d (%d bytes)",
                      self.ctx.task_id, info.kind, info.seq, info.stored_bytes)
             if final:

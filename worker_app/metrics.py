@@ -207,12 +207,12 @@ class PrometheusObserver:
     def captured(self, pause_seconds: float) -> None:
         observe_capture_pause(pause_seconds)
 
-    def committed(self, info: Any, persist_seconds: float, lag_seconds: float) -> None:
+    def committed(self, info: Any, duration_seconds: float, lag_seconds: float) -> None:
         """``info`` is a ``checkpoint.CommitInfo``."""
         by_tier: dict[str, int] = {}
         for part in getattr(info, "parts", ()):
             by_tier[part.tier] = by_tier.get(part.tier, 0) + int(part.size)
-        observe_checkpoint(duration_s=persist_seconds, kind=getattr(info, "kind", "delta"),
+        observe_checkpoint(duration_s=duration_seconds, kind=getattr(info, "kind", "delta"),
                            bytes_by_tier=by_tier, commit_lag_s=lag_seconds)
 
     def skipped(self, reason: str) -> None:

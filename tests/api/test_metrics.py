@@ -102,7 +102,7 @@ def test_observer_records_a_real_commit(tmp_path: Path) -> None:
     restores = value("crowdcompute_checkpoint_restores_total", outcome="truncated")
     observer = metrics.PrometheusObserver()
     for commit in commits:
-        observer.committed(commit, persist_seconds=0.01, lag_seconds=0.02)
+        observer.committed(commit, duration_seconds=0.01, lag_seconds=0.02)
     observer.restored(truncated=True)
     after = written()
     assert {t: after[t] - before[t] for t in expected} == expected
