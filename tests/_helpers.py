@@ -41,13 +41,18 @@ class WorkerProcess:
 
 
 
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without CROWDCOMPUTE_* settings, the task modules
+    importable, plus ``extra`` (full variable names)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CROWDCOMPUTE_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TASK_MODULES), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
 def worker_env(settings: Settings, **overrides: str) -> dict[str, str]:
     """Environment for a worker process: ``settings`` plus ``overrides`` (full names)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CROWDCOMPUTE_")}
-    env.update(settings.child_env())
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TASK_MODULES), env.get("PYTHONPATH")]))
-    env.update(overrides)
-    return env
+    return clean_env(**{**settings.child_env(), **overrides})
 
 
 

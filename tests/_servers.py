@@ -26,6 +26,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def can_bind(port: int) -> bool:
+    """Whether ``port`` on loopback is free to bind right now."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def postgres_url() -> str:
     """The URL of the real PostgreSQL server the tests use."""
     return os.environ.get(POSTGRES_URL_ENV, DEFAULT_POSTGRES_URL)

@@ -67,16 +67,11 @@ class Settings(BaseSettings):
             raise ValueError("s3:// URL needs a bucket name")
         return v
 
-    @field_validator("db_size_limit", "max_deltas_per_base")
+    @field_validator(
+        "db_size_limit", "max_deltas_per_base", "heartbeat_interval", "shutdown_grace_seconds"
+    )
     @classmethod
-    def _positive_int(cls, v: int) -> int:
-        if v <= 0:
-            raise ValueError("must be > 0")
-        return v
-
-    @field_validator("heartbeat_interval", "shutdown_grace_seconds")
-    @classmethod
-    def _positive_float(cls, v: float) -> float:
+    def _positive(cls, v: float) -> float:
         if v <= 0:
             raise ValueError("must be > 0")
         return v

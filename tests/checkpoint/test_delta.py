@@ -65,6 +65,28 @@ def test_numpy_base_round_trip(values, compression):
         assert restored[key].tobytes() == value.tobytes()
 
 
+def _chain_state(rng):
+    """The starting state of the chain tests: row-sparse, dense, half, 0-d and empty leaves."""
+    return {
+        "emb": rng.standard_normal((40, 8)).astype(np.float32),
+        "vec": rng.standard_normal(100),
+        "half": rng.standard_normal((30, 5)).astype(np.float16),
+        "scalar": np.array(3.5, dtype=np.float32),
+        "empty": np.zeros((0, 3), dtype=np.int16),
+    }
+
+
+def _chain_examples(test):
+    """Seed, a list of mutations and a compression mode for a chain test."""
+    return settings(max_examples=25, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])(given(
+        st.integers(0, 2**32 - 1),
+        st.lists(st.sampled_from(["none", "rows", "dense", "reshape", "rebind", "keys"]),
+                 min_size=1, max_size=5),
+        st.sampled_from(COMPRESSIONS),
+    )(test))
+
+
 def _mutate(rng, state, how):
     for key in list(state):
         value = state[key]
@@ -83,20 +105,10 @@ def _mutate(rng, state, how):
         del state[next(iter(state))]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    st.integers(0, 2**32 - 1),
-    st.lists(st.sampled_from(["none", "rows", "dense", "reshape", "rebind", "keys"]), min_size=1, max_size=5),
-    st.sampled_from(COMPRESSIONS),
-)
+@_chain_examples
 def test_delta_chain_is_bit_exact(small_parts, seed, steps, compression):
     rng = np.random.default_rng(seed)
-    state = {
-        "emb": rng.standard_normal((40, 8)).astype(np.float32),
-        "vec": rng.standard_normal(100),
-        "scalar": np.array(3.5, dtype=np.float32),
-        "empty": np.zeros((0, 3), dtype=np.int16),
-    }
+    state = _chain_state(rng)
     pool = BufferPool()
     previous = capture(state, pool=pool)
     _, restored = _round(None, previous, compression)
@@ -244,22 +256,11 @@ def test_delta_without_its_previous_is_corrupt():
         decode([(p.data, p.codec) for p in parts], capture({"b": np.zeros(3)}))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    st.integers(0, 2**32 - 1),
-    st.lists(st.sampled_from(["none", "rows", "dense", "reshape", "rebind", "keys"]), min_size=1, max_size=5),
-    st.sampled_from(COMPRESSIONS),
-)
+@_chain_examples
 def test_chain_applied_in_place_is_bit_exact(small_parts, seed, steps, compression):
     """reuse_buffers: each link updates the previous link's buffers in place."""
     rng = np.random.default_rng(seed)
-    state = {
-        "emb": rng.standard_normal((40, 8)).astype(np.float32),
-        "vec": rng.standard_normal(100),
-        "half": rng.standard_normal((30, 5)).astype(np.float16),
-        "scalar": np.array(3.5, dtype=np.float32),
-        "empty": np.zeros((0, 3), dtype=np.int16),
-    }
+    state = _chain_state(rng)
     previous = capture(state)
     links = [encode(None, previous, compression=compression)]
     expected = [previous]

@@ -56,15 +56,20 @@ def _run(cfg: dict[str, Any], init: Any, step: Any) -> dict[str, Any]:
     return state
 
 
+def _reference(cfg: dict[str, Any], init: Any, step: Any) -> dict[str, Any]:
+    """The uninterrupted run of the same steps, computed locally."""
+    state = init(cfg)
+    while state["step"] < cfg["steps"]:
+        step(state, cfg)
+    return state
+
+
 def train_numpy(cfg: dict[str, Any]) -> dict[str, Any]:
     return _run(cfg, _numpy_init, _numpy_step)
 
 
 def reference_numpy(cfg: dict[str, Any]) -> dict[str, Any]:
-    state = _numpy_init(cfg)
-    while state["step"] < cfg["steps"]:
-        _numpy_step(state, cfg)
-    return state
+    return _reference(cfg, _numpy_init, _numpy_step)
 
 
 def _torch_model() -> Any:
@@ -112,10 +117,7 @@ def train_torch(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def reference_torch(cfg: dict[str, Any]) -> dict[str, Any]:
-    state = _torch_init(cfg)
-    while state["step"] < cfg["steps"]:
-        _torch_step(state, cfg)
-    return state
+    return _reference(cfg, _torch_init, _torch_step)
 
 
 def _tf_init(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -147,9 +149,7 @@ def train_tf(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def reference_tf(cfg: dict[str, Any]) -> dict[str, Any]:
-    state = _tf_init(cfg)
-    while state["step"] < cfg["steps"]:
-        _tf_step(state, cfg)
+    state = _reference(cfg, _tf_init, _tf_step)
     state["w"] = state["w"].numpy()
     return state
 

@@ -4,7 +4,6 @@ as real processes (their own Temporal dev server, workers and REST API)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -14,24 +13,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from _helpers import clean_env
 from _servers import free_port
+
+from worker_app.dev import port_in_use
 
 pytestmark = pytest.mark.timeout(240)
 
 EXE = str(Path(sys.executable).with_name("crowdcompute"))
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CROWDCOMPUTE_")}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "task_modules")
-    env.update(extra)
-    return env
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def wait_until(pred, timeout: float = 90.0) -> None:
@@ -58,7 +47,7 @@ def test_dev_runs_a_job_serves_the_api_and_stops_cleanly_on_sigterm(tmp_path: Pa
          "--api-port", str(api), "--workers", "2"],
         env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_until(lambda: listening(port) and healthy(api))
+        wait_until(lambda: port_in_use(port) and healthy(api))
         job = subprocess.run(
             [EXE, "submit", "tasks:square", "--items", str(_items(tmp_path, [1, 2, 3])),
              "--job-id", "dev-job", "--wait"],
@@ -76,7 +65,7 @@ def test_dev_runs_a_job_serves_the_api_and_stops_cleanly_on_sigterm(tmp_path: Pa
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert f"Temporal UI:  http://localhost:{ui}" in out
-    assert not listening(port) and not listening(api)
+    assert not port_in_use(port) and not port_in_use(api)
     assert (state / "temporal.db").exists()  # jobs survive a restart of the dev server
 
 
@@ -103,7 +92,7 @@ def test_demo_kills_a_worker_and_resumes_from_checkpoints(tmp_path: Path) -> Non
     assert "killed worker pid" in out.stdout
     assert "resumed from its checkpoint at step" in out.stdout
     assert "steps (" in out.stdout and "from being recomputed" in out.stdout
-    assert not listening(port)
+    assert not port_in_use(port)
 
 
 def _items(tmp: Path, items: list[int]) -> Path:

@@ -3,7 +3,6 @@ database (what the deployment runs before workers start) and is idempotent."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import uuid
@@ -11,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _helpers import clean_env
 from _servers import postgres_url
 from sqlalchemy import create_engine, inspect, text
 
@@ -33,8 +33,7 @@ def fresh_database() -> Iterator[str]:
 
 
 def upgrade(url: str, state: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CROWDCOMPUTE_")}
-    env.update(CROWDCOMPUTE_DATABASE_URL=url, CROWDCOMPUTE_STATE_DIR=str(state))
+    env = clean_env(CROWDCOMPUTE_DATABASE_URL=url, CROWDCOMPUTE_STATE_DIR=str(state))
     return subprocess.run([EXE, "db", "upgrade"], env=env, capture_output=True, text=True,
                           timeout=120)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import ckpt_tasks
 from _helpers import wait_for
-from _servers import free_port
+from _servers import can_bind, free_port
 
 import sdk
 from worker_app.settings import Settings
@@ -21,17 +21,10 @@ def metric(text: str, name: str) -> float:
 
 
 def two_free_ports() -> int:
-    while True:
-        port = free_port()
-        if port < 65535:
-            try:
-                import socket
-
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port + 1))
-                return port
-            except OSError:
-                continue
+    """A free port whose successor is free too (ours and the Temporal runtime's)."""
+    while (port := free_port()) >= 65535 or not can_bind(port + 1):
+        pass
+    return port
 
 
 async def test_worker_exports_checkpoint_and_temporal_metrics(
