@@ -122,7 +122,7 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
         stack.start_server()
         for _ in range(max(1, args.workers)):
             stack.start_worker()
-        _start_api(stack, settings, args.api_port)
+        stack.start_api(args.api_port)
         print(f"Temporal:     {stack.address} (namespace {settings.namespace})")
         print(f"Temporal UI:  http://localhost:{args.ui_port}")
         print(f"REST API:     http://localhost:{args.api_port}/api/checkpoints/jobs/JOB_ID "
@@ -139,16 +139,6 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     finally:
         stack.stop()
-
-
-def _start_api(stack: Any, settings: Settings, port: int) -> None:
-    import os
-    import subprocess
-
-    env = {**os.environ, **settings.child_env(), "CROWDCOMPUTE_TEMPORAL_ADDRESS": stack.address}
-    stack.procs.append(subprocess.Popen(
-        [sys.executable, "-m", "worker_app.cli", "api", "--port", str(port)],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
 
 async def _gc(settings: Settings, grace: float) -> int:

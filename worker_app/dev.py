@@ -96,17 +96,26 @@ class DevStack:
 
     def start_worker(self, log_path: Path | None = None) -> subprocess.Popen[bytes]:
         """Start a worker; its output goes to ``log_path`` (appended) or this terminal."""
+        proc = self._spawn(["worker"], log_path)
+        self.workers.append(proc)
+        return proc
+
+    def start_api(self, port: int) -> subprocess.Popen[bytes]:
+        """Start the REST API on ``port``; its access log goes to ``<state dir>/api.log``."""
+        return self._spawn(["api", "--port", str(port)], self.settings.state_dir / "api.log")
+
+    def _spawn(self, command: list[str], log_path: Path | None) -> subprocess.Popen[bytes]:
+        """``crowdcompute COMMAND`` configured by these settings, pointed at this server."""
         env = {**os.environ, **self.settings.child_env()}
         env["CROWDCOMPUTE_TEMPORAL_ADDRESS"] = self.address
         out = open(log_path, "ab") if log_path is not None else None
         proc = subprocess.Popen(
-            [sys.executable, "-m", "worker_app.cli", "worker"], env=env, start_new_session=True,
+            [sys.executable, "-m", "worker_app.cli", *command], env=env, start_new_session=True,
             stdout=out, stderr=subprocess.STDOUT if out else None,
         )
         if out is not None:
             out.close()  # the child has its own descriptor
         self.procs.append(proc)
-        self.workers.append(proc)
         return proc
 
     def stop(self, timeout: float = 30.0) -> None:
