@@ -112,9 +112,6 @@ class CatalogReader:
         tasks = [_summary(t) for t in summary.get("tasks", [])]
         return sorted(tasks, key=lambda t: (_index(t.task_id), t.task_id)) or None
 
-    def task_exists(self, task_id: str) -> bool:
-        return self.task_detail(task_id) is not None
-
     def task_detail(self, task_id: str) -> TaskDetail | None:
         try:
             d = self._m.task_detail(task_id)
