@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import codecs
+from . import _memory, codecs
 from ._flatten import flatten
 from ._snapshot import ARRAY, Leaf, Snapshot
 from .codecs import generic
@@ -56,15 +56,19 @@ class BufferPool:
             free = self._free.get(key)
             buf = free.pop() if free else None
         if buf is None:
-            if pinned:
-                holder, array = codecs.codec_for("torch").pinned_buffer(nbytes)
-            else:
-                holder, array = None, np.empty(nbytes, dtype=np.uint8)
-            buf = _Buffer(key, array, holder)
+            buf = self._make(nbytes, pinned, key)
         buf.refs = 1
         with self._lock:
             self._live[id(buf.array)] = buf
         return buf
+
+    @staticmethod
+    def _make(nbytes: int, pinned: bool, key: tuple[Any, ...]) -> _Buffer:
+        if pinned:
+            holder, array = codecs.codec_for("torch").pinned_buffer(nbytes)
+        else:
+            holder, array = None, _memory.empty(nbytes)
+        return _Buffer(key, array, holder)
 
     def retain(self, array: np.ndarray) -> None:
         with self._lock:
@@ -83,6 +87,35 @@ class BufferPool:
         free = self._free.setdefault(buf.key, [])
         if len(free) < _FREE_PER_KEY:
             free.append(buf)
+
+    def reserve(self, snapshot: Snapshot) -> int:
+        """Make sure the next capture of this state finds a free buffer per copied leaf.
+
+        Run after a snapshot is persisted, on the persisting thread: the buffers
+        the next capture would otherwise allocate (and fault in, in the paused
+        caller) are made now. Leaves that capture found unchanged get none.
+        Returns the bytes allocated (0 in the steady state: the buffers of the
+        snapshot before are free by then).
+        """
+        wanted: list[tuple[tuple[Any, ...], int, bool]] = []
+        with self._lock:
+            for leaf in snapshot.leaves:
+                buf = self._live.get(id(leaf.data)) if leaf.kind == ARRAY and not leaf.unchanged else None
+                if buf is not None and buf.array is leaf.data and not self._free.get(buf.key):
+                    wanted.append((buf.key, buf.array.nbytes, buf.holder is not None))
+        for key, nbytes, pinned in wanted:
+            buf = self._make(nbytes, pinned, key)
+            with self._lock:
+                free = self._free.setdefault(key, [])
+                if len(free) < _FREE_PER_KEY:
+                    free.append(buf)
+        return sum(n for _, n, _ in wanted)
+
+    def trim(self, keys: list[tuple[Any, ...]]) -> None:
+        """Drop the free buffers of these keys (leaves that stopped changing)."""
+        with self._lock:
+            for key in keys:
+                self._free.pop(key, None)
 
     def release(self, snapshot: Snapshot) -> None:
         """Give the snapshot's buffers back once no longer needed."""
@@ -181,20 +214,23 @@ def _copy_arrays(
     before = previous.leaf_map() if previous is not None else {}
     out: dict[str, Leaf] = {}
     taken: list[np.ndarray] = []
+    idle: list[tuple[Any, ...]] = []   # pool keys of unchanged leaves: no spare buffer needed
     copies: list[tuple[str, Any, object, Any, bool]] = []
     try:
         for path, (codec, meta) in arrays.items():
             obj = flat[path]
             token = codec.version_token(obj) if hasattr(codec, "version_token") else None
             old = before.get(path)
+            pinned = bool(getattr(codec, "needs_pinned", lambda _o: False)(obj))
+            key = (path, meta["nbytes"], pinned)
             if _reusable(old, meta) and codec.unchanged(obj, old.token):  # type: ignore[union-attr]
                 assert old is not None
                 pool.retain(old.data)
+                idle.append(key)
                 taken.append(old.data)
                 out[path] = Leaf(path, ARRAY, meta, old.data, unchanged=True, token=token)
                 continue
-            pinned = bool(getattr(codec, "needs_pinned", lambda _o: False)(obj))
-            buf = pool.acquire((path, meta["nbytes"], pinned), meta["nbytes"], pinned)
+            buf = pool.acquire(key, meta["nbytes"], pinned)
             taken.append(buf.array)
             copies.append((path, codec, obj, buf.holder if buf.holder is not None else buf.array, pinned))
             out[path] = Leaf(path, ARRAY, meta, buf.array, token=token)
@@ -204,6 +240,7 @@ def _copy_arrays(
     except BaseException:
         pool._abandon(taken)
         raise
+    pool.trim(idle)
     return out
 
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _compress
+from . import _compress, _memory
 from ._snapshot import ARRAY, Leaf, Snapshot
 from .errors import CorruptCheckpoint
 
@@ -448,11 +448,12 @@ class _ArrayStep:
             self.data = chunks[0][1]   # no copy: the decompressed bytes are the leaf
             return []
         assert old is not None or self.op == "full"
-        self.data = old if in_place else np.empty(n, dtype=np.uint8)
+        self.data = old if in_place else _memory.empty(n)
         if self.op == "rows":
             assert old is not None and self.rows is not None
             if not in_place:
-                self.data = old.copy()
+                self.data = _memory.empty(n)
+                np.copyto(self.data, old)
             return [self._xor_rows]
         dst, base = self.data, (None if self.op == "full" else old)
         return [lambda o=o, c=c, k=k: _compress.unshuffle_into(

@@ -155,6 +155,10 @@ class TaskWriter:
         self.previous = snapshot
         if old_previous is not None and old_previous is not snapshot:
             self.pool.release(old_previous)
+        # The next capture needs a second set of buffers while this snapshot is
+        # kept as the delta reference: make them here, off the caller's pause
+        # (a no-op once the buffers of the snapshot before are free).
+        self.pool.reserve(snapshot)
 
 
 def _summary(row: CheckpointRow) -> dict[str, Any]:

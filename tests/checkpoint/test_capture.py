@@ -111,6 +111,61 @@ def test_pool_keeps_shared_buffers_until_every_holder_is_released():
     assert fourth.leaves[0].data is second.leaves[0].data
 
 
+def _counting_allocator(monkeypatch) -> list[int]:
+    from checkpoint import _memory
+
+    made: list[int] = []
+    real = _memory.empty
+
+    def empty(nbytes: int) -> np.ndarray:
+        made.append(nbytes)
+        return real(nbytes)
+
+    monkeypatch.setattr(_memory, "empty", empty)
+    return made
+
+
+def test_reserve_makes_the_next_capture_allocate_nothing(monkeypatch):
+    made = _counting_allocator(monkeypatch)
+    pool = BufferPool()
+    state = {"a": np.ones(300_000), "b": np.zeros(200_000, dtype=np.float32)}
+    first = capture(state, pool=pool)
+    assert sorted(made) == [800_000, 2_400_000]
+    assert pool.reserve(first) == 3_200_000      # what the next capture will need
+    assert pool.reserve(first) == 0              # already there
+    made.clear()
+    state["a"] += 1
+    second = capture(state, previous=first, pool=pool)
+    assert made == []
+    assert not np.shares_memory(second.leaves[0].data, first.leaves[0].data)
+    assert second.to_state()["a"][0] == 2 and first.to_state()["a"][0] == 1
+    pool.release(first)
+    assert pool.reserve(second) == 0             # steady state: the first snapshot's buffers are free
+    third = capture(state, previous=second, pool=pool)
+    assert made == [] and third.leaves[0].data is first.leaves[0].data
+
+
+def test_unchanged_tensors_keep_no_spare_buffer(monkeypatch):
+    torch = pytest.importorskip("torch")
+    made = _counting_allocator(monkeypatch)
+    pool = BufferPool()
+    state = {"frozen": torch.ones(100_000), "trained": torch.zeros(100_000)}
+    first = capture(state, pool=pool)
+    pool.reserve(first)                          # spares for both: nothing is known yet
+    assert len(made) == 4
+    with torch.no_grad():
+        state["trained"] += 1
+    second = capture(state, previous=first, pool=pool)
+    assert [leaf.unchanged for leaf in second.leaves] == [True, False]
+    pool.release(first)
+    made.clear()
+    assert pool.reserve(second) == 0             # the trained leaf's old buffer is free again
+    with torch.no_grad():
+        state["frozen"] += 1                     # a frozen tensor starts changing: allocated then
+    capture(state, previous=second, pool=pool)
+    assert made == [400_000]
+
+
 def test_capture_is_repeatable():
     state = {"w": np.arange(5), "cfg": {"a": 1}, "xs": [1, 2, 3]}
     assert snapshots_equal(capture(state), capture(state)) is True

@@ -66,6 +66,26 @@ def test_save_and_restore_round_trip(manager: CheckpointManager) -> None:
     assert states_equal(restored.state, state)
 
 
+def test_after_a_save_the_next_capture_finds_its_buffers_ready(manager: CheckpointManager,
+                                                              monkeypatch) -> None:
+    from checkpoint import _memory
+
+    made: list[int] = []
+    real = _memory.empty
+    monkeypatch.setattr(_memory, "empty", lambda n: made.append(n) or real(n))
+    writer = manager.writer("job", "t", manager.begin_attempt("job", "t"))
+    state = {"w": np.arange(500_000, dtype=np.float64)}
+    writer.save(writer.capture(state))
+    assert made == [4_000_000, 4_000_000]        # the capture's buffer, then the spare made by save
+    made.clear()
+    for step in range(3):
+        state["w"][step] = -1.0
+        writer.save(writer.capture(state))
+    assert not [n for n in made if n == 4_000_000]   # no capture allocated its copy again
+    restored = manager.restore("job", "t")
+    assert restored is not None and np.array_equal(restored.state["w"], state["w"])
+
+
 def test_tiers_follow_the_size_limit(manager: CheckpointManager) -> None:
     epoch = manager.begin_attempt("job", "t")
     writer = manager.writer("job", "t", epoch)

@@ -1,0 +1,30 @@
+"""Host buffers of captures and restores (checkpoint._memory)."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+
+from checkpoint import _memory
+
+
+@pytest.mark.parametrize("nbytes", [0, 1, _memory.MMAP_FROM - 1, _memory.MMAP_FROM, 5 * _memory.MMAP_FROM + 3])
+def test_buffers_are_writable_flat_bytes_of_the_size_asked(nbytes):
+    buf = _memory.empty(nbytes)
+    assert buf.dtype == np.uint8 and buf.shape == (nbytes,) and buf.flags.writeable
+    buf[:] = 7
+    assert int(buf.sum()) == 7 * nbytes
+
+
+def test_large_buffers_are_independent_and_outlive_the_first_array():
+    a, b = _memory.empty(3 << 20), _memory.empty(3 << 20)
+    assert not np.shares_memory(a, b)
+    a[:] = 1
+    b[:] = 2
+    tail = a[-10:].view(np.uint16)
+    del a
+    gc.collect()
+    assert tail.tolist() == [0x0101] * 5          # the mapping lives as long as a view of it
+    assert int(b.sum()) == 2 * (3 << 20)
