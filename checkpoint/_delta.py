@@ -92,6 +92,19 @@ def _pool() -> ThreadPoolExecutor:
     return _executor
 
 
+def _map(fn: Callable[[Any], Any], items: Sequence[Any], threads: int | None) -> list[Any]:
+    """``fn`` over ``items`` on the codec pool, in order, on at most ``threads`` of its threads."""
+    pool = _pool()
+    width = pool._max_workers  # type: ignore[attr-defined]
+    if threads is None or threads >= width or len(items) <= 1:
+        return list(pool.map(fn, items))
+    groups = list(pool.map(lambda k: [fn(x) for x in items[k::threads]], range(threads)))
+    out: list[Any] = [None] * len(items)
+    for k, results in enumerate(groups):
+        out[k::threads] = results
+    return out
+
+
 # ---------------------------------------------------------------- byte helpers
 
 def _xor(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -261,15 +274,19 @@ def _dict_delta(old: tuple[tuple[bytes, bytes], ...], cur: tuple[tuple[bytes, by
 
 # ---------------------------------------------------------------- encode
 
-def encode(previous: Snapshot | None, current: Snapshot, *, compression: str = "auto") -> list[EncodedPart]:
+def encode(previous: Snapshot | None, current: Snapshot, *, compression: str = "auto",
+           threads: int | None = None) -> list[EncodedPart]:
     """A full base (``previous`` None) or a delta against ``previous``.
 
-    Pure CPU work on a thread pool. Raises ValueError for an unknown compression.
+    Pure CPU work on the codec pool, on at most ``threads`` of its threads
+    (None: all). Raises ValueError for an unknown compression.
     """
     if compression not in COMPRESSIONS:
         raise ValueError(f"unknown compression {compression!r}; expected one of {COMPRESSIONS}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1 or None, got {threads}")
     before = previous.leaf_map() if previous is not None else {}
-    plans = list(_pool().map(lambda leaf: _plan(before.get(leaf.path), leaf, compression), current.leaves))
+    plans = _map(lambda leaf: _plan(before.get(leaf.path), leaf, compression), current.leaves, threads)
     jobs: list[tuple[_Plan, int, int]] = []
     for plan in plans:
         if plan.source is None:
@@ -281,7 +298,7 @@ def encode(previous: Snapshot | None, current: Snapshot, *, compression: str = "
         first = len(jobs) + 1
         jobs.extend((plan, s, min(s + chunk, plan.size)) for s in range(0, plan.size, chunk))
         plan.record[4] = (first, len(jobs) + 1 - first, plan.size)
-    parts = list(_pool().map(lambda job: _encode_chunk(*job, compression), jobs))
+    parts = _map(lambda job: _encode_chunk(*job, compression), jobs, threads)
     same_tree = previous is not None and previous.treedef == current.treedef
     index = {
         "v": _VERSION,

@@ -24,6 +24,9 @@ class ManagerConfig:
         compression: codec choice passed to the encoder (auto, gzip, zstd, none).
         orphan_grace_seconds: unreferenced blobs younger than this are kept.
         key_prefix: first component of every blob key.
+        encode_threads: at most this many threads of the codec pool encode one
+            save (None: all of them, one per core up to 8). A worker leaves a
+            core to its tasks this way; the bytes written do not depend on it.
     """
 
     db_size_limit: int = 1 << 20
@@ -31,6 +34,11 @@ class ManagerConfig:
     compression: str = "auto"
     orphan_grace_seconds: float = 3600.0
     key_prefix: str = "ckpt"
+    encode_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.encode_threads is not None and self.encode_threads < 1:
+            raise ValueError(f"encode_threads must be >= 1 or None, got {self.encode_threads}")
 
 
 @dataclass(frozen=True)

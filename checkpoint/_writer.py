@@ -75,7 +75,8 @@ class TaskWriter:
             seq = self._next_seq
             self._next_seq += 1  # never reuse a seq whose blobs may survive a failed cleanup
             parts = encode(self.previous if kind == "delta" else None, snapshot,
-                           compression=self.manager.config.compression)
+                           compression=self.manager.config.compression,
+                           threads=self.manager.config.encode_threads)
             written: list[PartRef] = []
             try:
                 info, summary = self._write_and_commit(kind, seq, parts, written, snapshot,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import ValidationError, field_validator, model_validator
@@ -36,6 +37,7 @@ class Settings(BaseSettings):
     metrics_port: int | None = None
     checkpoint_memory_budget: int | None = None
     heartbeat_interval: float = 2.0
+    encode_threads: int | None = None
 
     @field_validator("temporal_address")
     @classmethod
@@ -75,6 +77,18 @@ class Settings(BaseSettings):
         if v <= 0:
             raise ValueError("must be > 0")
         return v
+
+    @field_validator("encode_threads")
+    @classmethod
+    def _threads(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    @property
+    def checkpoint_encode_threads(self) -> int:
+        """Encoder threads of one checkpoint save: the setting, else all cores but one."""
+        return self.encode_threads or max(1, (os.cpu_count() or 1) - 1)
 
     @field_validator("metrics_port")
     @classmethod

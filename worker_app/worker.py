@@ -41,6 +41,8 @@ def open_manager(settings: Settings) -> CheckpointManager:
         config=ManagerConfig(
             db_size_limit=settings.db_size_limit,
             max_deltas_per_base=settings.max_deltas_per_base,
+            # The persist runs beside the task: leave the task a core of its own.
+            encode_threads=settings.checkpoint_encode_threads,
         ),
     )
 

@@ -213,6 +213,50 @@ def test_large_leaf_is_split_into_parts(small_parts):
     assert back.to_state()["v"].tobytes() == values.tobytes()
 
 
+def test_encode_threads_bound_the_parallelism_not_the_bytes(small_parts, monkeypatch):
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(_delta, "_executor", ThreadPoolExecutor(4))
+    running, peak, lock = [0], [0], threading.Lock()
+    real = _delta._encode_chunk
+
+    def chunk(*args):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.005)
+        try:
+            return real(*args)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(_delta, "_encode_chunk", chunk)
+    rng = np.random.default_rng(3)
+    old = capture({"a": rng.standard_normal(3000), "b": rng.standard_normal(2000)})
+    new = capture({"a": old.to_state()["a"] * 1.001, "b": rng.standard_normal(2000)})
+    results = {}
+    for threads in (None, 1, 2, 3):
+        peak[0] = 0
+        results[threads] = [(p.data, p.codec, p.raw_size) for p in encode(old, new, threads=threads)]
+        assert peak[0] <= (threads or 4)
+        if threads is None:
+            assert peak[0] >= 2
+    assert results[1] == results[2] == results[3] == results[None]
+    with pytest.raises(ValueError):
+        encode(old, new, threads=0)
+
+
+def test_manager_config_refuses_zero_encode_threads():
+    from checkpoint import ManagerConfig
+
+    with pytest.raises(ValueError, match="encode_threads"):
+        ManagerConfig(encode_threads=0)
+    assert ManagerConfig(encode_threads=1).encode_threads == 1
+
+
 def test_unknown_compression_is_a_value_error():
     with pytest.raises(ValueError):
         encode(None, capture({"a": 1}), compression="brotli")

@@ -23,6 +23,23 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert s.heartbeat_interval == 2.0
 
 
+def test_encode_threads_leave_the_task_a_core(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from worker_app.worker import open_manager
+
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    assert Settings().checkpoint_encode_threads == 3
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert Settings().checkpoint_encode_threads == 1
+    monkeypatch.setenv("CROWDCOMPUTE_ENCODE_THREADS", "2")
+    settings = load_settings(state_dir=tmp_path)
+    assert settings.checkpoint_encode_threads == 2
+    manager = open_manager(settings)
+    try:
+        assert manager.config.encode_threads == 2
+    finally:
+        manager.close()
+
+
 def test_env_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CROWDCOMPUTE_BLOB_URL", "s3://bucket/prefix")
     monkeypatch.setenv("CROWDCOMPUTE_METRICS_PORT", "9100")
@@ -38,6 +55,7 @@ def test_env_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
         ("CROWDCOMPUTE_BLOB_URL", "ftp://x"),
         ("CROWDCOMPUTE_DB_SIZE_LIMIT", "-1"),
         ("CROWDCOMPUTE_HEARTBEAT_INTERVAL", "0"),
+        ("CROWDCOMPUTE_ENCODE_THREADS", "0"),
     ],
 )
 def test_invalid_value_one_line(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
