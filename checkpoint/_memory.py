@@ -3,9 +3,9 @@
 numpy advises the kernel to back large allocations with transparent huge pages
 (``madvise(MADV_HUGEPAGE)``), and the pages are then faulted in one by one when
 first written. On VMs whose memory the host backs lazily (Firecracker, which
-Fargate and Lambda run on; this project's development VM) faulting in huge
-pages is slow: the first copy into a fresh 400 MB ``np.empty`` buffer took
-1.2 s there, against 0.23 s into a plain anonymous mapping and 0.11 s + 0.04 s
+Fargate and Lambda run on) faulting in huge pages is slow: on a 2-core
+Firecracker VM the first copy into a fresh 400 MB ``np.empty`` buffer took
+1.2 s, against 0.23 s into a plain anonymous mapping and 0.11 s + 0.04 s
 for a mapping the kernel populates in one call (``MAP_POPULATE``), the same as
 a copy into memory already in use. A capture writes every byte of its buffers
 anyway, so populating them when they are made costs nothing extra.
