@@ -158,8 +158,13 @@ class TaskWriter:
             self.pool.release(old_previous)
         # The next capture needs a second set of buffers while this snapshot is
         # kept as the delta reference: make them here, off the caller's pause
-        # (a no-op once the buffers of the snapshot before are free).
-        self.pool.reserve(snapshot)
+        # (a no-op once the buffers of the snapshot before are free). The commit
+        # stands whatever happens here: without spares the capture allocates.
+        try:
+            self.pool.reserve(snapshot)
+        except (MemoryError, OSError) as exc:
+            log.warning("CheckpointManager: no spare capture buffers for task %r (%s)",
+                        self.task_id, exc)
 
 
 def _summary(row: CheckpointRow) -> dict[str, Any]:

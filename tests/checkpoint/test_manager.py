@@ -86,6 +86,27 @@ def test_after_a_save_the_next_capture_finds_its_buffers_ready(manager: Checkpoi
     assert restored is not None and np.array_equal(restored.state["w"], state["w"])
 
 
+def test_a_save_stands_when_no_spare_buffers_can_be_made(manager: CheckpointManager,
+                                                         monkeypatch, caplog) -> None:
+    from checkpoint import _memory
+
+    writer = manager.writer("job", "t", manager.begin_attempt("job", "t"))
+    state = {"w": np.arange(500_000, dtype=np.float64)}
+    snapshot = writer.capture(state)
+
+    def refuse(nbytes: int) -> np.ndarray:
+        raise MemoryError(f"cannot allocate {nbytes} bytes")
+
+    monkeypatch.setattr(_memory, "empty", refuse)
+    info = writer.save(snapshot)                  # commits, and says why there are no spares
+    assert info.seq == 1 and "no spare capture buffers" in caplog.text
+    monkeypatch.undo()
+    state["w"][0] = -1.0
+    assert writer.save(writer.capture(state)).kind == "delta"
+    restored = manager.restore("job", "t")
+    assert restored is not None and restored.state["w"][0] == -1.0
+
+
 def test_tiers_follow_the_size_limit(manager: CheckpointManager) -> None:
     epoch = manager.begin_attempt("job", "t")
     writer = manager.writer("job", "t", epoch)
