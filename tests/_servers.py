@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -48,27 +49,35 @@ def moto_server(command: list[str] | None = None, port: int | None = None) -> It
     ``command`` replaces ``python -m moto.server`` (it gets ``-H HOST -p PORT``).
     """
     port = port or free_port()
-    proc = subprocess.Popen(
-        [*(command or [sys.executable, "-m", "moto.server"]), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
+    # The server logs a line per request: into a file, never an unread pipe (a
+    # full pipe buffer blocks the server's next log write, and so the request).
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            [*(command or [sys.executable, "-m", "moto.server"]), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        log.seek(0)
+                        err = log.read().decode(errors="replace")[-4000:]
+                        raise RuntimeError(f"moto server did not start: {err}") from None
+                    time.sleep(0.1)
+            yield url
+        finally:
+            proc.terminate()
             try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    err = proc.stderr.read().decode() if proc.poll() is not None else ""
-                    raise RuntimeError(f"moto server did not start: {err}") from None
-                time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def reset_moto(url: str) -> None:

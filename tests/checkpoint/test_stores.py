@@ -204,6 +204,18 @@ def test_s3_keys_live_under_prefix(s3_store: S3Store) -> None:
     assert s3_store.describe("k/1") == "s3://ckpt-bucket/runs/a/k/1"
 
 
+def test_moto_server_keeps_answering_a_long_session(moto_url: str) -> None:
+    """The server logs a line per request; the fixture must never let that block it.
+
+    (With its output on an unread pipe the server hung after ~850 requests.)
+    """
+    import urllib.request
+
+    for _ in range(1500):
+        with urllib.request.urlopen(f"{moto_url}/moto-api/data.json", timeout=10) as r:
+            assert r.status == 200
+
+
 # --- URLs ---------------------------------------------------------------------------------------
 
 def test_open_object_store_urls(tmp_path: Path, moto_url: str) -> None:
