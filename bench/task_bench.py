@@ -64,7 +64,7 @@ class Plan:
 
 # Short jobs and more pairs: on a shared machine the load drifts within a minute.
 QUICK = Plan(width=1024, layers=8, job_seconds=25.0, reps=4, calibrate_seconds=8.0, saves=3)
-FULL = Plan(width=2048, layers=8, job_seconds=60.0, reps=4, calibrate_seconds=15.0, saves=5)
+FULL = Plan(width=2048, layers=8, job_seconds=60.0, reps=8, calibrate_seconds=15.0, saves=5)
 
 
 def _cpu_seconds(pid: int) -> float:
