@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from . import _compress, _memory
-from ._snapshot import ARRAY, Leaf, Snapshot
+from ._snapshot import ARRAY, Leaf, Snapshot, bytes_equal
 from .errors import CorruptCheckpoint
 
 __all__ = [
@@ -113,21 +113,6 @@ def _xor(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.bitwise_xor(a, b)
 
 
-_EQUAL_BLOCK = 1024 * 1024
-
-
-def _equal(a: np.ndarray, b: np.ndarray) -> bool:
-    """Bytewise equality of flat uint8 arrays at memcmp speed, stopping at the first difference.
-
-    (``memoryview ==`` compares item by item, ~15x slower; ``np.array_equal``
-    builds a boolean array.) Bounded temporaries: one block at a time.
-    """
-    if a.nbytes != b.nbytes:
-        return False
-    return all(a[i:i + _EQUAL_BLOCK].tobytes() == b[i:i + _EQUAL_BLOCK].tobytes()
-               for i in range(0, a.nbytes, _EQUAL_BLOCK))
-
-
 def _word(nbytes: int) -> type[np.unsignedinteger[Any]]:
     for size, dtype in ((8, np.uint64), (4, np.uint32), (2, np.uint16)):
         if nbytes % size == 0:
@@ -184,8 +169,8 @@ def _plan_array(old: Leaf | None, cur: Leaf, mode: str) -> _Plan:
         return _same(cur)
     shape, n = meta["shape"], meta["nbytes"]
     if n < SMALL_ARRAY:
-        return _same(cur) if _equal(cur.data, old.data) else _full(cur)
-    if _equal(cur.data, old.data):   # cheap, and exits at the first difference
+        return _same(cur) if bytes_equal(cur.data, old.data) else _full(cur)
+    if bytes_equal(cur.data, old.data):   # cheap, and exits at the first difference
         return _same(cur)
     if len(shape) >= 2 and shape[0] >= 2:
         rows = _changed_rows(cur.data, old.data, shape[0])
@@ -431,16 +416,20 @@ def _chunks(ref: Any, payloads: list[tuple[np.ndarray, int]], size: int) -> list
     return out
 
 
-def _payload(ref: Any, payloads: list[tuple[np.ndarray, int]]) -> np.ndarray:
-    """A generic leaf's payload as contiguous plain bytes."""
-    size = len(ref) if isinstance(ref, bytes) else ref[2] if isinstance(ref, tuple) and len(ref) == 3 else -1
-    chunks = _chunks(ref, payloads, size)
+def _joined(chunks: list[_Chunk], size: int) -> np.ndarray:
+    """The chunks as contiguous plain bytes (no copy for one unshuffled chunk)."""
     if len(chunks) == 1 and chunks[0][2] == 1:
         return chunks[0][1]
     out = np.empty(size, dtype=np.uint8)
     for offset, data, itemsize in chunks:
         _compress.unshuffle_into(out[offset:offset + data.nbytes], data, itemsize)
     return out
+
+
+def _payload(ref: Any, payloads: list[tuple[np.ndarray, int]]) -> np.ndarray:
+    """A generic leaf's payload as contiguous plain bytes."""
+    size = len(ref) if isinstance(ref, bytes) else ref[2] if isinstance(ref, tuple) and len(ref) == 3 else -1
+    return _joined(_chunks(ref, payloads, size), size)
 
 
 @dataclass
@@ -469,7 +458,6 @@ class _ArrayStep:
         if self.op == "rows":
             assert old is not None and self.rows is not None
             if not in_place:
-                self.data = _memory.empty(n)
                 np.copyto(self.data, old)
             return [self._xor_rows]
         dst, base = self.data, (None if self.op == "full" else old)
@@ -481,9 +469,7 @@ class _ArrayStep:
         assert self.data is not None and self.rows is not None
         nrows = self.meta["shape"][0]
         row_bytes = int(self.meta["nbytes"]) // nrows
-        delta = np.empty(self.rows.size * row_bytes, dtype=np.uint8)
-        for offset, data, itemsize in self.chunks or []:
-            _compress.unshuffle_into(delta[offset:offset + data.nbytes], data, itemsize)
+        delta = _joined(self.chunks or [], self.rows.size * row_bytes)
         table = self.data.reshape(nrows, row_bytes)
         table[self.rows] ^= delta.reshape(self.rows.size, row_bytes)
 

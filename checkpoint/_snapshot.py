@@ -51,11 +51,15 @@ class Leaf:
             return False
         if self.kind != ARRAY:
             return bool(self.data == other.data)
-        return self.data is other.data or _bytes_equal(self.data, other.data)
+        return self.data is other.data or bytes_equal(self.data, other.data)
 
 
-def _bytes_equal(a: np.ndarray, b: np.ndarray, block: int = 1024 * 1024) -> bool:
-    # block-wise bytes comparison runs at memcmp speed; memoryview == goes item by item
+def bytes_equal(a: np.ndarray, b: np.ndarray, block: int = 1024 * 1024) -> bool:
+    """Bytewise equality at memcmp speed, stopping at the first differing block.
+
+    (``memoryview ==`` compares item by item, ~15x slower; ``np.array_equal``
+    builds a boolean array.) Bounded temporaries: one block at a time.
+    """
     if a.nbytes != b.nbytes:
         return False
     a, b = a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8)
