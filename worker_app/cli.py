@@ -144,9 +144,9 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
 async def _gc(settings: Settings, grace: float) -> int:
     from worker_app.gc import collect
     from worker_app.temporal import connect_client
-    from worker_app.worker import build_checkpoints
+    from worker_app.worker import open_manager
 
-    manager = build_checkpoints(settings).manager
+    manager = open_manager(settings)
     report = await collect(manager, await connect_client(settings), grace)
     print(f"checked {report.jobs_checked} job(s) with checkpoint data; deleted "
           f"{len(report.jobs_deleted)} that are not running"
