@@ -1,4 +1,4 @@
-"""Shared helpers for the checkpoint tests (states, raw catalog queries)."""
+"""Shared helpers for the checkpoint tests (states, raw catalog queries, allocations)."""
 
 from __future__ import annotations
 
@@ -75,3 +75,18 @@ def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path):
 def build_manager(backend, **config) -> CheckpointManager:
     engine, sql, objects = backend
     return CheckpointManager(engine, sql, objects, ManagerConfig(**config))
+
+
+def count_allocations(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Sizes of the capture / restore buffers made from now on (``_memory.empty``)."""
+    from checkpoint import _memory
+
+    made: list[int] = []
+    real = _memory.empty
+
+    def empty(nbytes: int) -> np.ndarray:
+        made.append(nbytes)
+        return real(nbytes)
+
+    monkeypatch.setattr(_memory, "empty", empty)
+    return made

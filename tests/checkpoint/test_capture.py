@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ckpt_helpers import count_allocations
 
 from checkpoint._capture import BufferPool, capture
 from checkpoint._delta import snapshots_equal
@@ -111,22 +112,8 @@ def test_pool_keeps_shared_buffers_until_every_holder_is_released():
     assert fourth.leaves[0].data is second.leaves[0].data
 
 
-def _counting_allocator(monkeypatch) -> list[int]:
-    from checkpoint import _memory
-
-    made: list[int] = []
-    real = _memory.empty
-
-    def empty(nbytes: int) -> np.ndarray:
-        made.append(nbytes)
-        return real(nbytes)
-
-    monkeypatch.setattr(_memory, "empty", empty)
-    return made
-
-
 def test_reserve_makes_the_next_capture_allocate_nothing(monkeypatch):
-    made = _counting_allocator(monkeypatch)
+    made = count_allocations(monkeypatch)
     pool = BufferPool()
     state = {"a": np.ones(300_000), "b": np.zeros(200_000, dtype=np.float32)}
     first = capture(state, pool=pool)
@@ -147,7 +134,7 @@ def test_reserve_makes_the_next_capture_allocate_nothing(monkeypatch):
 
 def test_unchanged_tensors_keep_no_spare_buffer(monkeypatch):
     torch = pytest.importorskip("torch")
-    made = _counting_allocator(monkeypatch)
+    made = count_allocations(monkeypatch)
     pool = BufferPool()
     state = {"frozen": torch.ones(100_000), "trained": torch.zeros(100_000)}
     first = capture(state, pool=pool)

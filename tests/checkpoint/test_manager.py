@@ -12,6 +12,7 @@ from ckpt_helpers import (
     build_manager,
     chain,
     copy_state,
+    count_allocations,
     count_rows,
     make_state,
     mutate,
@@ -68,11 +69,7 @@ def test_save_and_restore_round_trip(manager: CheckpointManager) -> None:
 
 def test_after_a_save_the_next_capture_finds_its_buffers_ready(manager: CheckpointManager,
                                                               monkeypatch) -> None:
-    from checkpoint import _memory
-
-    made: list[int] = []
-    real = _memory.empty
-    monkeypatch.setattr(_memory, "empty", lambda n: made.append(n) or real(n))
+    made = count_allocations(monkeypatch)
     writer = manager.writer("job", "t", manager.begin_attempt("job", "t"))
     state = {"w": np.arange(500_000, dtype=np.float64)}
     writer.save(writer.capture(state))
