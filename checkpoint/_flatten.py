@@ -49,7 +49,9 @@ def _never(obj: object) -> bool:
 
 def _escape(key: object) -> str:
     if isinstance(key, str):
-        return key.replace("~", "~0").replace("/", "~1").replace("#", "~2")
+        # "" would make a child's path equal to its parent's ("" at the root), so
+        # its children could collide with a sibling's: it gets a token of its own.
+        return key.replace("~", "~0").replace("/", "~1").replace("#", "~2") if key else "~3"
     return "#" + repr(key)
 
 

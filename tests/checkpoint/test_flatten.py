@@ -116,6 +116,15 @@ def test_escaped_paths_do_not_collide():
     assert join_path("x", 1) == "x/#1"
 
 
+def test_empty_string_key_does_not_collide_with_its_siblings():
+    # found by the round-trip property: key "" at the root had the root's own path,
+    # so the list below it put its item at "#0", where the dict's key 0 also was
+    state = {"": [np.zeros(1, np.float32)], 0: None}
+    _, leaves = _flat(state)
+    assert list(leaves) == ["~3/#0", "#0"]
+    assert _same(inflate(*_flat(state)), state) is True
+
+
 def test_local_namedtuple_becomes_a_leaf():
     Local = namedtuple("Local", "a")
     value = Local(np.zeros(2))
