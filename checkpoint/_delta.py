@@ -21,6 +21,12 @@ Per-leaf operations (``op`` in the record):
 * ``full``   ...the plain bytes. Always lossless.
 * ``tail`` / ``items`` / ``keys`` for generic lists (new tail, changed items)
   and dicts (changed, removed keys, and the key order when it is not implied).
+
+A delta's index names the link it was encoded against (``against``: that
+link's seq and the SHA-256 of its index part, which the catalog records and
+which in turn names the link before it), and ``decode`` refuses a delta whose
+reference is not the link it is asked to apply to: a delta encoded against one
+state can never be applied to another and yield a state that never existed.
 """
 
 from __future__ import annotations
@@ -42,9 +48,11 @@ from ._snapshot import ARRAY, Leaf, Snapshot, bytes_equal
 from .errors import CorruptCheckpoint
 
 __all__ = [
-    "CHUNK", "COMPRESSIONS", "PART_FROM", "EncodedPart", "decode", "encode", "reuse_buffers",
-    "snapshots_equal",
+    "CHUNK", "COMPRESSIONS", "PART_FROM", "EncodedPart", "LinkRef", "decode", "encode",
+    "reuse_buffers", "snapshots_equal",
 ]
+
+LinkRef = tuple[int, str]   # (seq, SHA-256 hex of the link's index part)
 
 COMPRESSIONS = ("auto", "gzip", "zstd", "none")
 PART_FROM = 1024 * 1024
@@ -260,11 +268,13 @@ def _dict_delta(old: tuple[tuple[bytes, bytes], ...], cur: tuple[tuple[bytes, by
 # ---------------------------------------------------------------- encode
 
 def encode(previous: Snapshot | None, current: Snapshot, *, compression: str = "auto",
-           threads: int | None = None) -> list[EncodedPart]:
+           threads: int | None = None, against: LinkRef | None = None) -> list[EncodedPart]:
     """A full base (``previous`` None) or a delta against ``previous``.
 
-    Pure CPU work on the codec pool, on at most ``threads`` of its threads
-    (None: all). Raises ValueError for an unknown compression.
+    ``against`` names the committed link whose state ``previous`` is; it is
+    recorded in the delta's index and checked by ``decode``. Pure CPU work on
+    the codec pool, on at most ``threads`` of its threads (None: all). Raises
+    ValueError for an unknown compression.
     """
     if compression not in COMPRESSIONS:
         raise ValueError(f"unknown compression {compression!r}; expected one of {COMPRESSIONS}")
@@ -290,6 +300,7 @@ def encode(previous: Snapshot | None, current: Snapshot, *, compression: str = "
         "base": previous is None,
         "treedef": None if same_tree else current.treedef,
         "same_tree": same_tree,
+        "against": None if previous is None or against is None else (int(against[0]), str(against[1])),
         "raw": current.raw_nbytes,
         "leaves": [tuple(p.record) for p in plans],
         "parts": [(zlib.crc32(p.data), p.raw_size, p.codec) for p in parts],
@@ -338,17 +349,20 @@ def reuse_buffers(snapshot: Snapshot) -> Snapshot:
     return snapshot
 
 
-def decode(parts: Sequence[tuple[bytes, str]], previous: Snapshot | None) -> Snapshot:
+def decode(parts: Sequence[tuple[bytes, str]], previous: Snapshot | None, *,
+           against: LinkRef | None = None) -> Snapshot:
     """Inverse of ``encode``: ``parts`` in encode's order, each with its codec.
 
-    Raises CorruptCheckpoint for malformed or truncated input. The result may
+    ``against`` names the link ``previous`` was decoded from: a delta recorded
+    against another link (or against none) is refused. Raises CorruptCheckpoint
+    for malformed or truncated input and for such a mismatch. The result may
     share buffers with ``previous`` (snapshots are immutable), unless
     ``previous`` was handed over with ``reuse_buffers``: then its writable
     buffers are updated in place and become the result's.
     """
     reuse = previous is not None and bool(getattr(previous, "_reuse", False))
     try:
-        return _decode(parts, previous, reuse)
+        return _decode(parts, previous, reuse, against)
     except CorruptCheckpoint:
         raise
     except Exception as exc:
@@ -358,10 +372,12 @@ def decode(parts: Sequence[tuple[bytes, str]], previous: Snapshot | None) -> Sna
             previous._reuse = False  # type: ignore[attr-defined]
 
 
-def _decode(parts: Sequence[tuple[bytes, str]], previous: Snapshot | None, reuse: bool) -> Snapshot:
+def _decode(parts: Sequence[tuple[bytes, str]], previous: Snapshot | None, reuse: bool,
+            against: LinkRef | None) -> Snapshot:
     if not parts:
         raise CorruptCheckpoint("no parts")
     index = _read_index(*parts[0])
+    _check_against(index, previous, against)
     table = index["parts"]
     if len(parts) != len(table) + 1:
         raise CorruptCheckpoint(f"expected {len(table) + 1} parts, got {len(parts)}")
@@ -381,6 +397,17 @@ def _decode(parts: Sequence[tuple[bytes, str]], previous: Snapshot | None, reuse
     leaves = tuple(steps[rec[0]].leaf() if rec[1] == ARRAY else generic[rec[0]] for rec in index["leaves"])
     treedef = previous.treedef if index["same_tree"] and previous is not None else index["treedef"]
     return Snapshot(raw_nbytes=index["raw"], treedef=treedef, leaves=leaves)
+
+
+def _check_against(index: dict[str, Any], previous: Snapshot | None, against: LinkRef | None) -> None:
+    if previous is None or against is None:
+        return
+    recorded = index.get("against")
+    expected = (int(against[0]), str(against[1]))
+    if recorded is None or tuple(recorded) != expected:
+        named = "no reference" if recorded is None else f"seq {recorded[0]} ({str(recorded[1])[:12]}…)"
+        raise CorruptCheckpoint(f"delta was encoded against {named}, not against seq {expected[0]} "
+                                f"({expected[1][:12]}…)")
 
 
 def _read_part(part: tuple[bytes, str], entry: tuple[int, int, str], number: int) -> tuple[np.ndarray, int]:

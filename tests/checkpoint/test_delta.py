@@ -300,6 +300,21 @@ def test_delta_without_its_previous_is_corrupt():
         decode([(p.data, p.codec) for p in parts], capture({"b": np.zeros(3)}))
 
 
+def test_delta_is_refused_against_any_link_but_its_own():
+    first = capture({"a": np.arange(100_000, dtype=np.float32)})
+    second = capture({"a": np.arange(100_000, dtype=np.float32) + 1})
+    mine, other = (3, "ab" * 32), (4, "cd" * 32)
+    parts = [(p.data, p.codec) for p in encode(first, second, against=mine)]
+    assert snapshots_equal(decode(parts, first, against=mine), second) is True
+    for wrong in (other, (3, "cd" * 32), (4, "ab" * 32)):
+        with pytest.raises(CorruptCheckpoint, match="encoded against seq 3"):
+            decode(parts, first, against=wrong)
+    unnamed = [(p.data, p.codec) for p in encode(first, second)]
+    with pytest.raises(CorruptCheckpoint, match="against no reference"):
+        decode(unnamed, first, against=mine)
+    assert snapshots_equal(decode(unnamed, first), second) is True  # library use without references
+
+
 @_chain_examples
 def test_chain_applied_in_place_is_bit_exact(small_parts, seed, steps, compression):
     """reuse_buffers: each link updates the previous link's buffers in place."""
