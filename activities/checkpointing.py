@@ -118,9 +118,9 @@ class TaskCheckpointSession(CheckpointSession):
     def start(self, hinted_seq: int | None = None) -> None:
         """Take a new fencing epoch and restore the newest committed checkpoint."""
         ctx = self.ctx
-        self.epoch = self.manager.begin_attempt(ctx.job_id, ctx.task_id, ctx.attempt)
-        self.restored = self.manager.restore(ctx.job_id, ctx.task_id, max_age=self.max_age)
-        self._writer = self.manager.writer(ctx.job_id, ctx.task_id, self.epoch, self.restored)
+        attempt = self.manager.open_attempt(ctx.job_id, ctx.task_id, ctx.attempt,
+                                            max_age=self.max_age)
+        self.epoch, self.restored, self._writer = attempt.epoch, attempt.restored, attempt.writer
         if self.restored is not None:
             self.observer.restored(self.restored.truncated)
             log.info("CheckpointHandler: task %s attempt %d resumes from checkpoint seq %d "

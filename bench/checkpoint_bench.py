@@ -212,7 +212,7 @@ def _pickles(leaf: Any) -> list[bytes]:
 def _w1_w4(s: Sizes, root: Path, restore_runs: int) -> dict[str, float]:
     import torch
 
-    from checkpoint import encode
+    from checkpoint._delta import encode
 
     state, train = _mlp(s, frozen=0)
     manager = _manager(root / "w1")

@@ -6,10 +6,9 @@ torch, SQLAlchemy or boto3 until something needs them).
 Typical use by one attempt of a task::
 
     manager = CheckpointManager.from_urls("sqlite:///state.db", "file:///var/blobs")
-    epoch = manager.begin_attempt(job_id, task_id, attempt)
-    restored = manager.restore(job_id, task_id)
-    state = restored.state if restored else initial_state()
-    writer = manager.writer(job_id, task_id, epoch, restored)
+    attempt = manager.open_attempt(job_id, task_id, attempt_number)
+    state = attempt.restored.state if attempt.restored else initial_state()
+    writer = attempt.writer
     writer.save(writer.capture(state), progress_percent=12.5)
 """
 
@@ -19,12 +18,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._capture import BufferPool, capture
-    from ._delta import COMPRESSIONS, EncodedPart, decode, encode, snapshots_equal
-    from ._ids import encode_id, validate_id
-    from ._manager import CheckpointManager
-    from ._records import CommitInfo, ManagerConfig, PartRef, Restored
-    from ._snapshot import Snapshot
+    from ._manager import Attempt, CheckpointManager
+    from ._records import CommitInfo, ManagerConfig, Restored
     from ._writer import TaskWriter
     from .catalog import create_engine_for, upgrade_database
     from .errors import (
@@ -40,42 +35,18 @@ if TYPE_CHECKING:
         StorageError,
         StorageUnavailable,
     )
-    from .stores import (
-        BlobStore,
-        FsStore,
-        HybridStore,
-        MemoryStore,
-        S3Store,
-        SqlStore,
-        open_object_store,
-    )
 
+# The façade. Blob stores are in ``checkpoint.stores``; capture, the codec and
+# the catalog's data functions stay in their modules (internal API).
 _LOCATIONS = {
-    "BufferPool": "._capture",
-    "capture": "._capture",
-    "COMPRESSIONS": "._delta",
-    "EncodedPart": "._delta",
-    "decode": "._delta",
-    "encode": "._delta",
-    "snapshots_equal": "._delta",
-    "encode_id": "._ids",
-    "validate_id": "._ids",
+    "Attempt": "._manager",
     "CheckpointManager": "._manager",
     "CommitInfo": "._records",
     "ManagerConfig": "._records",
-    "PartRef": "._records",
     "Restored": "._records",
-    "Snapshot": "._snapshot",
     "TaskWriter": "._writer",
     "create_engine_for": ".catalog",
     "upgrade_database": ".catalog",
-    "BlobStore": ".stores",
-    "FsStore": ".stores",
-    "HybridStore": ".stores",
-    "MemoryStore": ".stores",
-    "S3Store": ".stores",
-    "SqlStore": ".stores",
-    "open_object_store": ".stores",
     **{name: ".errors" for name in (
         "BlobExists", "BlobNotFound", "CaptureError", "CheckpointError", "CorruptCheckpoint",
         "Fenced", "InvalidId", "MemoryBudgetExceeded", "StaleCheckpoint", "StorageError",

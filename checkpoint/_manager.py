@@ -2,44 +2,56 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session
 
 from . import catalog as cat
-from ._delta import decode, reuse_buffers
+from ._chain import ChainStore, TierRouter
+from ._delta import LinkRef, decode, reuse_buffers
 from ._ids import job_prefix, task_prefix, validate_id
 from ._records import ManagerConfig, PartRef, Restored
-from ._writer import TaskWriter
+from ._snapshot import Snapshot
+from ._writer import ChainHead, TaskWriter, link_summary
 from .catalog import CheckpointRow, TaskRow, read_engine, utcnow
-from .errors import BlobNotFound, CorruptCheckpoint, StorageError
+from .errors import BlobNotFound, CorruptCheckpoint
 from .gc import sweep_orphans
-from .stores import BlobStore, HybridStore, SqlStore, open_object_store
+from .stores import BlobStore, SqlStore, open_object_store
 
-__all__ = ["CheckpointManager"]
+__all__ = ["Attempt", "CheckpointManager"]
 
 log = logging.getLogger("checkpoint")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt of a task: its fencing epoch, what it resumes from, its writer."""
+
+    epoch: int
+    restored: Restored | None
+    writer: TaskWriter
 
 
 class CheckpointManager:
     """Stores, restores and cleans up the checkpoints of tasks (DESIGN.md §3).
 
     Thread-safe; one instance per process is enough. Each attempt of a task
-    calls :meth:`begin_attempt`, then :meth:`restore`, then writes through a
-    :meth:`writer` bound to its epoch.
+    starts with :meth:`open_attempt` and writes through the writer it returns.
     """
 
     def __init__(self, engine: Engine, sql_store: BlobStore, object_store: BlobStore,
                  config: ManagerConfig = ManagerConfig()) -> None:
-        self.engine = engine
         self.config = config
-        self.blobs = HybridStore(sql_store, object_store, config.db_size_limit)
+        self.tiers = TierRouter(sql_store, object_store, config.db_size_limit)
+        self.chain = ChainStore(engine, self.tiers, config.key_prefix)
         self._reader = read_engine(engine)
+
+    @property
+    def engine(self) -> Engine:
+        return self.chain.engine
 
     @classmethod
     def from_urls(cls, database_url: str, blob_url: str, *, s3_endpoint_url: str | None = None,
@@ -59,32 +71,36 @@ class CheckpointManager:
         return cls(engine, SqlStore(engine), objects, config)
 
     def close(self) -> None:
-        self.blobs.close()
+        self.tiers.close()
         self.engine.dispose()
 
     # -- attempts -----------------------------------------------------------------------
 
-    def begin_attempt(self, job_id: str, task_id: str, attempt: int = 1) -> int:
-        """Create the task if missing and take a new fencing epoch; return it."""
-        validate_id(job_id, "job id")
-        validate_id(task_id, "task id")
-        with Session(self.engine, expire_on_commit=False) as s, s.begin():
-            epoch = cat.begin_attempt(s, job_id, task_id, attempt)
-        log.info("CheckpointManager: task %r attempt %d owns epoch %d", task_id, attempt, epoch)
-        return epoch
+    def open_attempt(self, job_id: str, task_id: str, attempt: int = 1, *,
+                     max_age: float | None = 3600.0) -> Attempt:
+        """Start an attempt: a new fencing epoch, the newest consistent state, a writer.
 
-    def writer(self, job_id: str, task_id: str, epoch: int,
-               restored: Restored | None = None) -> TaskWriter:
-        """A writer for the attempt holding ``epoch``; pass what :meth:`restore` returned."""
+        From the moment the epoch is taken every commit of an older attempt is
+        fenced. The committed rows are read once, in the same transaction; the
+        restore follows :meth:`restore`'s rules, and the writer continues the
+        restored chain when it is the task's newest and complete, else its
+        first save is a new base.
+        """
         validate_id(job_id, "job id")
         validate_id(task_id, "task id")
-        return TaskWriter(self, job_id, task_id, epoch, restored)
+        epoch, head_seq, rows = self.chain.begin_attempt(job_id, task_id, attempt)
+        log.info("CheckpointManager: task %r attempt %d owns epoch %d", task_id, attempt, epoch)
+        restored, links = self._restore_rows(job_id, task_id, rows, max_age)
+        head = _chain_head(restored, links, head_seq)
+        writer = TaskWriter(self.chain, self.config, job_id, task_id, epoch,
+                            next_seq=head_seq + 1, head=head)
+        return Attempt(epoch, restored, writer)
 
     # -- restore ------------------------------------------------------------------------
 
     def restore(self, job_id: str, task_id: str, *,
                 max_age: float | None = 3600.0) -> Restored | None:
-        """Rebuild the newest consistent state of the task, or None.
+        """Rebuild the newest consistent state of the task, or None (takes no epoch).
 
         Every blob's size and SHA-256 are checked before anything is decoded.
         The chain stops at the first missing or corrupt link (the result is
@@ -93,133 +109,80 @@ class CheckpointManager:
         """
         validate_id(job_id, "job id")
         validate_id(task_id, "task id")
-        with Session(self._reader, expire_on_commit=False) as s, s.begin():
-            rows = cat.chain_rows(s, task_id)
-            s.expunge_all()
+        return self._restore_rows(job_id, task_id, self.chain.rows(task_id), max_age)[0]
+
+    def _restore_rows(self, job_id: str, task_id: str, rows: list[CheckpointRow],
+                      max_age: float | None) -> tuple[Restored | None, list[CheckpointRow]]:
+        """The restored state and the links it was built from (base first)."""
         if not rows:
-            return None
+            return None, []
         newest = rows[-1]
         age = (utcnow() - newest.created_at).total_seconds()
         if max_age is not None and age > max_age:
             log.warning("CheckpointManager: task %r checkpoint seq %d is %.0f s old (limit %.0f s);"
                         " deleting it and restarting from scratch", task_id, newest.seq, age, max_age)
-            self._delete_chain(task_id, rows)
-            return None
+            self.chain.delete_rows(task_id, rows, clear=True)
+            return None, []
         bases = [r for r in rows if r.kind == "base"]
         for n, base in enumerate(reversed(bases)):
             links = [base] + [r for r in rows if r.kind == "delta" and r.base_seq == base.seq
                               and r.seq > base.seq]
-            restored = self._restore_chain(job_id, task_id, links, newest_chain=n == 0)
+            restored, applied = self._restore_chain(job_id, task_id, links, newest_chain=n == 0)
             if restored is not None:
-                return restored
+                return restored, applied
         log.warning("CheckpointManager: task %r has no usable checkpoint; starting from scratch",
                     task_id)
-        return None
+        return None, []
 
     def _restore_chain(self, job_id: str, task_id: str, links: list[CheckpointRow],
-                       newest_chain: bool) -> Restored | None:
-        verified: list[tuple[CheckpointRow, list[tuple[bytes, str]]]] = []
+                       newest_chain: bool) -> tuple[Restored | None, list[CheckpointRow]]:
+        verified: list[tuple[CheckpointRow, list[tuple[bytes, str, int]]]] = []
         # verify every blob of the chain before decoding any of them
-        for link, result in zip(links, self._fetch_chain(task_id, links), strict=True):
+        for link, result in zip(links, self.chain.fetch_verified(task_id, links), strict=True):
             if isinstance(result, (CorruptCheckpoint, BlobNotFound)):
                 log.warning("CheckpointManager: task %r seq %d unusable (%s); restoring the last "
                             "consistent checkpoint before it", task_id, link.seq, result)
                 break
             verified.append((link, result))
-        snapshot = None
+        snapshot: Snapshot | None = None
         applied: list[CheckpointRow] = []
         for link, parts in verified:
             try:
                 # The intermediate snapshots are ours alone: each link updates the
                 # previous one's buffers in place instead of copying the state.
-                snapshot = decode(parts, reuse_buffers(snapshot) if snapshot is not None else None)
+                previous = reuse_buffers(snapshot) if snapshot is not None else None
+                against = _link_ref(applied[-1]) if applied else None
+                snapshot = decode([(data, codec) for data, codec, _ in parts], previous,
+                                  against=against)
             except CorruptCheckpoint as exc:
                 log.warning("CheckpointManager: task %r seq %d failed to decode (%s); restoring "
                             "the last consistent checkpoint before it", task_id, link.seq, exc)
                 break
             applied.append(link)
         if not applied or snapshot is None:
-            return None
+            return None, []
         last = applied[-1]
         truncated = len(applied) < len(links) or not newest_chain
         log.info("CheckpointManager: restored task %r at seq %d (%d links%s)", task_id, last.seq,
                  len(applied), ", truncated" if truncated else "")
-        return Restored(snapshot=snapshot, task_id=task_id, job_id=job_id, seq=last.seq,
-                        base_seq=applied[0].seq, epoch=last.epoch, created_at=last.created_at,
-                        age_seconds=(utcnow() - last.created_at).total_seconds(),
-                        truncated=truncated, progress_percent=last.progress_percent,
-                        chain=tuple(r.seq for r in applied))
-
-    def _fetch_chain(self, task_id: str, links: list[CheckpointRow]
-                     ) -> list[list[tuple[bytes, str]] | CorruptCheckpoint | BlobNotFound]:
-        """Every blob of every link, fetched and hashed on one pool (hashing overlaps I/O).
-
-        Per link: its parts with their codecs, or the first error met.
-        """
-        refs = [[PartRef.from_json(p) for p in link.parts] for link in links]
-
-        def fetch(item: tuple[CheckpointRow, PartRef]) -> bytes:
-            link, ref = item
-            data = self.blobs.store_for(ref.tier).get(ref.key)
-            if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.sha256:
-                raise CorruptCheckpoint(f"blob {ref.key!r} of task {task_id!r} seq {link.seq} "
-                                        f"fails its SHA-256 check")
-            return data
-
-        jobs = [(link, ref) for link, rs in zip(links, refs, strict=True) for ref in rs]
-        with ThreadPoolExecutor(max(1, min(8, len(jobs)))) as pool:
-            futures = [pool.submit(fetch, job) for job in jobs]
-        out: list[list[tuple[bytes, str]] | CorruptCheckpoint | BlobNotFound] = []
-        for rs in refs:
-            mine, futures = futures[:len(rs)], futures[len(rs):]
-            errors = [f.exception() for f in mine if f.exception() is not None]
-            for error in errors:
-                if not isinstance(error, (CorruptCheckpoint, BlobNotFound)):
-                    raise error
-            out.append(errors[0] if errors else  # type: ignore[arg-type]
-                       [(f.result(), ref.codec) for f, ref in zip(mine, rs, strict=True)])
-        return out
+        restored = Restored(
+            snapshot=snapshot, task_id=task_id, job_id=job_id, seq=last.seq,
+            base_seq=applied[0].seq, epoch=last.epoch, created_at=last.created_at,
+            age_seconds=(utcnow() - last.created_at).total_seconds(), truncated=truncated,
+            progress_percent=last.progress_percent, chain=tuple(r.seq for r in applied))
+        return restored, applied
 
     # -- deletion -----------------------------------------------------------------------
-
-    def _delete_blobs(self, refs: Iterable[PartRef]) -> None:
-        """Best effort: what fails here is left to the orphan sweeper."""
-        for ref in refs:
-            try:
-                self.blobs.store_for(ref.tier).delete(ref.key)
-            except StorageError as exc:
-                log.warning("CheckpointManager: could not delete blob %r: %s", ref.key, exc)
-
-    def _delete_chain(self, task_id: str, rows: list[CheckpointRow]) -> None:
-        with Session(self.engine, expire_on_commit=False) as s, s.begin():
-            cat.delete_checkpoints(s, task_id, [r.seq for r in rows])
-            cat.clear_chain(s, task_id)
-        self._delete_blobs(PartRef.from_json(p) for r in rows for p in r.parts)
-
-    def _drop_older_than(self, job_id: str, task_id: str, seq: int) -> None:
-        """After a new base committed at ``seq``: delete the chains before it."""
-        with Session(self.engine, expire_on_commit=False) as s, s.begin():
-            old = [r for r in cat.chain_rows(s, task_id) if r.seq < seq]
-            cat.delete_checkpoints(s, task_id, [r.seq for r in old])
-            refs = [PartRef.from_json(p) for r in old for p in r.parts]
-        if old:
-            self._delete_blobs(refs)
-            log.info("CheckpointManager: compacted task %r: dropped %d checkpoints before base "
-                     "seq %d", task_id, len(old), seq)
 
     def delete_task(self, task_id: str) -> None:
         """Delete the task's checkpoint rows and blobs; its summary counters stay."""
         validate_id(task_id, "task id")
-        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+        with Session(self._reader, expire_on_commit=False) as s, s.begin():
             task = cat.get_task(s, task_id)
-            if task is None:
-                return
-            job_id = task.job_id
-            rows = cat.chain_rows(s, task_id)
-            cat.delete_checkpoints(s, task_id, [r.seq for r in rows])
-            cat.clear_chain(s, task_id)
-        self._delete_blobs(PartRef.from_json(p) for r in rows for p in r.parts)
-        self._delete_prefix(task_prefix(self.config.key_prefix, job_id, task_id))
+        if task is None:
+            return
+        self.chain.delete_rows(task_id, self.chain.rows(task_id), clear=True)
+        self.chain.delete_prefix(task_prefix(self.config.key_prefix, task.job_id, task_id))
         log.info("CheckpointManager: deleted checkpoints of task %r", task_id)
 
     def delete_job(self, job_id: str, *, forget: bool = False) -> None:
@@ -236,20 +199,14 @@ class CheckpointManager:
             s.execute(delete(CheckpointRow).where(CheckpointRow.job_id == job_id))
             if forget:
                 s.execute(delete(TaskRow).where(TaskRow.job_id == job_id))
-        self._delete_prefix(job_prefix(self.config.key_prefix, job_id))
+        self.chain.delete_prefix(job_prefix(self.config.key_prefix, job_id))
         log.info("CheckpointManager: deleted checkpoints of job %r (%d tasks)", job_id,
                  len(task_ids))
-
-    def _delete_prefix(self, prefix: str) -> None:
-        for store in (self.blobs.sql, self.blobs.objects):
-            for key in store.list(prefix):
-                store.delete(key)
 
     def sweep_orphans(self, grace_seconds: float | None = None) -> int:
         """Delete blobs no committed checkpoint names, older than the grace period."""
         grace = self.config.orphan_grace_seconds if grace_seconds is None else grace_seconds
-        return sweep_orphans(self.engine, (self.blobs.sql, self.blobs.objects),
-                             self.config.key_prefix, grace)
+        return sweep_orphans(self.engine, self.tiers.stores, self.config.key_prefix, grace)
 
     # -- force requests and status --------------------------------------------------------
 
@@ -331,7 +288,7 @@ class CheckpointManager:
                 ref = PartRef.from_json(p)
                 blobs.append({"seq": r.seq, "part": i, "kind": r.kind, "key": ref.key,
                               "storage": "database" if ref.tier == "sql" else "object_store",
-                              "location": self.blobs.store_for(ref.tier).describe(ref.key),
+                              "location": self.tiers.store_for(ref.tier).describe(ref.key),
                               "stored_bytes": ref.size, "raw_bytes": ref.raw_size,
                               "codec": ref.codec, "sha256": ref.sha256})
         db = sum(b["stored_bytes"] for b in blobs if b["storage"] == "database")
@@ -340,12 +297,6 @@ class CheckpointManager:
                 "totals": {"blob_count": len(blobs), "database_bytes": db,
                            "object_store_bytes": obj, "stored_bytes": db + obj,
                            "raw_bytes": sum(b["raw_bytes"] for b in blobs)}}
-
-    def _storage_path(self, refs: list[PartRef]) -> str:
-        for ref in refs:
-            if ref.tier == "object":
-                return self.blobs.objects.describe(ref.key).rsplit("/", 1)[0]
-        return "database"
 
 
 def _iso(value: Any) -> str | None:
@@ -365,3 +316,20 @@ def _chain_item(r: CheckpointRow) -> dict[str, Any]:
             "raw_bytes": r.raw_bytes, "stored_bytes": r.stored_bytes,
             "codecs": sorted({p["codec"] for p in r.parts}), "parts": len(r.parts)}
 
+
+
+def _link_ref(row: CheckpointRow) -> LinkRef:
+    """How a delta names the link it was encoded against: seq and its index part's SHA-256."""
+    return row.seq, str(row.parts[0]["sha256"])
+
+
+def _chain_head(restored: Restored | None, links: list[CheckpointRow],
+                head_seq: int) -> ChainHead | None:
+    """What a new attempt's writer continues from (see :class:`ChainHead`)."""
+    if restored is None or not links:
+        return None
+    ref = _link_ref(links[-1])
+    if restored.truncated or restored.seq != head_seq or links[0].kind != "base":
+        return ChainHead(restored.snapshot, ref, None)
+    return ChainHead(restored.snapshot, ref, link_summary(links[0]),
+                     tuple(link_summary(r) for r in links[1:]))

@@ -1,62 +1,69 @@
-"""TaskWriter: one attempt's write path (encode, store, verify, fenced commit)."""
+"""TaskWriter: one attempt's write path (plan, encode, store, fenced commit).
+
+What the writer believes is committed is one immutable :class:`ChainHead`,
+replaced only after a commit succeeded (or was found to have landed). Every
+delta is encoded against the head's snapshot and names the head's link, so a
+save that fails half-way, or a retirement of old chains that fails after the
+commit, can never make the next delta describe a state the catalog does not
+hold.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
-
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from sqlalchemy.orm import Session
+from dataclasses import dataclass, field
+from typing import Any
 
 from ._capture import BufferPool, capture
-from ._delta import encode
-from ._ids import blob_key
-from ._records import CommitInfo, PartRef, Restored, plan_kind
-from .catalog import CheckpointRow, chain_rows, commit_checkpoint, get_task, read_engine, utcnow
-from .errors import CheckpointError, Fenced, StorageError, StorageUnavailable
+from ._chain import ChainStore
+from ._delta import LinkRef, encode
+from ._records import CommitInfo, ManagerConfig, PartRef, plan_kind
+from ._snapshot import Snapshot
+from .catalog import CheckpointRow, utcnow
+from .errors import Fenced, StorageError
 
-if TYPE_CHECKING:
-    from ._manager import CheckpointManager
-    from ._snapshot import Snapshot
-
-__all__ = ["TaskWriter"]
+__all__ = ["ChainHead", "TaskWriter", "link_summary"]
 
 log = logging.getLogger("checkpoint")
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    """The newest committed link a writer continues from.
+
+    ``snapshot`` is that link's state and ``ref`` names the link. ``base`` and
+    ``deltas`` summarise the chain it belongs to; ``base`` is None when the
+    chain must not be extended (restored from a truncated or older chain, or
+    after a commit whose outcome is unknown): the next save is then a base.
+    """
+
+    snapshot: Snapshot
+    ref: LinkRef
+    base: dict[str, Any] | None
+    deltas: tuple[dict[str, Any], ...] = field(default=())
 
 
 class TaskWriter:
     """Writes the checkpoints of one attempt (one fencing epoch) of one task.
 
-    Not shared between threads: one save at a time (a lock enforces it).
+    Made by :meth:`CheckpointManager.open_attempt`. One save at a time (a lock
+    enforces it); ``capture`` may run on another thread than ``save``.
     """
 
-    def __init__(self, manager: CheckpointManager, job_id: str, task_id: str, epoch: int,
-                 restored: Restored | None = None) -> None:
-        self.manager = manager
+    def __init__(self, chain: ChainStore, config: ManagerConfig, job_id: str, task_id: str,
+                 epoch: int, *, next_seq: int, head: ChainHead | None = None) -> None:
+        self.chain, self.config = chain, config
         self.job_id, self.task_id, self.epoch = job_id, task_id, epoch
         self.pool = BufferPool()
-        self.previous: Snapshot | None = None
+        self._head = head
+        self._next_seq = next_seq
         self._lock = threading.Lock()
-        self._base: dict[str, Any] | None = None  # the current chain's base summary
-        self._deltas: list[dict[str, Any]] = []
-        with Session(read_engine(manager.engine), expire_on_commit=False) as s, s.begin():
-            task = get_task(s, task_id)
-            head = task.head_seq if task is not None else 0
-            rows = chain_rows(s, task_id) if restored is not None else []
-        self._next_seq = head + 1
-        if restored is not None:
-            self.previous = restored.snapshot
-            if not restored.truncated and restored.seq == head:
-                self._resume_chain(rows, restored)
 
-    def _resume_chain(self, rows: list[CheckpointRow], restored: Restored) -> None:
-        links = [r for r in rows if r.seq in set(restored.chain)]
-        if not links or links[0].kind != "base":
-            return
-        self._base = _summary(links[0])
-        self._deltas = [_summary(r) for r in links[1:]]
+    @property
+    def previous(self) -> Snapshot | None:
+        """The snapshot of the newest committed link (the next delta's reference)."""
+        return self._head.snapshot if self._head is not None else None
 
     def capture(self, state: Any, *, max_bytes: int | None = None) -> Snapshot:
         """Snapshot ``state`` against the last committed snapshot (a memory copy)."""
@@ -67,99 +74,93 @@ class TaskWriter:
 
         Raises Fenced when a newer attempt owns the task (nothing written by
         this save stays visible), StorageError / StorageUnavailable when a
-        store or the catalog fails. After a failure the next save is still
-        encoded against the last committed snapshot.
+        store or the catalog fails. A save whose row committed is never
+        reported as failed. After a failure the next save is still encoded
+        against the last committed snapshot.
         """
         with self._lock:
-            kind = self._plan()
+            head = self._head
+            kind = self._plan(head)
             seq = self._next_seq
             self._next_seq += 1  # never reuse a seq whose blobs may survive a failed cleanup
-            parts = encode(self.previous if kind == "delta" else None, snapshot,
-                           compression=self.manager.config.compression,
-                           threads=self.manager.config.encode_threads)
-            written: list[PartRef] = []
-            try:
-                info, summary = self._write_and_commit(kind, seq, parts, written, snapshot,
-                                                       progress_percent)
-            except BaseException as exc:
-                self.manager._delete_blobs(written)
-                if isinstance(exc, Fenced):
-                    log.warning("%s", exc)
-                elif isinstance(exc, CheckpointError):
-                    log.warning("CheckpointManager: save of task %r seq %d failed: %s",
-                                self.task_id, seq, exc)
-                raise
-            self._advance(info, summary, snapshot)
+            reference = head if kind == "delta" else None
+            parts = encode(reference.snapshot if reference else None, snapshot,
+                           compression=self.config.compression, threads=self.config.encode_threads,
+                           against=reference.ref if reference else None)
+            refs = self.chain.put_parts(self.job_id, self.task_id, self.epoch, seq, parts)
+            row = self._row(kind, seq, refs, snapshot, progress_percent, head)
+            self._commit(row, refs, head)
+            info = _commit_info(row, refs)
+            self._head = _advance(head, row, snapshot, refs)
+            self._after_commit(info, head, snapshot)
             return info
 
-    def _plan(self) -> str:
-        base_bytes = self._base["stored_bytes"] if self._base else 0
+    def _plan(self, head: ChainHead | None) -> str:
+        base = head.base if head is not None else None
+        deltas = head.deltas if head is not None else ()
         return plan_kind(
-            has_previous=self.previous is not None and self._base is not None,
-            deltas_since_base=len(self._deltas),
-            delta_bytes_since_base=sum(d["stored_bytes"] for d in self._deltas),
-            base_bytes=base_bytes,
-            max_deltas_per_base=self.manager.config.max_deltas_per_base)
+            has_previous=base is not None,
+            deltas_since_base=len(deltas),
+            delta_bytes_since_base=sum(d["stored_bytes"] for d in deltas),
+            base_bytes=base["stored_bytes"] if base else 0,
+            max_deltas_per_base=self.config.max_deltas_per_base)
 
-    def _write_and_commit(self, kind: str, seq: int, parts: list[Any], written: list[PartRef],
-                          snapshot: Snapshot, progress: float | None
-                          ) -> tuple[CommitInfo, dict[str, Any]]:
-        m = self.manager
-        prefix = m.config.key_prefix
-        for i, part in enumerate(parts):
-            data = part.data
-            ref = PartRef(blob_key(prefix, self.job_id, self.task_id, self.epoch, seq, i),
-                          m.blobs.tier_for(len(data)), len(data), int(part.raw_size),
-                          hashlib.sha256(data).hexdigest(), str(part.codec))
-            m.blobs.store_for(ref.tier).put(ref.key, data)
-            written.append(ref)
-        for ref in written:
-            if not m.blobs.store_for(ref.tier).exists(ref.key):
-                raise StorageError(f"CheckpointManager: blob {ref.key!r} missing right after write")
-        base_seq = seq if kind == "base" else int(self._base["seq"])  # type: ignore[index]
-        row = CheckpointRow(
+    def _row(self, kind: str, seq: int, refs: list[PartRef], snapshot: Snapshot,
+             progress: float | None, head: ChainHead | None) -> CheckpointRow:
+        base_seq = seq if kind == "base" else int(head.base["seq"])  # type: ignore[union-attr,index]
+        return CheckpointRow(
             task_id=self.task_id, job_id=self.job_id, seq=seq, epoch=self.epoch, kind=kind,
             base_seq=base_seq, created_at=utcnow(), progress_percent=progress,
-            raw_bytes=int(getattr(snapshot, "raw_nbytes", sum(r.raw_size for r in written))),
-            stored_bytes=sum(r.size for r in written), parts=[r.to_json() for r in written])
-        summary = _summary(row)
-        task_fields: dict[str, Any]
-        if kind == "base":
-            task_fields = {"base_checkpoint": summary, "delta_checkpoints": [],
-                           "base_checkpoint_size": row.stored_bytes,
-                           "checkpoint_storage_path": m._storage_path(written)}
-        else:
-            task_fields = {"delta_checkpoints": [*self._deltas, summary]}
-        info = CommitInfo(self.task_id, self.job_id, seq, self.epoch, kind, base_seq,
-                          row.raw_bytes, row.stored_bytes, tuple(written), row.created_at, progress)
-        try:
-            with Session(m.engine, expire_on_commit=False) as s, s.begin():
-                commit_checkpoint(s, row, task_fields)
-        except OperationalError as exc:
-            raise StorageUnavailable(f"CheckpointManager: commit of task {self.task_id!r} "
-                                     f"seq {seq} failed: {exc.orig}") from exc
-        except SQLAlchemyError as exc:
-            raise StorageError(f"CheckpointManager: commit of task {self.task_id!r} "
-                               f"seq {seq} failed: {exc}") from exc
-        log.info("CheckpointManager: committed task %r seq %d (%s, epoch %d, %d -> %d bytes, %s)",
-                 self.task_id, seq, kind, self.epoch, row.raw_bytes, row.stored_bytes,
-                 "+".join(sorted(set(info.tiers))) or "empty")
-        return info, summary
+            raw_bytes=int(snapshot.raw_nbytes), stored_bytes=sum(r.size for r in refs),
+            parts=[r.to_json() for r in refs])
 
-    def _advance(self, info: CommitInfo, summary: dict[str, Any], snapshot: Snapshot) -> None:
-        old_previous = self.previous
-        if info.kind == "base":
-            self._base, self._deltas = summary, []
-            self.manager._drop_older_than(self.job_id, self.task_id, info.seq)
+    def _commit(self, row: CheckpointRow, refs: list[PartRef], head: ChainHead | None) -> None:
+        summary = link_summary(row)
+        fields: dict[str, Any]
+        if row.kind == "base":
+            fields = {"base_checkpoint": summary, "delta_checkpoints": [],
+                      "base_checkpoint_size": row.stored_bytes,
+                      "checkpoint_storage_path": self.chain.storage_path(refs)}
         else:
-            self._deltas.append(summary)
-        self.previous = snapshot
-        if old_previous is not None and old_previous is not snapshot:
-            self.pool.release(old_previous)
+            fields = {"delta_checkpoints": [*(head.deltas if head else ()), summary]}
+        try:
+            self.chain.commit(row, fields)
+        except Fenced as exc:
+            self.chain.delete_refs(refs)
+            log.warning("%s", exc)
+            raise
+        except StorageError as exc:
+            landed = self.chain.row_committed(self.task_id, row.seq, self.epoch)
+            if landed:
+                log.warning("CheckpointManager: commit of task %r seq %d reported %s but it landed",
+                            self.task_id, row.seq, exc)
+                return
+            if landed is None:
+                # Unknown outcome: keep the blobs (the sweeper removes them if the row is
+                # not there) and start a new chain, which is right either way.
+                self._head = _unextendable(head)
+            else:
+                self.chain.delete_refs(refs)
+            log.warning("CheckpointManager: save of task %r seq %d failed: %s", self.task_id,
+                        row.seq, exc)
+            raise
+        except BaseException:
+            self.chain.delete_refs(refs)
+            raise
+        log.info("CheckpointManager: committed task %r seq %d (%s, epoch %d, %d -> %d bytes, %s)",
+                 self.task_id, row.seq, row.kind, self.epoch, row.raw_bytes, row.stored_bytes,
+                 "+".join(sorted({r.tier for r in refs})) or "empty")
+
+    def _after_commit(self, info: CommitInfo, old: ChainHead | None, snapshot: Snapshot) -> None:
+        """Housekeeping after a commit; nothing here can undo or fail the save."""
+        if old is not None and old.snapshot is not snapshot:
+            self.pool.release(old.snapshot)
+        if info.kind == "base":
+            self.chain.retire_before(self.job_id, self.task_id, info.seq)
         # The next capture needs a second set of buffers while this snapshot is
         # kept as the delta reference: make them here, off the caller's pause
-        # (a no-op once the buffers of the snapshot before are free). The commit
-        # stands whatever happens here: without spares the capture allocates.
+        # (a no-op once the buffers of the snapshot before are free). Without
+        # spares the capture allocates.
         try:
             self.pool.reserve(snapshot)
         except (MemoryError, OSError) as exc:
@@ -167,7 +168,27 @@ class TaskWriter:
                         self.task_id, exc)
 
 
-def _summary(row: CheckpointRow) -> dict[str, Any]:
+def _advance(head: ChainHead | None, row: CheckpointRow, snapshot: Snapshot,
+             refs: list[PartRef]) -> ChainHead:
+    summary = link_summary(row)
+    ref = (row.seq, refs[0].sha256)
+    if row.kind == "base" or head is None or head.base is None:
+        return ChainHead(snapshot, ref, summary)
+    return ChainHead(snapshot, ref, head.base, (*head.deltas, summary))
+
+
+def _unextendable(head: ChainHead | None) -> ChainHead | None:
+    return None if head is None else ChainHead(head.snapshot, head.ref, None)
+
+
+def _commit_info(row: CheckpointRow, refs: list[PartRef]) -> CommitInfo:
+    return CommitInfo(row.task_id, row.job_id, row.seq, row.epoch, row.kind, row.base_seq,
+                      row.raw_bytes, row.stored_bytes, tuple(refs), row.created_at,
+                      row.progress_percent)
+
+
+def link_summary(row: CheckpointRow) -> dict[str, Any]:
+    """The summary of one link kept in the task row (the spec's base / delta fields)."""
     return {"seq": row.seq, "epoch": row.epoch, "kind": row.kind, "raw_bytes": row.raw_bytes,
             "stored_bytes": row.stored_bytes,
             "created_at": row.created_at.isoformat() if row.created_at else None,

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._base import BlobInfo, BlobStore, check_key
 from .fs import FsStore
-from .hybrid import HybridStore, open_object_store
+from .hybrid import open_object_store
 from .memory import MemoryStore
 from .sql import SqlStore
 
@@ -17,7 +17,6 @@ __all__ = [
     "BlobInfo",
     "BlobStore",
     "FsStore",
-    "HybridStore",
     "MemoryStore",
     "S3Store",
     "SqlStore",

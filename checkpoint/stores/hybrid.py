@@ -1,70 +1,19 @@
-"""Size-based routing between the SQL tier and the object store, and the
-factory that opens an object store from a URL."""
+"""The factory that opens an object store from a URL.
+
+(Routing between the SQL tier and the object store is ``checkpoint._chain.TierRouter``.)
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from ..errors import BlobNotFound, StorageError
-from ._base import BlobInfo, BlobStore
+from ..errors import StorageError
+from ._base import BlobStore
 from .fs import FsStore
 from .memory import MemoryStore
 
-__all__ = ["HybridStore", "open_object_store"]
-
-
-class HybridStore(BlobStore):
-    """Blobs smaller than ``db_size_limit`` go to ``sql``; the rest to ``objects``."""
-
-    tier = "hybrid"
-
-    def __init__(self, sql: BlobStore, objects: BlobStore, db_size_limit: int = 1 << 20) -> None:
-        self.sql = sql
-        self.objects = objects
-        self.db_size_limit = db_size_limit
-
-    def tier_for(self, size: int) -> str:
-        """``"sql"`` for ``size < db_size_limit``, else ``"object"``."""
-        return "sql" if size < self.db_size_limit else "object"
-
-    def store_for(self, tier: str) -> BlobStore:
-        if tier == "sql":
-            return self.sql
-        if tier == "object":
-            return self.objects
-        raise StorageError(f"unknown storage tier {tier!r}")
-
-    def put(self, key: str, data: bytes) -> None:
-        self.store_for(self.tier_for(len(data))).put(key, data)
-
-    def put_routed(self, key: str, data: bytes) -> str:
-        """Store ``data`` in the tier its size selects; return that tier."""
-        tier = self.tier_for(len(data))
-        self.store_for(tier).put(key, data)
-        return tier
-
-    def get(self, key: str) -> bytes:
-        try:
-            return self.sql.get(key)
-        except BlobNotFound:
-            return self.objects.get(key)
-
-    def exists(self, key: str) -> bool:
-        return self.sql.exists(key) or self.objects.exists(key)
-
-    def delete(self, key: str) -> None:
-        self.sql.delete(key)
-        self.objects.delete(key)
-
-    def scan(self, prefix: str = "") -> Iterator[BlobInfo]:
-        yield from self.sql.scan(prefix)
-        yield from self.objects.scan(prefix)
-
-    def close(self) -> None:
-        self.sql.close()
-        self.objects.close()
+__all__ = ["open_object_store"]
 
 
 def open_object_store(blob_url: str, s3_endpoint_url: str | None = None) -> BlobStore:

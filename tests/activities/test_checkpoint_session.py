@@ -233,7 +233,7 @@ def _die_mid_persist(tmp: str) -> None:
     clock.now += 11
     s.checkpoint({"n": 1, "a": np.arange(10.0)})
     wait_persisted(s)
-    store = manager.blobs.objects
+    store = manager.tiers.objects
     original = store.put
 
     def put_then_die(key: str, data: bytes) -> None:

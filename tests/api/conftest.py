@@ -130,8 +130,7 @@ def write_checkpoints(
 ) -> list[CommitInfo]:
     """Commit one checkpoint per entry of ``steps`` (its progress percent)."""
     task_id = f"{job_id}:{index}"
-    epoch = manager.begin_attempt(job_id, task_id, 1)
-    writer = manager.writer(job_id, task_id, epoch)
+    writer = manager.open_attempt(job_id, task_id, 1).writer
     commits = []
     for n, pct in enumerate(steps):
         commits.append(writer.save(writer.capture(training_state(n)), progress_percent=pct))

@@ -48,7 +48,7 @@ def count_rows(manager: CheckpointManager) -> dict[str, int]:
 
 
 def all_blob_keys(manager: CheckpointManager) -> list[str]:
-    return sorted(manager.blobs.sql.list("") + manager.blobs.objects.list(""))
+    return sorted(manager.tiers.sql.list("") + manager.tiers.objects.list(""))
 
 
 def chain(manager: CheckpointManager, task_id: str) -> list[CheckpointRow]:

@@ -23,8 +23,7 @@ def _worker(db_url: str, blob_url: str, index: int, queue) -> None:  # runs in a
     try:
         manager = CheckpointManager.from_urls(db_url, blob_url, migrate=False,
                                               config=ManagerConfig(max_deltas_per_base=20))
-        epoch = manager.begin_attempt("job", f"task-{index}")
-        writer = manager.writer("job", f"task-{index}", epoch)
+        writer = manager.open_attempt("job", f"task-{index}").writer
         state = {"x": np.zeros(64), "i": 0}
         for step in range(COMMITS):
             state["x"][step % 64] = step
@@ -88,5 +87,5 @@ def test_racing_attempts_get_distinct_epochs(db: str, request: pytest.FixtureReq
 
     manager = CheckpointManager(engine, MemoryStore("sql"), MemoryStore())
     with ThreadPoolExecutor(8) as pool:
-        epochs = list(pool.map(lambda i: manager.begin_attempt("job", "shared", i), range(16)))
+        epochs = list(pool.map(lambda i: manager.open_attempt("job", "shared", i).epoch, range(16)))
     assert sorted(epochs) == list(range(1, 17))

@@ -14,8 +14,7 @@ from checkpoint._records import PartRef
 @pytest.fixture
 def history(manager: CheckpointManager, monkeypatch: pytest.MonkeyPatch):
     """A base and four deltas; returns the state after each seq and the decode spy."""
-    epoch = manager.begin_attempt("job", "t")
-    writer = manager.writer("job", "t", epoch)
+    writer = manager.open_attempt("job", "t").writer
     state = make_state(3)
     states = {}
     for step in range(1, 6):
@@ -25,9 +24,9 @@ def history(manager: CheckpointManager, monkeypatch: pytest.MonkeyPatch):
     decoded: list[bytes] = []
     real = manager_module.decode
 
-    def spy(parts, previous):
-        decoded.extend(data for data, _codec in parts)
-        return real(parts, previous)
+    def spy(parts, previous, **kwargs):
+        decoded.extend(part[0] for part in parts)
+        return real(parts, previous, **kwargs)
 
     monkeypatch.setattr(manager_module, "decode", spy)
     return states, decoded
@@ -39,14 +38,14 @@ def refs(manager: CheckpointManager, seq: int) -> list[PartRef]:
 
 
 def rewrite(manager: CheckpointManager, ref: PartRef, data: bytes | None) -> None:
-    store = manager.blobs.store_for(ref.tier)
+    store = manager.tiers.store_for(ref.tier)
     store.delete(ref.key)
     if data is not None:
         store.put(ref.key, data)
 
 
 def read(manager: CheckpointManager, ref: PartRef) -> bytes:
-    return manager.blobs.store_for(ref.tier).get(ref.key)
+    return manager.tiers.store_for(ref.tier).get(ref.key)
 
 
 def check(manager: CheckpointManager, states, decoded, bad: set[bytes], seq: int) -> None:
@@ -106,10 +105,9 @@ def test_after_truncated_restore_the_next_save_is_a_base(manager, history) -> No
     states, _decoded = history
     for ref in refs(manager, 4):
         rewrite(manager, ref, None)
-    epoch = manager.begin_attempt("job", "t", attempt=2)
-    restored = manager.restore("job", "t")
+    attempt = manager.open_attempt("job", "t", attempt=2)
+    restored, writer = attempt.restored, attempt.writer
     assert restored.seq == 3 and restored.truncated is True
-    writer = manager.writer("job", "t", epoch, restored)
     state = copy_state(restored.state)
     mutate(state, 42)
     info = writer.save(writer.capture(state))

@@ -13,8 +13,7 @@ from checkpoint.stores import BlobInfo
 
 
 def fill(manager: CheckpointManager, job: str, task: str, steps: int = 3) -> None:
-    epoch = manager.begin_attempt(job, task)
-    writer = manager.writer(job, task, epoch)
+    writer = manager.open_attempt(job, task).writer
     state = make_state()
     for step in range(1, steps + 1):
         mutate(state, step)
@@ -25,7 +24,7 @@ def test_delete_task_leaves_no_rows_and_no_blobs(manager: CheckpointManager) -> 
     fill(manager, "job", "a")
     fill(manager, "job", "b")
     # a stray blob of a fenced attempt under the task's prefix
-    manager.blobs.objects.put(blob_key("ckpt", "job", "a", 9, 9, 0), b"zombie")
+    manager.tiers.objects.put(blob_key("ckpt", "job", "a", 9, 9, 0), b"zombie")
     manager.delete_task("a")
     assert all(k.startswith("ckpt/job/b/") for k in all_blob_keys(manager))
     assert [r["task_id"] for r in manager.job_summary("job")["tasks"]] == ["a", "b"]
@@ -56,9 +55,9 @@ def test_sweep_orphans(manager: CheckpointManager) -> None:
     committed = all_blob_keys(manager)
     orphan_sql = blob_key("ckpt", "job", "a", 7, 1, 0)
     orphan_obj = blob_key("ckpt", "job", "gone", 1, 1, 0)
-    manager.blobs.sql.put(orphan_sql, b"x")
-    manager.blobs.objects.put(orphan_obj, b"y" * 10_000)
-    manager.blobs.objects.put("outside/prefix", b"z")  # not ours: never swept
+    manager.tiers.sql.put(orphan_sql, b"x")
+    manager.tiers.objects.put(orphan_obj, b"y" * 10_000)
+    manager.tiers.objects.put("outside/prefix", b"z")  # not ours: never swept
     assert manager.sweep_orphans() == 0  # younger than the default grace period
     assert manager.sweep_orphans(grace_seconds=0) == 2
     assert all_blob_keys(manager) == sorted(committed + ["outside/prefix"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from datetime import timedelta
 from pathlib import Path
 
@@ -40,21 +41,22 @@ def run_steps(writer, state: dict, steps: range, progress: bool = True) -> list:
 
 def test_public_api_is_pinned() -> None:
     assert checkpoint.__all__ == sorted([
-        "BlobExists", "BlobNotFound", "BlobStore", "BufferPool", "COMPRESSIONS", "CaptureError",
-        "CheckpointError", "CheckpointManager", "CommitInfo", "CorruptCheckpoint", "EncodedPart",
-        "Fenced", "FsStore", "HybridStore", "InvalidId", "ManagerConfig", "MemoryBudgetExceeded",
-        "MemoryStore", "PartRef", "Restored", "S3Store", "Snapshot", "SqlStore", "StaleCheckpoint",
-        "StorageError", "StorageUnavailable", "TaskWriter", "capture", "create_engine_for",
-        "decode", "encode", "encode_id", "open_object_store", "snapshots_equal",
-        "upgrade_database", "validate_id"])
+        "Attempt", "BlobExists", "BlobNotFound", "CaptureError", "CheckpointError",
+        "CheckpointManager", "CommitInfo", "CorruptCheckpoint", "Fenced", "InvalidId",
+        "ManagerConfig", "MemoryBudgetExceeded", "Restored", "StaleCheckpoint", "StorageError",
+        "StorageUnavailable", "TaskWriter", "create_engine_for", "upgrade_database"])
     for name in checkpoint.__all__:
         assert getattr(checkpoint, name) is not None
+    # every public name the package holds once all of it is loaded is in __all__ (or a subpackage)
+    public = {name for name, value in vars(checkpoint).items()
+              if not name.startswith("_") and not isinstance(value, types.ModuleType)}
+    assert public - {"annotations", "importlib", "TYPE_CHECKING", "Any"} == set(checkpoint.__all__)
 
 
 def test_save_and_restore_round_trip(manager: CheckpointManager) -> None:
-    epoch = manager.begin_attempt("job", "task-1")
-    assert manager.restore("job", "task-1") is None
-    writer = manager.writer("job", "task-1", epoch)
+    attempt = manager.open_attempt("job", "task-1")
+    assert attempt.restored is None
+    writer, epoch = attempt.writer, attempt.epoch
     state = make_state()
     infos = run_steps(writer, state, range(1, 5))
     assert [i.kind for i in infos] == ["base", "delta", "delta", "delta"]
@@ -70,7 +72,7 @@ def test_save_and_restore_round_trip(manager: CheckpointManager) -> None:
 def test_after_a_save_the_next_capture_finds_its_buffers_ready(manager: CheckpointManager,
                                                               monkeypatch) -> None:
     made = count_allocations(monkeypatch)
-    writer = manager.writer("job", "t", manager.begin_attempt("job", "t"))
+    writer = manager.open_attempt("job", "t").writer
     state = {"w": np.arange(500_000, dtype=np.float64)}
     writer.save(writer.capture(state))
     assert made == [4_000_000, 4_000_000]        # the capture's buffer, then the spare made by save
@@ -87,7 +89,7 @@ def test_a_save_stands_when_no_spare_buffers_can_be_made(manager: CheckpointMana
                                                          monkeypatch, caplog) -> None:
     from checkpoint import _memory
 
-    writer = manager.writer("job", "t", manager.begin_attempt("job", "t"))
+    writer = manager.open_attempt("job", "t").writer
     state = {"w": np.arange(500_000, dtype=np.float64)}
     snapshot = writer.capture(state)
 
@@ -105,8 +107,7 @@ def test_a_save_stands_when_no_spare_buffers_can_be_made(manager: CheckpointMana
 
 
 def test_tiers_follow_the_size_limit(manager: CheckpointManager) -> None:
-    epoch = manager.begin_attempt("job", "t")
-    writer = manager.writer("job", "t", epoch)
+    writer = manager.open_attempt("job", "t").writer
     info = run_steps(writer, make_state(), range(1, 3))
     base, delta = info
     assert [p.tier for p in base.parts] == ["object" if p.size >= 4096 else "sql"
@@ -116,20 +117,19 @@ def test_tiers_follow_the_size_limit(manager: CheckpointManager) -> None:
     locations = {b["key"]: b["storage"] for b in detail["blobs"]}
     for p in base.parts + delta.parts:
         assert locations[p.key] == ("database" if p.tier == "sql" else "object_store")
-        store = manager.blobs.sql if p.tier == "sql" else manager.blobs.objects
+        store = manager.tiers.sql if p.tier == "sql" else manager.tiers.objects
         assert store.exists(p.key) is True
 
 
 def test_fencing_rejects_the_stale_attempt(manager: CheckpointManager) -> None:
-    e1 = manager.begin_attempt("job", "t", attempt=1)
-    zombie = manager.writer("job", "t", e1)
+    first = manager.open_attempt("job", "t", attempt=1)
+    e1, zombie = first.epoch, first.writer
     zstate = make_state(1)
     run_steps(zombie, zstate, range(1, 3))
-    e2 = manager.begin_attempt("job", "t", attempt=2)
+    second = manager.open_attempt("job", "t", attempt=2)
+    e2, restored, live = second.epoch, second.restored, second.writer
     assert e2 == e1 + 1
-    restored = manager.restore("job", "t")
     assert restored is not None and restored.seq == 2
-    live = manager.writer("job", "t", e2, restored)
     state = copy_state(restored.state)
     run_steps(live, state, range(3, 5))
     keys_before = all_blob_keys(manager)
@@ -148,8 +148,7 @@ def test_fencing_rejects_the_stale_attempt(manager: CheckpointManager) -> None:
 
 
 def test_compaction_after_max_deltas(manager: CheckpointManager) -> None:
-    epoch = manager.begin_attempt("job", "t")
-    writer = manager.writer("job", "t", epoch)
+    writer = manager.open_attempt("job", "t").writer
     state = make_state(arrays=16)
     infos = run_steps(writer, state, range(1, 14))  # max_deltas_per_base = 5
     assert [i.kind for i in infos] == (["base"] + ["delta"] * 5) * 2 + ["base"]
@@ -166,8 +165,7 @@ def test_compaction_after_max_deltas(manager: CheckpointManager) -> None:
 def test_compaction_at_default_fifty(backend, tmp_path: Path) -> None:
     manager = build_manager(backend, db_size_limit=4096)
     assert manager.config.max_deltas_per_base == 50
-    epoch = manager.begin_attempt("job", "t")
-    writer = manager.writer("job", "t", epoch)
+    writer = manager.open_attempt("job", "t").writer
     state = make_state(arrays=64, size=512)
     infos = run_steps(writer, state, range(1, 53), progress=False)
     assert [i.kind for i in infos] == ["base"] + ["delta"] * 50 + ["base"]
@@ -177,8 +175,7 @@ def test_compaction_at_default_fifty(backend, tmp_path: Path) -> None:
 
 
 def test_compaction_on_size(manager: CheckpointManager) -> None:
-    epoch = manager.begin_attempt("job", "t")
-    writer = manager.writer("job", "t", epoch)
+    writer = manager.open_attempt("job", "t").writer
     rng = np.random.default_rng(5)
     state = {"a": rng.standard_normal(4096), "b": rng.standard_normal(64)}
     infos = []
@@ -212,12 +209,10 @@ def test_plan_kind_policy() -> None:
 
 
 def test_resumed_writer_continues_the_chain(manager: CheckpointManager) -> None:
-    e1 = manager.begin_attempt("job", "t")
     state = make_state()
-    run_steps(manager.writer("job", "t", e1), state, range(1, 3))
-    e2 = manager.begin_attempt("job", "t", attempt=2)
-    restored = manager.restore("job", "t")
-    writer = manager.writer("job", "t", e2, restored)
+    run_steps(manager.open_attempt("job", "t").writer, state, range(1, 3))
+    second = manager.open_attempt("job", "t", attempt=2)
+    restored, writer = second.restored, second.writer
     state = copy_state(restored.state)
     infos = run_steps(writer, state, range(3, 5))
     assert [(i.kind, i.base_seq) for i in infos] == [("delta", 1), ("delta", 1)]
@@ -225,11 +220,13 @@ def test_resumed_writer_continues_the_chain(manager: CheckpointManager) -> None:
     assert final.chain == (1, 2, 3, 4) and states_equal(final.state, state)
 
 
-def test_writer_without_restore_starts_a_new_base(manager: CheckpointManager) -> None:
-    e1 = manager.begin_attempt("job", "t")
-    run_steps(manager.writer("job", "t", e1), make_state(), range(1, 3))
-    e2 = manager.begin_attempt("job", "t", attempt=2)
-    info = run_steps(manager.writer("job", "t", e2), make_state(9), range(1, 2))[0]
+def test_writer_with_nothing_restored_starts_a_new_base(manager: CheckpointManager) -> None:
+    run_steps(manager.open_attempt("job", "t").writer, make_state(), range(1, 3))
+    with Session(manager.engine) as s, s.begin():
+        s.execute(update(CheckpointRow).values(created_at=utcnow() - timedelta(hours=2)))
+    second = manager.open_attempt("job", "t", attempt=2, max_age=3600.0)
+    assert second.restored is None  # too old: deleted, the task starts from scratch
+    info = run_steps(second.writer, make_state(9), range(1, 2))[0]
     assert (info.kind, info.seq) == ("base", 3)
     assert [r.seq for r in chain(manager, "t")] == [3]
 
@@ -252,8 +249,7 @@ def test_failed_save_keeps_previous(sqlite_engine) -> None:
     flaky = FlakyStore()
     manager = CheckpointManager(sqlite_engine, SqlStore(sqlite_engine), flaky,
                                 ManagerConfig(db_size_limit=1024))
-    epoch = manager.begin_attempt("job", "t")
-    writer = manager.writer("job", "t", epoch)
+    writer = manager.open_attempt("job", "t").writer
     state = make_state()
     run_steps(writer, state, range(1, 3))
     committed = writer.previous
@@ -271,9 +267,8 @@ def test_failed_save_keeps_previous(sqlite_engine) -> None:
 
 
 def test_staleness(manager: CheckpointManager) -> None:
-    epoch = manager.begin_attempt("job", "t")
     state = make_state()
-    run_steps(manager.writer("job", "t", epoch), state, range(1, 3))
+    run_steps(manager.open_attempt("job", "t").writer, state, range(1, 3))
     with Session(manager.engine) as s, s.begin():
         s.execute(update(CheckpointRow).values(created_at=utcnow() - timedelta(hours=2)))
     kept = manager.restore("job", "t", max_age=None)
@@ -285,7 +280,7 @@ def test_staleness(manager: CheckpointManager) -> None:
 
 
 def test_force_requests(manager: CheckpointManager) -> None:
-    manager.begin_attempt("job", "t")
+    manager.open_attempt("job", "t")
     assert manager.take_force("t") is False
     assert manager.request_force("t") is True
     assert manager.request_force("t") is False
@@ -298,9 +293,9 @@ def test_force_requests(manager: CheckpointManager) -> None:
 
 def test_read_api(manager: CheckpointManager) -> None:
     for n, task in enumerate(["a", "b", "c"]):
-        epoch = manager.begin_attempt("job", task)
+        writer = manager.open_attempt("job", task).writer
         if task != "c":
-            run_steps(manager.writer("job", task, epoch), make_state(n), range(1, 3 + n))
+            run_steps(writer, make_state(n), range(1, 3 + n))
     summary = manager.job_summary("job")
     assert (summary["job_id"], summary["total_tasks"], summary["tasks_with_checkpoints"],
             summary["total_checkpoints_taken"]) == ("job", 3, 2, 5)
@@ -326,9 +321,8 @@ def test_read_api(manager: CheckpointManager) -> None:
 def test_from_urls_sqlite_and_files(tmp_path: Path) -> None:
     m = CheckpointManager.from_urls(f"sqlite:///{tmp_path}/c.db", f"file://{tmp_path}/blobs",
                                     config=ManagerConfig(db_size_limit=1000))
-    epoch = m.begin_attempt("j", "t")
     state = make_state()
-    run_steps(m.writer("j", "t", epoch), state, range(1, 3))
+    run_steps(m.open_attempt("j", "t").writer, state, range(1, 3))
     assert states_equal(m.restore("j", "t").state, state)
     assert any(p.is_file() for p in (tmp_path / "blobs").rglob("*"))
     m.close()
@@ -337,9 +331,8 @@ def test_from_urls_sqlite_and_files(tmp_path: Path) -> None:
 def test_from_urls_postgres_and_s3(pg_engine, pg_url: str, moto_url: str, s3_store) -> None:
     m = CheckpointManager.from_urls(pg_url, "s3://ckpt-bucket/other", s3_endpoint_url=moto_url,
                                     config=ManagerConfig(db_size_limit=1000))
-    epoch = m.begin_attempt("j", "t")
     state = make_state()
-    run_steps(m.writer("j", "t", epoch), state, range(1, 3))
+    run_steps(m.open_attempt("j", "t").writer, state, range(1, 3))
     assert states_equal(m.restore("j", "t").state, state)
-    assert m.blobs.objects.list("ckpt/") != []
+    assert m.tiers.objects.list("ckpt/") != []
     m.close()

@@ -11,7 +11,7 @@ from ckpt_helpers import STORE_KINDS, make_store
 
 from checkpoint._ids import blob_key, encode_id, validate_id
 from checkpoint.errors import BlobExists, BlobNotFound, InvalidId, StorageError
-from checkpoint.stores import BlobStore, FsStore, HybridStore, MemoryStore, open_object_store
+from checkpoint.stores import BlobStore, FsStore, open_object_store
 from checkpoint.stores.s3 import S3Store
 
 
@@ -144,29 +144,6 @@ def test_longest_id_is_accepted() -> None:
 
 def test_blob_key_layout() -> None:
     assert blob_key("ckpt", "job 1", "t/2", 3, 4, 5) == "ckpt/job%201/t%2F2/e3/s4/p5"
-
-
-# --- hybrid routing --------------------------------------------------------------------------
-
-@pytest.mark.parametrize("size,tier", [(0, "sql"), (999, "sql"), (1000, "object"), (5000, "object")])
-def test_hybrid_routes_by_size(size: int, tier: str) -> None:
-    sql, objects = MemoryStore("sql"), MemoryStore("object")
-    hybrid = HybridStore(sql, objects, db_size_limit=1000)
-    assert hybrid.put_routed("k", b"x" * size) == tier
-    assert (sql.exists("k"), objects.exists("k")) == (tier == "sql", tier == "object")
-    assert hybrid.get("k") == b"x" * size
-
-
-def test_hybrid_real_tiers_at_threshold(sqlite_engine, s3_store: S3Store) -> None:
-    from checkpoint.stores import SqlStore
-
-    limit = 1 << 20
-    hybrid = HybridStore(SqlStore(sqlite_engine), s3_store, limit)
-    hybrid.put("t/below", b"b" * (limit - 1))
-    hybrid.put("t/at", b"a" * limit)
-    assert hybrid.sql.list("t/") == ["t/below"]
-    assert s3_store.list("t/") == ["t/at"]
-    assert hybrid.get("t/at") == b"a" * limit
 
 
 # --- S3 ---------------------------------------------------------------------------------------

@@ -19,8 +19,7 @@ from worker_app.worker import build_checkpoints
 
 def commit_one(manager: CheckpointManager, job_id: str) -> None:
     task_id = f"{job_id}:0"
-    epoch = manager.begin_attempt(job_id, task_id)
-    writer = manager.writer(job_id, task_id, epoch)
+    writer = manager.open_attempt(job_id, task_id).writer
     state = {"w": np.random.default_rng(0).standard_normal(300_000)}  # 2.4 MB: object store
     writer.save(writer.capture(state))
 

@@ -1,0 +1,250 @@
+"""ChainStore: where the checkpoint chains of tasks live — tiers, catalog rows, blob keys.
+
+The writer (one attempt's saves) and the manager (attempts, restore, cleanup)
+both work through a ChainStore and never through each other. It owns the tier
+router, the catalog engine and the key prefix, and translates backend errors
+into :mod:`checkpoint.errors` at this one place.
+
+Call order for one attempt of one task:
+
+1. :meth:`begin_attempt` takes a new fencing epoch and reads the task's
+   committed rows in the same transaction (the only read of them).
+2. :meth:`fetch_verified` fetches the blobs of the links to restore; every
+   blob's size and SHA-256 are checked before anything is decoded.
+3. Per save: :meth:`put_parts` (create-only puts, each verified), then
+   :meth:`commit` (one fenced transaction). When the outcome of a commit is
+   unknown, :meth:`row_committed` tells whether it landed. After a base
+   committed, :meth:`retire_before` drops the older chains (best effort).
+4. Cleanup at any time: :meth:`delete_rows`, :meth:`delete_refs`,
+   :meth:`delete_prefix`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from . import catalog as cat
+from ._delta import EncodedPart
+from ._ids import blob_key
+from ._records import PartRef
+from .catalog import CheckpointRow, read_engine
+from .errors import BlobNotFound, CorruptCheckpoint, StorageError, StorageUnavailable
+from .stores import BlobStore
+
+__all__ = ["TIERS", "ChainStore", "FetchedLink", "TierRouter"]
+
+log = logging.getLogger("checkpoint")
+
+#: The two storage tiers, by the names the manifest, the REST API and the docs use.
+TIERS = ("sql", "object")
+
+FetchedLink = list[tuple[bytes, str, int]] | CorruptCheckpoint | BlobNotFound
+
+
+@dataclass(frozen=True)
+class TierRouter:
+    """Blobs smaller than ``db_size_limit`` go to the ``sql`` tier, the others to ``object``."""
+
+    sql: BlobStore
+    objects: BlobStore
+    db_size_limit: int = 1 << 20
+
+    def tier_for(self, size: int) -> str:
+        return "sql" if size < self.db_size_limit else "object"
+
+    def store_for(self, tier: str) -> BlobStore:
+        if tier == "sql":
+            return self.sql
+        if tier == "object":
+            return self.objects
+        raise StorageError(f"unknown storage tier {tier!r}")
+
+    @property
+    def stores(self) -> tuple[BlobStore, BlobStore]:
+        return self.sql, self.objects
+
+    def close(self) -> None:
+        self.sql.close()
+        self.objects.close()
+
+
+def _translate(exc: SQLAlchemyError, what: str) -> StorageError:
+    if isinstance(exc, OperationalError):
+        return StorageUnavailable(f"CheckpointManager: {what} failed: {exc.orig}")
+    return StorageError(f"CheckpointManager: {what} failed: {exc}")
+
+
+class ChainStore:
+    """The stored chains of tasks (see the module docstring for the call order)."""
+
+    def __init__(self, engine: Engine, tiers: TierRouter, key_prefix: str = "ckpt") -> None:
+        self.engine = engine
+        self.tiers = tiers
+        self.key_prefix = key_prefix
+        self._reader = read_engine(engine)
+
+    # -- attempts and reads ---------------------------------------------------------------
+
+    def begin_attempt(self, job_id: str, task_id: str, attempt: int
+                      ) -> tuple[int, int, list[CheckpointRow]]:
+        """A new fencing epoch, the task's head seq and its committed rows (oldest first)."""
+        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+            epoch = cat.begin_attempt(s, job_id, task_id, attempt)
+            task = cat.get_task(s, task_id)
+            head = task.head_seq if task is not None else 0
+            rows = cat.chain_rows(s, task_id)
+            s.expunge_all()
+        return epoch, head, rows
+
+    def rows(self, task_id: str) -> list[CheckpointRow]:
+        """The task's committed rows, oldest first (no epoch taken)."""
+        with Session(self._reader, expire_on_commit=False) as s, s.begin():
+            rows = cat.chain_rows(s, task_id)
+            s.expunge_all()
+        return rows
+
+    def fetch_verified(self, task_id: str, links: Sequence[CheckpointRow]) -> list[FetchedLink]:
+        """Per link: its parts as ``(data, codec, raw_size)``, or the first integrity error met.
+
+        Every blob of every link is fetched and hashed on one pool (hashing
+        overlaps I/O). Other storage errors are raised.
+        """
+        refs = [[PartRef.from_json(p) for p in link.parts] for link in links]
+
+        def fetch(item: tuple[CheckpointRow, PartRef]) -> bytes:
+            link, ref = item
+            data = self.tiers.store_for(ref.tier).get(ref.key)
+            if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.sha256:
+                raise CorruptCheckpoint(f"blob {ref.key!r} of task {task_id!r} seq {link.seq} "
+                                        f"fails its SHA-256 check")
+            return data
+
+        jobs = [(link, ref) for link, rs in zip(links, refs, strict=True) for ref in rs]
+        with ThreadPoolExecutor(max(1, min(8, len(jobs)))) as pool:
+            futures = [pool.submit(fetch, job) for job in jobs]
+        out: list[FetchedLink] = []
+        for rs in refs:
+            mine, futures = futures[:len(rs)], futures[len(rs):]
+            errors = [e for e in (f.exception() for f in mine) if e is not None]
+            for error in errors:
+                if not isinstance(error, (CorruptCheckpoint, BlobNotFound)):
+                    raise error
+            if errors:
+                out.append(errors[0])  # type: ignore[arg-type]
+            else:
+                out.append([(f.result(), ref.codec, ref.raw_size) for f, ref in zip(mine, rs, strict=True)])
+        return out
+
+    # -- the write path -------------------------------------------------------------------
+
+    def put_parts(self, job_id: str, task_id: str, epoch: int, seq: int,
+                  parts: Sequence[EncodedPart]) -> list[PartRef]:
+        """Store the parts of one checkpoint under create-only keys; their refs.
+
+        Each part goes to the tier its size selects and is checked to exist
+        afterwards. On any failure what was written is deleted (best effort)
+        and the error raised.
+        """
+        written: list[PartRef] = []
+        try:
+            for i, part in enumerate(parts):
+                data = part.data
+                ref = PartRef(blob_key(self.key_prefix, job_id, task_id, epoch, seq, i),
+                              self.tiers.tier_for(len(data)), len(data), int(part.raw_size),
+                              hashlib.sha256(data).hexdigest(), str(part.codec))
+                self.tiers.store_for(ref.tier).put(ref.key, data)
+                written.append(ref)
+            for ref in written:
+                if not self.tiers.store_for(ref.tier).exists(ref.key):
+                    raise StorageError(f"CheckpointManager: blob {ref.key!r} missing right after write")
+        except BaseException:
+            self.delete_refs(written)
+            raise
+        return written
+
+    def commit(self, row: CheckpointRow, task_fields: dict[str, Any]) -> None:
+        """Insert ``row`` and update the task's summary, fenced by ``row.epoch``.
+
+        Raises Fenced when a newer attempt owns the task, StorageUnavailable /
+        StorageError when the catalog fails (the row may then have committed:
+        ask :meth:`row_committed`).
+        """
+        try:
+            with Session(self.engine, expire_on_commit=False) as s, s.begin():
+                cat.commit_checkpoint(s, row, task_fields)
+        except SQLAlchemyError as exc:
+            raise _translate(exc, f"commit of task {row.task_id!r} seq {row.seq}") from exc
+
+    def row_committed(self, task_id: str, seq: int, epoch: int) -> bool | None:
+        """Whether the row of ``seq`` by ``epoch`` is committed; None when the catalog cannot tell."""
+        try:
+            with Session(self._reader) as s, s.begin():
+                found = s.scalar(select(CheckpointRow.epoch).where(
+                    CheckpointRow.task_id == task_id, CheckpointRow.seq == seq))
+        except SQLAlchemyError:
+            return None
+        return found == epoch
+
+    def retire_before(self, job_id: str, task_id: str, seq: int) -> int:
+        """After a base committed at ``seq``: delete the chains before it; how many rows went.
+
+        Best effort and never raises: a save whose row committed stands, and
+        what cannot be deleted now is dropped by the next base, by the task's
+        cleanup or by the orphan sweeper.
+        """
+        try:
+            with Session(self.engine, expire_on_commit=False) as s, s.begin():
+                old = [r for r in cat.chain_rows(s, task_id) if r.seq < seq]
+                cat.delete_checkpoints(s, task_id, [r.seq for r in old])
+        except Exception as exc:
+            log.warning("CheckpointManager: could not retire the chains of task %r before base seq %d"
+                        " (left for the next base, cleanup or the sweeper): %s", task_id, seq, exc)
+            return 0
+        self.delete_refs(PartRef.from_json(p) for r in old for p in r.parts)
+        if old:
+            log.info("CheckpointManager: compacted task %r: dropped %d checkpoints before base "
+                     "seq %d", task_id, len(old), seq)
+        return len(old)
+
+    # -- deletion -------------------------------------------------------------------------
+
+    def delete_refs(self, refs: Iterable[PartRef]) -> None:
+        """Best effort: what fails here is left to the orphan sweeper."""
+        for ref in refs:
+            try:
+                self.tiers.store_for(ref.tier).delete(ref.key)
+            except Exception as exc:
+                log.warning("CheckpointManager: could not delete blob %r: %s", ref.key, exc)
+
+    def delete_rows(self, task_id: str, rows: Sequence[CheckpointRow], *, clear: bool) -> None:
+        """Delete these rows (and with ``clear`` the task's chain summary), then their blobs."""
+        try:
+            with Session(self.engine, expire_on_commit=False) as s, s.begin():
+                cat.delete_checkpoints(s, task_id, [r.seq for r in rows])
+                if clear:
+                    cat.clear_chain(s, task_id)
+        except SQLAlchemyError as exc:
+            raise _translate(exc, f"deleting checkpoints of task {task_id!r}") from exc
+        self.delete_refs(PartRef.from_json(p) for r in rows for p in r.parts)
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Every blob under ``prefix`` in both tiers, committed or not."""
+        for store in self.tiers.stores:
+            for key in store.list(prefix):
+                store.delete(key)
+
+    def storage_path(self, refs: Sequence[PartRef]) -> str:
+        """Where a checkpoint's large parts live (a directory or URL), or ``sql``."""
+        for ref in refs:
+            if ref.tier == "object":
+                return self.tiers.objects.describe(ref.key).rsplit("/", 1)[0]
+        return "sql"
