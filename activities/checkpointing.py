@@ -29,7 +29,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from activities.context import CheckpointSession, TaskContext
 from checkpoint._delta import lower_thread_priority
-from checkpoint.errors import CaptureError, CheckpointError, Fenced, MemoryBudgetExceeded
+from checkpoint.errors import (
+    CaptureError,
+    CheckpointError,
+    Fenced,
+    MemoryBudgetExceeded,
+    StorageFull,
+)
 
 if TYPE_CHECKING:
     from checkpoint import CheckpointManager, CommitInfo, Restored, TaskWriter
@@ -189,7 +195,7 @@ class TaskCheckpointSession(CheckpointSession):
                         "it; no further checkpoints from this attempt: %s", self.ctx.task_id,
                         self.ctx.attempt, exc)
         except CheckpointError as exc:
-            self.observer.skipped("storage_error")
+            self.observer.skipped("storage_full" if isinstance(exc, StorageFull) else "storage_error")
             log.warning("CheckpointHandler: task %s checkpoint not stored (%s); trying again at "
                         "the next interval", self.ctx.task_id, exc)
         except Exception:
@@ -212,12 +218,13 @@ class TaskCheckpointSession(CheckpointSession):
     def heartbeat_details(self) -> dict[str, Any]:
         self._maybe_poll_force()
         info = self.last_commit
+        full = {"storage_full": True} if self._writer is not None and self._writer.storage_full else {}
         if info is None:
             if self.restored is None:
-                return {}
+                return full
             return {"checkpoint": {"seq": self.restored.seq, "restored": True,
-                                   "progress_percent": self.restored.progress_percent}}
-        return {"checkpoint": info.ref()}
+                                   "progress_percent": self.restored.progress_percent}, **full}
+        return {"checkpoint": info.ref(), **full}
 
     def _maybe_poll_force(self) -> None:
         now = self.clock()

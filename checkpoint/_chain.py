@@ -36,8 +36,15 @@ from . import catalog as cat
 from ._delta import EncodedPart
 from ._ids import blob_key
 from ._records import PartRef
-from .catalog import CheckpointRow, read_engine
-from .errors import BlobNotFound, CorruptCheckpoint, StorageError, StorageUnavailable
+from .catalog import CheckpointRow, read_engine, utcnow
+from .errors import (
+    BlobNotFound,
+    CorruptCheckpoint,
+    StorageError,
+    StorageFull,
+    StorageUnavailable,
+    is_storage_full,
+)
 from .stores import BlobStore
 
 __all__ = ["TIERS", "ChainStore", "FetchedLink", "TierRouter"]
@@ -78,6 +85,8 @@ class TierRouter:
 
 
 def _translate(exc: SQLAlchemyError, what: str) -> StorageError:
+    if is_storage_full(exc):
+        return StorageFull(f"CheckpointManager: {what} failed: {exc.orig or exc}")
     if isinstance(exc, OperationalError):
         return StorageUnavailable(f"CheckpointManager: {what} failed: {exc.orig}")
     return StorageError(f"CheckpointManager: {what} failed: {exc}")
@@ -194,12 +203,13 @@ class ChainStore:
             return None
         return found == epoch
 
-    def retire_before(self, job_id: str, task_id: str, seq: int) -> int:
-        """After a base committed at ``seq``: delete the chains before it; how many rows went.
+    def retire_before(self, job_id: str, task_id: str, seq: int) -> bool:
+        """After a base committed at ``seq``: delete the chains before it; False if that failed.
 
         Best effort and never raises: a save whose row committed stands, and
-        what cannot be deleted now is dropped by the next base, by the task's
-        cleanup or by the orphan sweeper.
+        what cannot be deleted now is retried by the writer after its next
+        commit, dropped by the next base, by the task's cleanup or by the
+        orphan sweeper.
         """
         try:
             with Session(self.engine, expire_on_commit=False) as s, s.begin():
@@ -207,13 +217,22 @@ class ChainStore:
                 cat.delete_checkpoints(s, task_id, [r.seq for r in old])
         except Exception as exc:
             log.warning("CheckpointManager: could not retire the chains of task %r before base seq %d"
-                        " (left for the next base, cleanup or the sweeper): %s", task_id, seq, exc)
-            return 0
+                        " (retried after the next commit): %s", task_id, seq, exc)
+            return False
         self.delete_refs(PartRef.from_json(p) for r in old for p in r.parts)
         if old:
             log.info("CheckpointManager: compacted task %r: dropped %d checkpoints before base "
                      "seq %d", task_id, len(old), seq)
-        return len(old)
+        return True
+
+    def mark_storage_full(self, task_id: str, full: bool) -> None:
+        """Record (best effort) whether the task's saves are short of space, for the API view."""
+        try:
+            with Session(self.engine) as s, s.begin():
+                cat.set_storage_full(s, task_id, utcnow() if full else None)
+        except SQLAlchemyError as exc:
+            log.warning("CheckpointManager: could not record the storage state of task %r: %s",
+                        task_id, exc)
 
     # -- deletion -------------------------------------------------------------------------
 

@@ -307,7 +307,8 @@ def _task_item(t: TaskRow, stored_bytes: int) -> dict[str, Any]:
     return {"task_id": t.task_id, "progress_percent": t.progress_percent,
             "checkpoint_count": t.checkpoint_count, "last_checkpoint_at": _iso(t.last_checkpoint_at),
             "base_checkpoint_size": t.base_checkpoint_size, "attempt": t.attempt,
-            "epoch": t.epoch, "status": t.status, "stored_bytes": stored_bytes}
+            "epoch": t.epoch, "status": t.status, "stored_bytes": stored_bytes,
+            "storage_full_since": _iso(t.storage_full_since)}
 
 
 def _chain_item(r: CheckpointRow) -> dict[str, Any]:

@@ -6,6 +6,13 @@ delta is encoded against the head's snapshot and names the head's link, so a
 save that fails half-way, or a retirement of old chains that fails after the
 commit, can never make the next delta describe a state the catalog does not
 hold.
+
+Full storage: a new base needs room for itself while the chain it replaces
+still exists. When a base cannot be stored for lack of space the same save is
+committed as a delta instead, and so are the saves after it while storage
+stays full, up to twice the compaction limits (a base is tried again every
+``FULL_BASE_RETRY`` saves). The first base that fits retires the old chain;
+a retirement that fails is retried after the next commit.
 """
 
 from __future__ import annotations
@@ -21,11 +28,14 @@ from ._delta import LinkRef, encode
 from ._records import CommitInfo, ManagerConfig, PartRef, plan_kind
 from ._snapshot import Snapshot
 from .catalog import CheckpointRow, utcnow
-from .errors import Fenced, StorageError
+from .errors import Fenced, StorageError, StorageFull
 
 __all__ = ["ChainHead", "TaskWriter", "link_summary"]
 
 log = logging.getLogger("checkpoint")
+
+FULL_BASE_RETRY = 5     # while storage is full, every this many saves tries a base again
+FULL_LIMIT_FACTOR = 2   # ... and the compaction limits stretch by this factor meanwhile
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,13 @@ class TaskWriter:
         self._head = head
         self._next_seq = next_seq
         self._lock = threading.Lock()
+        self._full_saves: int | None = None   # saves since storage became full; None: not full
+        self._retire_pending: int | None = None  # a base seq whose older chains are still stored
+
+    @property
+    def storage_full(self) -> bool:
+        """True while a base could not be stored for lack of space (deltas still commit)."""
+        return self._full_saves is not None
 
     @property
     def previous(self) -> Snapshot | None:
@@ -81,29 +98,62 @@ class TaskWriter:
         with self._lock:
             head = self._head
             kind = self._plan(head)
-            seq = self._next_seq
-            self._next_seq += 1  # never reuse a seq whose blobs may survive a failed cleanup
-            reference = head if kind == "delta" else None
-            parts = encode(reference.snapshot if reference else None, snapshot,
-                           compression=self.config.compression, threads=self.config.encode_threads,
-                           against=reference.ref if reference else None)
-            refs = self.chain.put_parts(self.job_id, self.task_id, self.epoch, seq, parts)
-            row = self._row(kind, seq, refs, snapshot, progress_percent, head)
-            self._commit(row, refs, head)
-            info = _commit_info(row, refs)
-            self._head = _advance(head, row, snapshot, refs)
-            self._after_commit(info, head, snapshot)
+            try:
+                info = self._save_as(kind, head, snapshot, progress_percent)
+            except StorageFull as exc:
+                self._note_full(exc)
+                if kind != "base" or not self._extendable(head, stretched=True):
+                    raise
+                log.warning("CheckpointManager: task %r: no space for a new base; committing a "
+                            "delta instead", self.task_id)
+                info = self._save_as("delta", head, snapshot, progress_percent)
+            if info.kind == "base" and self._full_saves is not None:
+                log.info("CheckpointManager: task %r: storage has room again", self.task_id)
+                self._full_saves = None
+                self.chain.mark_storage_full(self.task_id, False)
+            elif self._full_saves is not None:
+                self._full_saves += 1
             return info
 
-    def _plan(self, head: ChainHead | None) -> str:
-        base = head.base if head is not None else None
-        deltas = head.deltas if head is not None else ()
+    def _save_as(self, kind: str, head: ChainHead | None, snapshot: Snapshot,
+                 progress_percent: float | None) -> CommitInfo:
+        seq = self._next_seq
+        self._next_seq += 1  # never reuse a seq whose blobs may survive a failed cleanup
+        reference = head if kind == "delta" else None
+        parts = encode(reference.snapshot if reference else None, snapshot,
+                       compression=self.config.compression, threads=self.config.encode_threads,
+                       against=reference.ref if reference else None)
+        refs = self.chain.put_parts(self.job_id, self.task_id, self.epoch, seq, parts)
+        row = self._row(kind, seq, refs, snapshot, progress_percent, head)
+        self._commit(row, refs, head)
+        info = _commit_info(row, refs)
+        self._head = _advance(head, row, snapshot, refs)
+        self._after_commit(info, head, snapshot)
+        return info
+
+    def _note_full(self, exc: StorageFull) -> None:
+        if self._full_saves is None:
+            log.warning("CheckpointManager: task %r: storage full (%s)", self.task_id, exc)
+            self._full_saves = 0
+            self.chain.mark_storage_full(self.task_id, True)
+
+    def _extendable(self, head: ChainHead | None, *, stretched: bool) -> bool:
+        """Whether a delta may follow ``head`` (within the limits, stretched while full)."""
+        if head is None or head.base is None:
+            return False
+        factor = FULL_LIMIT_FACTOR if stretched else 1
         return plan_kind(
-            has_previous=base is not None,
-            deltas_since_base=len(deltas),
-            delta_bytes_since_base=sum(d["stored_bytes"] for d in deltas),
-            base_bytes=base["stored_bytes"] if base else 0,
-            max_deltas_per_base=self.config.max_deltas_per_base)
+            has_previous=True,
+            deltas_since_base=len(head.deltas),
+            delta_bytes_since_base=sum(d["stored_bytes"] for d in head.deltas),
+            base_bytes=factor * head.base["stored_bytes"],
+            max_deltas_per_base=factor * self.config.max_deltas_per_base) == "delta"
+
+    def _plan(self, head: ChainHead | None) -> str:
+        if self._extendable(head, stretched=False):
+            return "delta"
+        full = self._full_saves is not None and self._full_saves % FULL_BASE_RETRY != 0
+        return "delta" if full and self._extendable(head, stretched=True) else "base"
 
     def _row(self, kind: str, seq: int, refs: list[PartRef], snapshot: Snapshot,
              progress: float | None, head: ChainHead | None) -> CheckpointRow:
@@ -156,7 +206,10 @@ class TaskWriter:
         if old is not None and old.snapshot is not snapshot:
             self.pool.release(old.snapshot)
         if info.kind == "base":
-            self.chain.retire_before(self.job_id, self.task_id, info.seq)
+            self._retire_pending = info.seq
+        if self._retire_pending is not None and self.chain.retire_before(
+                self.job_id, self.task_id, self._retire_pending):
+            self._retire_pending = None
         # The next capture needs a second set of buffers while this snapshot is
         # kept as the delta reference: make them here, off the caller's pause
         # (a no-op once the buffers of the snapshot before are free). Without

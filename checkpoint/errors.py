@@ -7,6 +7,7 @@ Hierarchy::
     │   └── MemoryBudgetExceeded  state larger than the configured memory budget
     ├── StorageError            a blob store or the catalog failed
     │   ├── StorageUnavailable  the backend cannot be reached right now (retry later)
+    │   │   └── StorageFull     the store or the catalog has no space left
     │   ├── BlobNotFound        a key that should exist does not
     │   └── BlobExists          a create-only put found the key already written
     ├── CorruptCheckpoint       a blob failed its SHA-256 check or is malformed
@@ -31,7 +32,9 @@ __all__ = [
     "MemoryBudgetExceeded",
     "StaleCheckpoint",
     "StorageError",
+    "StorageFull",
     "StorageUnavailable",
+    "is_storage_full",
 ]
 
 
@@ -53,6 +56,28 @@ class StorageError(CheckpointError):
 
 class StorageUnavailable(StorageError):
     """The backend cannot be reached right now; the operation may be retried."""
+
+
+class StorageFull(StorageUnavailable):
+    """The store or the catalog has no space left; saves work again once space returns."""
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    """Whether a backend exception (OSError, a DB-API or SQLAlchemy error) means "no space left".
+
+    Duck-typed so that this module imports no backend: errno ENOSPC / EDQUOT, SQLite's
+    "database or disk is full", PostgreSQL's SQLSTATE 53100 (disk_full).
+    """
+    for err in (exc, getattr(exc, "orig", None), exc.__cause__):
+        if err is None:
+            continue
+        if getattr(err, "errno", None) in (28, 122):  # ENOSPC, EDQUOT
+            return True
+        if getattr(err, "sqlstate", None) == "53100":
+            return True
+        if "database or disk is full" in str(err) or "No space left on device" in str(err):
+            return True
+    return False
 
 
 class BlobNotFound(StorageError):

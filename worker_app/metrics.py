@@ -63,6 +63,7 @@ SKIP_REASONS = (
     "memory_budget",  # state larger than the capture budget (edge case 10)
     "out_of_memory",
     "storage_error",  # store or catalog unavailable; tried again next interval
+    "storage_full",  # no space left in the store or the catalog; deltas go on while they fit
     "coalesced",  # due while the previous checkpoint was still persisting (edge case 9)
     "error",
     "other",

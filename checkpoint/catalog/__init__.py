@@ -14,6 +14,7 @@ from ._data import (
     referenced_keys,
     request_force,
     set_status,
+    set_storage_full,
     take_force,
 )
 from ._engine import create_engine_for, read_engine
@@ -39,6 +40,7 @@ __all__ = [
     "referenced_keys",
     "request_force",
     "set_status",
+    "set_storage_full",
     "take_force",
     "upgrade_database",
     "utcnow",

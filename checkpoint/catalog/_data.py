@@ -26,6 +26,7 @@ __all__ = [
     "referenced_keys",
     "request_force",
     "set_status",
+    "set_storage_full",
     "take_force",
 ]
 
@@ -128,6 +129,14 @@ def set_status(s: Session, task_id: str, status: str) -> bool:
     result = s.execute(update(TaskRow).where(TaskRow.task_id == task_id)
                        .values(status=status, updated_at=utcnow()))
     return result.rowcount == 1
+
+
+def set_storage_full(s: Session, task_id: str, since: datetime | None) -> None:
+    """Set (a timestamp) or clear (None) the task's "storage full" mark; an existing mark stays."""
+    query = update(TaskRow).where(TaskRow.task_id == task_id)
+    if since is not None:
+        query = query.where(TaskRow.storage_full_since.is_(None))
+    s.execute(query.values(storage_full_since=since))
 
 
 def request_force(s: Session, task_id: str, now: datetime) -> bool | None:

@@ -63,6 +63,8 @@ class TaskRow(Base):
     checkpoint_storage_path: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     base_checkpoint_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
     force_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # set while the task's saves find no room for a new base (see TaskWriter)
+    storage_full_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

@@ -15,7 +15,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..errors import BlobExists, BlobNotFound, StorageError, StorageUnavailable
+from ..errors import (
+    BlobExists,
+    BlobNotFound,
+    StorageError,
+    StorageFull,
+    StorageUnavailable,
+    is_storage_full,
+)
 from ._base import BlobInfo, BlobStore, check_key
 
 __all__ = ["FsStore"]
@@ -60,7 +67,8 @@ class FsStore(BlobStore):
             except FileExistsError:
                 raise BlobExists(f"CheckpointManager: blob {key!r} already exists") from None
             except OSError as exc:
-                raise StorageUnavailable(f"CheckpointManager: writing {path} failed: {exc}") from exc
+                error = StorageFull if is_storage_full(exc) else StorageUnavailable
+                raise error(f"CheckpointManager: writing {path} failed: {exc}") from exc
         raise StorageUnavailable(f"CheckpointManager: writing {path} kept racing a delete")
 
     def _put_once(self, path: Path, data: bytes) -> None:

@@ -9,13 +9,22 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from ..catalog import BlobRow, read_engine, utcnow
-from ..errors import BlobExists, BlobNotFound, StorageError, StorageUnavailable
+from ..errors import (
+    BlobExists,
+    BlobNotFound,
+    StorageError,
+    StorageFull,
+    StorageUnavailable,
+    is_storage_full,
+)
 from ._base import BlobInfo, BlobStore, check_key
 
 __all__ = ["SqlStore"]
 
 
 def _translate(exc: SQLAlchemyError, what: str) -> StorageError:
+    if is_storage_full(exc):
+        return StorageFull(f"CheckpointManager: {what} failed: {exc.orig or exc}")
     if isinstance(exc, OperationalError):
         return StorageUnavailable(f"CheckpointManager: {what} failed: {exc.orig}")
     return StorageError(f"CheckpointManager: {what} failed: {exc}")

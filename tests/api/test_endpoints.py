@@ -277,3 +277,19 @@ async def test_temporal_down(api_settings: Settings, manager: CheckpointManager)
         unknown = await c.get(f"{BASE}/jobs/never-heard-of-it")
         assert unknown.status_code == 503
         assert unknown.json()["error"] == "service_unavailable"
+
+
+async def test_task_views_report_full_storage(
+    http: httpx.AsyncClient, manager: CheckpointManager, probe_job: ProbeJob
+) -> None:
+    job = probe_job.job_id
+    task = f"{job}:0"
+    write_checkpoints(manager, job, 0, [10.0])
+    manager.chain.mark_storage_full(task, True)
+    detail = (await http.get(f"{BASE}/tasks/{task}")).json()
+    since = parse_ts(detail["storage_full_since"])
+    assert abs((datetime.now(UTC) - since).total_seconds()) < 60
+    summary = (await http.get(f"{BASE}/jobs/{job}")).json()["tasks"][0]
+    assert summary["storage_full_since"] == detail["storage_full_since"]
+    manager.chain.mark_storage_full(task, False)
+    assert (await http.get(f"{BASE}/tasks/{task}")).json()["storage_full_since"] is None

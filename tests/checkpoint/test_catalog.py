@@ -30,7 +30,21 @@ def test_migration_creates_tables_and_is_idempotent(engine, sqlite_url: str) -> 
     upgrade_database(sqlite_url)
     upgrade_database(sqlite_url)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == _head()
+    # the migrations build exactly the columns the models declare
+    for table in cat.Base.metadata.sorted_tables:
+        migrated = {c["name"] for c in inspect(engine).get_columns(table.name)}
+        assert migrated == {c.name for c in table.columns}, table.name
+
+
+def _head() -> str:
+    from alembic.script import ScriptDirectory
+
+    from checkpoint.catalog._migrate import MIGRATIONS
+
+    head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+    assert head is not None and head != "0001"
+    return head
 
 
 def test_sqlite_engine_settings(sqlite_engine) -> None:

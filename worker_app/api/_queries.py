@@ -50,6 +50,7 @@ def _summary(item: Mapping[str, Any]) -> TaskSummary:
         epoch=_opt(item.get("epoch")),
         status=item.get("status"),
         bytes_stored=_count(item.get("stored_bytes")),
+        storage_full_since=item.get("storage_full_since"),
     )
 
 
@@ -135,6 +136,7 @@ class CatalogReader:
             chain=chain,
             force_pending=d.get("force_requested_at") is not None,
             force_requested_at=d.get("force_requested_at"),
+            storage_full_since=d.get("storage_full_since"),
         )
 
     def storage_info(self, task_id: str, *, object_store: str | None = None) -> StorageInfo | None:

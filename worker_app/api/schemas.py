@@ -57,6 +57,9 @@ class TaskSummary(_Model):
     epoch: int | None = Field(default=None, ge=0)
     status: str | None = Field(default=None, description="Task status as recorded in the catalog.")
     bytes_stored: int = Field(default=0, ge=0, description="Stored bytes of the live chain.")
+    storage_full_since: datetime | None = Field(
+        default=None, description="Set while the task's saves find no room for a new base."
+    )
 
 
 class JobCheckpoints(_Model):
@@ -104,6 +107,10 @@ class TaskDetail(_Model):
     chain: list[ChainLink] = Field(description="Committed checkpoints: a base, then its deltas.")
     force_pending: bool = False
     force_requested_at: datetime | None = None
+    storage_full_since: datetime | None = Field(
+        default=None,
+        description="Set while the task's saves find no room for a new base (deltas still commit).",
+    )
 
 
 class BlobLocation(_Model):

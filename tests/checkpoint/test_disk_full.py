@@ -1,0 +1,162 @@
+"""Disk full: a real tmpfs that fills up under the blob store and the SQLite catalog.
+
+Nothing is patched: the kernel answers ENOSPC and SQLite "database or disk is
+full". Saves keep committing deltas while a base does not fit, the task's view
+says so, and everything recovers when space returns.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from checkpoint import CheckpointManager, ManagerConfig
+from checkpoint.errors import StorageUnavailable
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("mount") is None,
+    reason="needs root to mount a tmpfs (a filesystem that really fills up)")
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _free(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """A filler file that leaves about ``leave`` bytes free (0: as full as it gets)."""
+    filler = disk / f"filler-{len(list(disk.glob('filler-*')))}"
+    chunk = b"\0" * MiB
+    with open(filler, "wb", buffering=0) as fh:
+        try:
+            while _free(disk) - len(chunk) > leave:
+                fh.write(chunk)
+
+            if leave == 0:
+                while True:
+                    fh.write(b"\0" * 4096)
+
+        except OSError:
+            pass
+    return filler
+
+
+def _manager(disk: Path) -> CheckpointManager:
+    return CheckpointManager.from_urls(
+        f"sqlite:///{disk}/catalog.db", f"file://{disk}/blobs",
+        config=ManagerConfig(db_size_limit=64 * 1024, max_deltas_per_base=3))
+
+
+def _state() -> dict:
+    rng = np.random.default_rng(7)
+    return {"w": rng.standard_normal((768, 1024)), "step": 0}   # 6 MiB, hardly compressible
+
+
+def _step(state: dict, n: int) -> None:
+    state["w"][n] += 1.0   # one row: a small delta
+    state["step"] = n
+
+
+def test_saves_continue_as_deltas_and_recover_when_space_returns(small_disk: Path) -> None:
+    manager = _manager(small_disk)
+    attempt = manager.open_attempt("job", "t")
+    writer = attempt.writer
+    state = _state()
+    kinds = []
+    for n in (1, 2, 3):
+        _step(state, n)
+        kinds.append(writer.save(writer.capture(state)).kind)
+    assert kinds == ["base", "delta", "delta"]
+    filler = _fill(small_disk, leave=3 * MiB)      # room for small deltas, not for a new base
+    committed = {}
+    seqs = []
+    for n in (4, 5, 6, 7):  # the 5th save wants a base (3 deltas); stretched, 6 are allowed
+        _step(state, n)
+        info = writer.save(writer.capture(state))
+        assert info.kind == "delta"
+        seqs.append(info.seq)
+        committed = copy_state_w(state)
+    assert seqs == [4, 6, 7, 8]   # seq 5 was the base that did not fit (a seq is never reused)
+    assert writer.storage_full is True
+    detail = manager.task_detail("t")
+    assert detail["storage_full_since"] is not None
+    _step(state, 8)
+    with pytest.raises(StorageUnavailable):   # past the stretched limit a base is needed
+        writer.save(writer.capture(state))
+    fresh = _manager(small_disk)
+    restored = fresh.restore("job", "t")
+    assert restored is not None and restored.truncated is False and restored.seq == 8
+    assert states_equal_w(restored.state, committed) is True
+    used_before = _free(small_disk)
+    filler.unlink()                           # space returns
+    _step(state, 9)
+    info = writer.save(writer.capture(state))
+    assert info.kind == "base"
+    assert writer.storage_full is False
+    assert manager.task_detail("t")["storage_full_since"] is None
+    assert [link["seq"] for link in manager.task_detail("t")["chain"]] == [info.seq]
+    assert _free(small_disk) > used_before    # the old chain was retired
+    assert states_equal_w(fresh.restore("job", "t").state, state) is True
+    manager.delete_task("t")
+    assert list((small_disk / "blobs").rglob("p*")) == []
+
+
+def test_a_full_catalog_recovers_when_space_returns(small_disk: Path) -> None:
+    manager = _manager(small_disk)
+    writer = manager.open_attempt("job", "t").writer
+    state = {"small": np.arange(1000, dtype=np.float64), "step": 0}
+    for n in (1, 2):
+        state["small"][n] = -n
+        state["step"] = n
+        writer.save(writer.capture(state))
+    committed = copy_state_w(state)
+    filler = _fill(small_disk, leave=0)       # nothing left: SQLite cannot commit either
+    failures = 0
+    for n in (3, 4):
+        state["small"][n] = -n
+        state["step"] = n
+        try:
+            writer.save(writer.capture(state))
+        except StorageUnavailable:
+            failures += 1
+    assert failures == 2
+    assert states_equal_w(_manager_readonly(small_disk).restore("job", "t").state, committed)
+    filler.unlink()
+    state["step"] = 5
+    info = writer.save(writer.capture(state))
+    assert info.seq >= 5
+    assert states_equal_w(_manager(small_disk).restore("job", "t").state, state) is True
+
+
+def _manager_readonly(disk: Path) -> CheckpointManager:
+    return CheckpointManager.from_urls(f"sqlite:///{disk}/catalog.db", f"file://{disk}/blobs",
+                                       migrate=False)
+
+
+def copy_state_w(state: dict) -> dict:
+    return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in state.items()}
+
+
+def states_equal_w(a: dict, b: dict) -> bool:
+    return sorted(a) == sorted(b) and all(
+        np.array_equal(a[k], b[k]) if isinstance(b[k], np.ndarray) else a[k] == b[k] for k in b)
+
