@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from . import catalog as cat
 from ._chain import ChainStore, TierRouter
 from ._delta import LinkRef, decode, reuse_buffers
 from ._ids import job_prefix, task_prefix, validate_id
-from ._records import ManagerConfig, PartRef, Restored
+from ._records import ManagerConfig, Restored
 from ._snapshot import Snapshot
+from ._views import StorageView, TaskView, task_view
 from ._writer import ChainHead, TaskWriter, link_summary
-from .catalog import CheckpointRow, TaskRow, read_engine, utcnow
+from .catalog import CheckpointRow, read_engine, utcnow
 from .errors import BlobNotFound, CorruptCheckpoint
 from .gc import sweep_orphans
 from .stores import BlobStore, SqlStore, open_object_store
@@ -196,9 +196,7 @@ class CheckpointManager:
         for task_id in task_ids:
             self.delete_task(task_id)
         with Session(self.engine, expire_on_commit=False) as s, s.begin():
-            s.execute(delete(CheckpointRow).where(CheckpointRow.job_id == job_id))
-            if forget:
-                s.execute(delete(TaskRow).where(TaskRow.job_id == job_id))
+            cat.delete_job_rows(s, job_id, forget=forget)
         self.chain.delete_prefix(job_prefix(self.config.key_prefix, job_id))
         log.info("CheckpointManager: deleted checkpoints of job %r (%d tasks)", job_id,
                  len(task_ids))
@@ -235,88 +233,34 @@ class CheckpointManager:
             if not cat.set_status(s, task_id, status):
                 raise KeyError(task_id)
 
-    # -- read API (REST layer) -------------------------------------------------------------
+    # -- read API (REST layer and CLI) ------------------------------------------------------
 
-    def job_summary(self, job_id: str) -> dict[str, Any]:
-        """The spec's job view; KeyError if the catalog knows no task of the job."""
+    def job_tasks(self, job_id: str) -> list[TaskView]:
+        """The job's tasks (without chains), by task id; empty if the catalog knows none."""
         validate_id(job_id, "job id")
         with Session(self._reader, expire_on_commit=False) as s, s.begin():
-            tasks = cat.job_tasks(s, job_id)
-            stored = dict(s.execute(
-                select(CheckpointRow.task_id, func.sum(CheckpointRow.stored_bytes))
-                .where(CheckpointRow.job_id == job_id).group_by(CheckpointRow.task_id)).all())
-            items = [_task_item(t, int(stored.get(t.task_id) or 0)) for t in tasks]
-        if not items:
-            raise KeyError(job_id)
-        progress = [i["progress_percent"] or 0.0 for i in items]
-        return {
-            "job_id": job_id,
-            "total_tasks": len(items),
-            "tasks_with_checkpoints": sum(1 for i in items if i["checkpoint_count"] > 0),
-            "average_progress_percent": sum(progress) / len(progress),
-            "total_checkpoints_taken": sum(i["checkpoint_count"] for i in items),
-            "tasks": items,
-        }
+            stored = cat.stored_bytes_by_task(s, job_id)
+            return [task_view(t, stored.get(t.task_id, 0)) for t in cat.job_tasks(s, job_id)]
 
-    def task_detail(self, task_id: str) -> dict[str, Any]:
-        """Head seq, counters and the chain of one task; KeyError if unknown."""
+    def task_view(self, task_id: str) -> TaskView | None:
+        """One task with its chain; None if unknown."""
         validate_id(task_id, "task id")
         with Session(self._reader, expire_on_commit=False) as s, s.begin():
             task = cat.get_task(s, task_id)
             if task is None:
-                raise KeyError(task_id)
+                return None
             rows = cat.chain_rows(s, task_id)
-            item = _task_item(task, sum(r.stored_bytes for r in rows))
-            chain = [_chain_item(r) for r in rows]
-        newest = rows[-1].created_at if rows else None
-        return {**item, "job_id": task.job_id, "head_seq": task.head_seq,
-                "checkpoint_storage_path": task.checkpoint_storage_path,
-                "force_requested_at": _iso(task.force_requested_at),
-                "age_seconds": (utcnow() - newest).total_seconds() if newest else None,
-                "chain": chain}
+            return task_view(task, sum(r.stored_bytes for r in rows), rows)
 
-    def storage_info(self, task_id: str) -> dict[str, Any]:
-        """Where each blob of the task lives, with sizes; KeyError if unknown."""
+    def storage_view(self, task_id: str) -> StorageView | None:
+        """Where each blob of the task lives, with sizes and totals; None if unknown."""
         validate_id(task_id, "task id")
         with Session(self._reader, expire_on_commit=False) as s, s.begin():
             if cat.get_task(s, task_id) is None:
-                raise KeyError(task_id)
+                return None
             rows = cat.chain_rows(s, task_id)
-        blobs = []
-        for r in rows:
-            for i, p in enumerate(r.parts):
-                ref = PartRef.from_json(p)
-                blobs.append({"seq": r.seq, "part": i, "kind": r.kind, "key": ref.key,
-                              "storage": "database" if ref.tier == "sql" else "object_store",
-                              "location": self.tiers.store_for(ref.tier).describe(ref.key),
-                              "stored_bytes": ref.size, "raw_bytes": ref.raw_size,
-                              "codec": ref.codec, "sha256": ref.sha256})
-        db = sum(b["stored_bytes"] for b in blobs if b["storage"] == "database")
-        obj = sum(b["stored_bytes"] for b in blobs if b["storage"] == "object_store")
-        return {"task_id": task_id, "db_size_limit": self.config.db_size_limit, "blobs": blobs,
-                "totals": {"blob_count": len(blobs), "database_bytes": db,
-                           "object_store_bytes": obj, "stored_bytes": db + obj,
-                           "raw_bytes": sum(b["raw_bytes"] for b in blobs)}}
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def _task_item(t: TaskRow, stored_bytes: int) -> dict[str, Any]:
-    return {"task_id": t.task_id, "progress_percent": t.progress_percent,
-            "checkpoint_count": t.checkpoint_count, "last_checkpoint_at": _iso(t.last_checkpoint_at),
-            "base_checkpoint_size": t.base_checkpoint_size, "attempt": t.attempt,
-            "epoch": t.epoch, "status": t.status, "stored_bytes": stored_bytes,
-            "storage_full_since": _iso(t.storage_full_since)}
-
-
-def _chain_item(r: CheckpointRow) -> dict[str, Any]:
-    return {"seq": r.seq, "kind": r.kind, "base_seq": r.base_seq, "epoch": r.epoch,
-            "created_at": _iso(r.created_at), "progress_percent": r.progress_percent,
-            "raw_bytes": r.raw_bytes, "stored_bytes": r.stored_bytes,
-            "codecs": sorted({p["codec"] for p in r.parts}), "parts": len(r.parts)}
-
+        return StorageView.of(task_id, self.config.db_size_limit, rows,
+                              lambda ref: self.tiers.store_for(ref.tier).describe(ref.key))
 
 
 def _link_ref(row: CheckpointRow) -> LinkRef:

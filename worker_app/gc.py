@@ -14,13 +14,11 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from checkpoint import CheckpointManager
-from checkpoint.catalog import CheckpointRow
+from checkpoint import CheckpointManager, catalog
 
 log = logging.getLogger("checkpoint")
 
@@ -35,7 +33,7 @@ class GcReport:
 def jobs_with_checkpoints(manager: CheckpointManager) -> list[str]:
     """Ids of jobs that still hold committed checkpoint rows."""
     with Session(manager.engine) as s:
-        return sorted(s.scalars(select(CheckpointRow.job_id).distinct()))
+        return catalog.jobs_with_checkpoints(s)
 
 
 async def _is_running(client: Client, job_id: str) -> bool:

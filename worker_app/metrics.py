@@ -53,10 +53,8 @@ log = logging.getLogger(__name__)
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
 
-TIERS = ("database", "object_store")
-"""Where a blob was written: the SQL blob table or the object store (S3 / directory)."""
-
-_TIER_ALIASES = {"sql": "database", "object": "object_store"}
+TIERS = ("sql", "object")
+"""Where a blob was written: the catalog's blob table or the object store (S3 / directory)."""
 
 SKIP_REASONS = (
     "capture_error",  # e.g. an unpicklable leaf (spec edge case 1)
@@ -157,16 +155,13 @@ def observe_checkpoint(
     Args:
         duration_s: capture start → commit, in seconds.
         kind: ``"base"`` or ``"delta"``.
-        bytes_by_tier: compressed bytes written per tier (``"database"``,
-            ``"object_store"``; the manifest's ``"sql"`` / ``"object"`` are
-            accepted too, so ``{p.tier: p.size for p in commit.parts}`` works
-            when summed per tier); other keys are ignored.
+        bytes_by_tier: compressed bytes written per tier (``"sql"``,
+            ``"object"``, the manifest's names); other keys are ignored.
         commit_lag_s: end of capture → commit, in seconds.
         pause_s: capture pause, if not already reported by ``observe_capture_pause``.
     """
     CHECKPOINT_DURATION.labels(kind="base" if kind == "base" else "delta").observe(duration_s)
     for tier, nbytes in (bytes_by_tier or {}).items():
-        tier = _TIER_ALIASES.get(tier, tier)
         if tier in TIERS and nbytes > 0:
             BYTES_WRITTEN.labels(tier=tier).inc(nbytes)
     if commit_lag_s is not None:

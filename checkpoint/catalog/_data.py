@@ -20,13 +20,16 @@ __all__ = [
     "clear_chain",
     "commit_checkpoint",
     "delete_checkpoints",
+    "delete_job_rows",
     "ensure_task",
     "get_task",
     "job_tasks",
+    "jobs_with_checkpoints",
     "referenced_keys",
     "request_force",
     "set_status",
     "set_storage_full",
+    "stored_bytes_by_task",
     "take_force",
 ]
 
@@ -115,6 +118,25 @@ def clear_chain(s: Session, task_id: str) -> None:
 
 def job_tasks(s: Session, job_id: str) -> Sequence[TaskRow]:
     return s.scalars(select(TaskRow).where(TaskRow.job_id == job_id).order_by(TaskRow.task_id)).all()
+
+
+def stored_bytes_by_task(s: Session, job_id: str) -> dict[str, int]:
+    """Stored bytes of the committed rows of each task of the job."""
+    rows = s.execute(select(CheckpointRow.task_id, func.sum(CheckpointRow.stored_bytes))
+                     .where(CheckpointRow.job_id == job_id).group_by(CheckpointRow.task_id))
+    return {task_id: int(total or 0) for task_id, total in rows}
+
+
+def jobs_with_checkpoints(s: Session) -> list[str]:
+    """Ids of jobs that still hold committed checkpoint rows."""
+    return sorted(s.scalars(select(CheckpointRow.job_id).distinct()))
+
+
+def delete_job_rows(s: Session, job_id: str, *, forget: bool) -> None:
+    """Every checkpoint row of the job; with ``forget`` its task rows as well."""
+    s.execute(delete(CheckpointRow).where(CheckpointRow.job_id == job_id))
+    if forget:
+        s.execute(delete(TaskRow).where(TaskRow.job_id == job_id))
 
 
 def referenced_keys(s: Session) -> set[str]:

@@ -125,7 +125,7 @@ async def test_storage_info_points_at_real_blobs(
         assert blob["raw_size"] == ref.raw_size
         assert blob["sha256"] == ref.sha256
         tiers.add(blob["tier"])
-        if blob["tier"] == "object_store":
+        if blob["tier"] == "object":
             path = Path(blob["location"])
             assert path.is_file()
             assert path.resolve().is_relative_to(store_root.resolve())
@@ -133,12 +133,13 @@ async def test_storage_info_points_at_real_blobs(
             assert ref.size >= 4096
         else:
             assert ref.size < 4096
-    assert tiers == {"database", "object_store"}
+    assert tiers == {"sql", "object"}
     totals = info["totals"]
     assert totals["blob_count"] == len(refs)
     assert totals["stored_bytes"] == sum(p.size for _, p in refs)
     assert totals["raw_bytes"] == sum(p.raw_size for _, p in refs)
-    assert totals["database_bytes"] + totals["object_store_bytes"] == totals["stored_bytes"]
+    assert totals["sql_bytes"] + totals["object_bytes"] == totals["stored_bytes"]
+    assert totals["sql_bytes"] == sum(p.size for _, p in refs if p.tier == "sql")
     assert info["db_size_limit"] == 4096
 
 

@@ -27,8 +27,8 @@ def value(name: str, **labels: str) -> float:
 
 
 SERIES = {  # key: (sample name, labels), expected increase
-    "db": (("crowdcompute_checkpoint_bytes_written_total", {"tier": "database"}), 100),
-    "obj": (("crowdcompute_checkpoint_bytes_written_total", {"tier": "object_store"}), 5000),
+    "db": (("crowdcompute_checkpoint_bytes_written_total", {"tier": "sql"}), 100),
+    "obj": (("crowdcompute_checkpoint_bytes_written_total", {"tier": "object"}), 5000),
     "n": (("crowdcompute_checkpoint_duration_seconds_count", {"kind": "base"}), 1),
     "lag": (("crowdcompute_checkpoint_commit_lag_seconds_count", {}), 1),
     "pause": (("crowdcompute_checkpoint_capture_pause_seconds_count", {}), 2),
@@ -42,7 +42,7 @@ SERIES = {  # key: (sample name, labels), expected increase
 def test_observe_functions_count() -> None:
     before = {k: value(name, **labels) for k, ((name, labels), _) in SERIES.items()}
     metrics.observe_checkpoint(duration_s=0.2, kind="base", commit_lag_s=0.1, pause_s=0.001,
-                               bytes_by_tier={"database": 100, "object": 5000, "bogus": 7})
+                               bytes_by_tier={"sql": 100, "object": 5000, "bogus": 7})
     metrics.observe_capture_pause(0.002)
     metrics.observe_fenced()
     metrics.observe_skipped("capture_error")
@@ -71,7 +71,7 @@ async def test_endpoint_serves_ours_and_temporals(temporal_address: str) -> None
     for name in NAMES:
         assert f"# TYPE {name.removesuffix('_total')}" in body, name
     assert 'crowdcompute_checkpoints_skipped_total{reason="storage_error"}' in body
-    assert 'crowdcompute_checkpoint_bytes_written_total{tier="object_store"}' in body
+    assert 'crowdcompute_checkpoint_bytes_written_total{tier="object"}' in body
     temporal_lines = [ln for ln in body.splitlines() if ln.startswith("temporal_")]
     assert temporal_lines, "no Temporal SDK metrics in the scrape"
 
@@ -87,12 +87,11 @@ def test_observer_records_a_real_commit(tmp_path: Path) -> None:
         commits = write_checkpoints(m, "metrics-job", 0, [10.0, 20.0])
     finally:
         m.close()
-    tiers = {"sql": "database", "object": "object_store"}
-    expected = {"database": 0, "object_store": 0}
+    expected = {"sql": 0, "object": 0}
     for commit in commits:
         for part in commit.parts:
-            expected[tiers[part.tier]] += part.size
-    assert expected["database"] > 0 and expected["object_store"] > 0
+            expected[part.tier] += part.size
+    assert expected["sql"] > 0 and expected["object"] > 0
 
     def written() -> dict[str, float]:
         return {t: value("crowdcompute_checkpoint_bytes_written_total", tier=t) for t in expected}

@@ -97,8 +97,7 @@ def test_saves_continue_as_deltas_and_recover_when_space_returns(small_disk: Pat
         committed = copy_state_w(state)
     assert seqs == [4, 6, 7, 8]   # seq 5 was the base that did not fit (a seq is never reused)
     assert writer.storage_full is True
-    detail = manager.task_detail("t")
-    assert detail["storage_full_since"] is not None
+    assert manager.task_view("t").storage_full_since is not None
     _step(state, 8)
     with pytest.raises(StorageUnavailable):   # past the stretched limit a base is needed
         writer.save(writer.capture(state))
@@ -112,8 +111,8 @@ def test_saves_continue_as_deltas_and_recover_when_space_returns(small_disk: Pat
     info = writer.save(writer.capture(state))
     assert info.kind == "base"
     assert writer.storage_full is False
-    assert manager.task_detail("t")["storage_full_since"] is None
-    assert [link["seq"] for link in manager.task_detail("t")["chain"]] == [info.seq]
+    assert manager.task_view("t").storage_full_since is None
+    assert [link.seq for link in manager.task_view("t").chain] == [info.seq]
     assert _free(small_disk) > used_before    # the old chain was retired
     assert states_equal_w(fresh.restore("job", "t").state, state) is True
     manager.delete_task("t")

@@ -27,9 +27,9 @@ def test_delete_task_leaves_no_rows_and_no_blobs(manager: CheckpointManager) -> 
     manager.tiers.objects.put(blob_key("ckpt", "job", "a", 9, 9, 0), b"zombie")
     manager.delete_task("a")
     assert all(k.startswith("ckpt/job/b/") for k in all_blob_keys(manager))
-    assert [r["task_id"] for r in manager.job_summary("job")["tasks"]] == ["a", "b"]
-    detail = manager.task_detail("a")
-    assert (detail["checkpoint_count"], detail["progress_percent"], detail["chain"]) == (3, 30.0, [])
+    assert [t.task_id for t in manager.job_tasks("job")] == ["a", "b"]
+    detail = manager.task_view("a")
+    assert (detail.checkpoint_count, detail.progress_percent, detail.chain) == (3, 30.0, ())
     assert manager.restore("job", "a") is None
     manager.delete_task("b")
     assert all_blob_keys(manager) == []
@@ -43,7 +43,7 @@ def test_delete_job(manager: CheckpointManager) -> None:
     manager.delete_job("job/1")
     assert all(k.startswith("ckpt/other/") for k in all_blob_keys(manager))
     assert count_rows(manager)["checkpoints"] == 1 * 3  # only "other" (no compaction in 3)
-    assert manager.job_summary("job/1")["total_checkpoints_taken"] == 6
+    assert sum(t.checkpoint_count for t in manager.job_tasks("job/1")) == 6
     manager.delete_job("job/1", forget=True)
     manager.delete_job("other", forget=True)
     assert all_blob_keys(manager) == []

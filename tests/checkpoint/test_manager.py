@@ -113,10 +113,10 @@ def test_tiers_follow_the_size_limit(manager: CheckpointManager) -> None:
     assert [p.tier for p in base.parts] == ["object" if p.size >= 4096 else "sql"
                                             for p in base.parts]
     assert "object" in base.tiers  # 128 KiB of random floats cannot fit under 4 KiB
-    detail = manager.storage_info("t")
-    locations = {b["key"]: b["storage"] for b in detail["blobs"]}
+    view = manager.storage_view("t")
+    locations = {b.key: b.tier for b in view.blobs}
     for p in base.parts + delta.parts:
-        assert locations[p.key] == ("database" if p.tier == "sql" else "object_store")
+        assert locations[p.key] == p.tier
         store = manager.tiers.sql if p.tier == "sql" else manager.tiers.objects
         assert store.exists(p.key) is True
 
@@ -143,8 +143,8 @@ def test_fencing_rejects_the_stale_attempt(manager: CheckpointManager) -> None:
     again = manager.restore("job", "t")
     assert again is not None and again.seq == 4
     assert states_equal(again.state, state)
-    assert manager.task_detail("t")["epoch"] == e2
-    assert manager.task_detail("t")["attempt"] == 2
+    assert manager.task_view("t").epoch == e2
+    assert manager.task_view("t").attempt == 2
 
 
 def test_compaction_after_max_deltas(manager: CheckpointManager) -> None:
@@ -158,8 +158,8 @@ def test_compaction_after_max_deltas(manager: CheckpointManager) -> None:
     assert set(all_blob_keys(manager)) == live  # the old chains' blobs are gone
     restored = manager.restore("job", "t")
     assert restored is not None and states_equal(restored.state, state)
-    detail = manager.task_detail("t")
-    assert (detail["checkpoint_count"], detail["head_seq"], len(detail["chain"])) == (13, 13, 1)
+    detail = manager.task_view("t")
+    assert (detail.checkpoint_count, detail.head_seq, len(detail.chain)) == (13, 13, 1)
 
 
 def test_compaction_at_default_fifty(backend, tmp_path: Path) -> None:
@@ -263,7 +263,7 @@ def test_failed_save_keeps_previous(sqlite_engine) -> None:
     assert (info.kind, info.seq) == ("delta", 4)
     restored = manager.restore("job", "t")
     assert restored.chain == (1, 2, 4) and states_equal(restored.state, state)
-    assert manager.task_detail("t")["checkpoint_count"] == 3
+    assert manager.task_view("t").checkpoint_count == 3
 
 
 def test_staleness(manager: CheckpointManager) -> None:
@@ -276,7 +276,7 @@ def test_staleness(manager: CheckpointManager) -> None:
     assert manager.restore("job", "t", max_age=3600.0) is None
     assert count_rows(manager)["checkpoints"] == 0
     assert all_blob_keys(manager) == []
-    assert manager.task_detail("t")["checkpoint_count"] == 2  # the summary stays
+    assert manager.task_view("t").checkpoint_count == 2  # the summary stays
 
 
 def test_force_requests(manager: CheckpointManager) -> None:
@@ -284,7 +284,7 @@ def test_force_requests(manager: CheckpointManager) -> None:
     assert manager.take_force("t") is False
     assert manager.request_force("t") is True
     assert manager.request_force("t") is False
-    assert manager.task_detail("t")["force_requested_at"] is not None
+    assert manager.task_view("t").force_requested_at is not None
     assert manager.take_force("t") is True
     assert manager.take_force("t") is False
     with pytest.raises(KeyError):
@@ -296,26 +296,25 @@ def test_read_api(manager: CheckpointManager) -> None:
         writer = manager.open_attempt("job", task).writer
         if task != "c":
             run_steps(writer, make_state(n), range(1, 3 + n))
-    summary = manager.job_summary("job")
-    assert (summary["job_id"], summary["total_tasks"], summary["tasks_with_checkpoints"],
-            summary["total_checkpoints_taken"]) == ("job", 3, 2, 5)
-    assert summary["average_progress_percent"] == pytest.approx((2.0 + 3.0 + 0.0) / 3)
-    a = summary["tasks"][0]
-    assert (a["task_id"], a["checkpoint_count"], a["progress_percent"]) == ("a", 2, 2.0)
-    assert a["base_checkpoint_size"] > 0 and a["last_checkpoint_at"].endswith("+00:00")
-    detail = manager.task_detail("b")
-    assert [(c["seq"], c["kind"]) for c in detail["chain"]] == [(1, "base"), (2, "delta"),
-                                                                 (3, "delta")]
-    assert all(c["codecs"] for c in detail["chain"])
-    info = manager.storage_info("b")
-    assert info["totals"]["stored_bytes"] == sum(c["stored_bytes"] for c in detail["chain"])
-    assert info["totals"]["blob_count"] == len(info["blobs"])
-    with pytest.raises(KeyError):
-        manager.job_summary("nope")
-    with pytest.raises(KeyError):
-        manager.task_detail("nope")
+    tasks = manager.job_tasks("job")
+    assert [(t.task_id, t.checkpoint_count, t.progress_percent) for t in tasks] == [
+        ("a", 2, 2.0), ("b", 3, 3.0), ("c", 0, None)]
+    a = tasks[0]
+    assert a.base_checkpoint_size > 0 and a.last_checkpoint_at.utcoffset() == timedelta(0)
+    assert a.chain == ()  # job views carry no chains
+    detail = manager.task_view("b")
+    assert [(c.seq, c.kind) for c in detail.chain] == [(1, "base"), (2, "delta"), (3, "delta")]
+    assert all(c.codecs for c in detail.chain)
+    assert detail.stored_bytes == tasks[1].stored_bytes == sum(c.stored_bytes for c in detail.chain)
+    assert 0 <= detail.age_seconds < 60
+    view = manager.storage_view("b")
+    assert view.stored_bytes == detail.stored_bytes
+    assert view.stored_bytes == sum(view.bytes_by_tier.values()) == sum(b.stored_bytes for b in view.blobs)
+    assert len(view.blobs) == sum(c.parts for c in detail.chain)
+    assert manager.job_tasks("nope") == []
+    assert manager.task_view("nope") is None and manager.storage_view("nope") is None
     with pytest.raises(InvalidId):
-        manager.task_detail("x" * 300)
+        manager.task_view("x" * 300)
 
 
 def test_from_urls_sqlite_and_files(tmp_path: Path) -> None:

@@ -38,7 +38,8 @@ JobStatus = Literal[
 ]
 """``unknown``: Temporal has no record of the workflow (e.g. past retention) or is unreachable."""
 
-Tier = Literal["database", "object_store"]
+Tier = Literal["sql", "object"]
+"""``sql``: the catalog's blob table (blobs below ``db_size_limit``); ``object``: the object store."""
 
 
 class _Model(BaseModel):
@@ -102,7 +103,7 @@ class TaskDetail(_Model):
     base_checkpoint_size: int | None = Field(default=None, ge=0)
     bytes_stored: int = Field(default=0, ge=0)
     checkpoint_storage_path: str | None = Field(
-        default=None, description="Object-store directory of the task's blobs, or 'database'."
+        default=None, description="Object-store directory of the task's blobs, or 'sql'."
     )
     chain: list[ChainLink] = Field(description="Committed checkpoints: a base, then its deltas.")
     force_pending: bool = False
@@ -120,7 +121,7 @@ class BlobLocation(_Model):
     tier: Tier
     key: str = Field(description="Blob key (ids percent-encoded).")
     location: str | None = Field(
-        default=None, description="Where it lives: database row, file path or s3:// URL."
+        default=None, description="Where it lives: catalog row, file path or s3:// URL."
     )
     raw_size: int | None = Field(default=None, ge=0, description="Bytes before compression.")
     stored_size: int = Field(ge=0, description="Bytes after compression.")
@@ -132,8 +133,8 @@ class StorageTotals(_Model):
     blob_count: int = Field(ge=0)
     raw_bytes: int = Field(ge=0)
     stored_bytes: int = Field(ge=0)
-    database_bytes: int = Field(ge=0)
-    object_store_bytes: int = Field(ge=0)
+    sql_bytes: int = Field(ge=0, description="Stored bytes in the catalog's blob table.")
+    object_bytes: int = Field(ge=0, description="Stored bytes in the object store.")
     compression_ratio: float | None = Field(
         default=None, description="stored / raw; null when raw sizes are unknown."
     )
@@ -145,7 +146,7 @@ class StorageInfo(_Model):
         default=None, description="Where large blobs live (bucket or directory URL)."
     )
     db_size_limit: int | None = Field(
-        default=None, description="Blobs below this many bytes go to the database."
+        default=None, description="Blobs below this many bytes go to the sql tier."
     )
     blobs: list[BlobLocation]
     totals: StorageTotals

@@ -1,0 +1,120 @@
+"""Read models: frozen views of tasks, their chains and their blobs, built in one place.
+
+The REST API and the CLI render these; they do not recompute them. Tier names
+are the manifest's everywhere: ``sql`` (the catalog's ``blobs`` table, blobs
+below ``db_size_limit``) and ``object`` (the object store).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from ._records import PartRef
+from .catalog import CheckpointRow, TaskRow, utcnow
+
+__all__ = ["BlobView", "ChainLinkView", "StorageView", "TaskView", "link_view", "task_view"]
+
+
+@dataclass(frozen=True)
+class ChainLinkView:
+    """One committed checkpoint of a task's chain."""
+
+    seq: int
+    kind: str                  # "base" | "delta"
+    base_seq: int
+    epoch: int
+    created_at: datetime
+    progress_percent: float | None
+    raw_bytes: int
+    stored_bytes: int
+    codecs: tuple[str, ...]
+    parts: int
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """A task as the catalog knows it; ``chain`` is filled for single-task views."""
+
+    task_id: str
+    job_id: str
+    status: str
+    attempt: int
+    epoch: int
+    head_seq: int
+    checkpoint_count: int
+    progress_percent: float | None
+    last_checkpoint_at: datetime | None
+    base_checkpoint_size: int | None
+    stored_bytes: int           # stored bytes of the live chain
+    checkpoint_storage_path: str | None
+    force_requested_at: datetime | None
+    storage_full_since: datetime | None
+    chain: tuple[ChainLinkView, ...] = ()
+
+    @property
+    def age_seconds(self) -> float | None:
+        """Age of the newest committed checkpoint (None without a chain)."""
+        return (utcnow() - self.chain[-1].created_at).total_seconds() if self.chain else None
+
+
+@dataclass(frozen=True)
+class BlobView:
+    """One stored blob of a task, where it lives and its sizes."""
+
+    seq: int
+    part: int
+    kind: str
+    key: str
+    tier: str                  # "sql" | "object"
+    location: str
+    stored_bytes: int
+    raw_bytes: int
+    codec: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class StorageView:
+    """Every blob of a task's live chain, with the totals (computed once, here)."""
+
+    task_id: str
+    db_size_limit: int
+    blobs: tuple[BlobView, ...]
+    raw_bytes: int
+    stored_bytes: int
+    bytes_by_tier: dict[str, int]
+
+    @classmethod
+    def of(cls, task_id: str, db_size_limit: int, rows: Sequence[CheckpointRow],
+           locate: Callable[[PartRef], str]) -> StorageView:
+        blobs = tuple(_blob(r, i, PartRef.from_json(p), locate)
+                      for r in rows for i, p in enumerate(r.parts))
+        by_tier = {"sql": 0, "object": 0}
+        for b in blobs:
+            by_tier[b.tier] = by_tier.get(b.tier, 0) + b.stored_bytes
+        return cls(task_id, db_size_limit, blobs, sum(b.raw_bytes for b in blobs),
+                   sum(b.stored_bytes for b in blobs), by_tier)
+
+
+def _blob(row: CheckpointRow, part: int, ref: PartRef, locate: Callable[[PartRef], str]) -> BlobView:
+    return BlobView(row.seq, part, row.kind, ref.key, ref.tier, locate(ref), ref.size,
+                    ref.raw_size, ref.codec, ref.sha256)
+
+
+def link_view(row: CheckpointRow) -> ChainLinkView:
+    return ChainLinkView(row.seq, row.kind, row.base_seq, row.epoch, row.created_at,
+                         row.progress_percent, row.raw_bytes, row.stored_bytes,
+                         tuple(sorted({p["codec"] for p in row.parts})), len(row.parts))
+
+
+def task_view(t: TaskRow, stored_bytes: int, chain: Sequence[CheckpointRow] = ()) -> TaskView:
+    return TaskView(
+        task_id=t.task_id, job_id=t.job_id, status=t.status, attempt=t.attempt, epoch=t.epoch,
+        head_seq=t.head_seq, checkpoint_count=t.checkpoint_count,
+        progress_percent=t.progress_percent, last_checkpoint_at=t.last_checkpoint_at,
+        base_checkpoint_size=t.base_checkpoint_size, stored_bytes=stored_bytes,
+        checkpoint_storage_path=t.checkpoint_storage_path,
+        force_requested_at=t.force_requested_at, storage_full_since=t.storage_full_since,
+        chain=tuple(link_view(r) for r in chain))
