@@ -16,6 +16,13 @@ make), never by faking a result:
 - ``Fn::Cidr`` is not evaluated by moto; it is here, with ``ipaddress``.
 - ``AWS::NoValue`` stays in lists and properties as ``None`` in moto; it
   removes the item or property here, as in CloudFormation.
+- ``AWS::ElasticLoadBalancingV2::LoadBalancer`` drops
+  ``LoadBalancerAttributes``; they are applied here.
+- ``AWS::ECR::Repository`` and ``AWS::Logs::LogGroup`` read their
+  encryption properties under the API's spelling, ``AWS::IAM::Role`` stores
+  inline policies as a Python repr, ``AWS::RDS::DBInstance``
+  ignores ``EnableIAMDatabaseAuthentication``, ``MonitoringInterval`` and
+  ``MonitoringRoleArn``; they are translated or applied here.
 - ``AWS::KMS::Key`` keeps ``KeyPolicy`` as a dict that moto's own key
   policy check cannot parse; it is passed as JSON here.
 - ``Ref`` of an ``AWS::RDS::DBParameterGroup`` yields moto's object instead
@@ -196,6 +203,82 @@ def _install_key_policy_json() -> None:
     Key.create_from_cloudformation_json = classmethod(create)
 
 
+def _install_load_balancer_attributes() -> None:
+    """Apply ``LoadBalancerAttributes`` (moto drops them) through
+    ModifyLoadBalancerAttributes, which rejects unknown keys."""
+    from moto.elbv2.models import FakeLoadBalancer, elbv2_backends
+
+    original = FakeLoadBalancer.create_from_cloudformation_json.__func__
+
+    def create(cls, resource_name, cloudformation_json, account_id, region_name, **kw):
+        balancer = original(cls, resource_name, cloudformation_json, account_id,
+                            region_name, **kw)
+        attributes = cloudformation_json["Properties"].get("LoadBalancerAttributes", [])
+        elbv2_backends[account_id][region_name].modify_load_balancer_attributes(
+            balancer.arn, {a["Key"]: a["Value"] for a in attributes})
+        return balancer
+
+    FakeLoadBalancer.create_from_cloudformation_json = classmethod(create)
+
+
+def _wrap_properties(model: Any, translate: Any) -> None:
+    """Make ``model``'s CloudFormation handler see ``translate(properties)``."""
+    original = model.create_from_cloudformation_json.__func__
+
+    def create(cls, resource_name, cloudformation_json, account_id, region_name, **kw):
+        props = translate(dict(cloudformation_json.get("Properties", {})))
+        return original(cls, resource_name, {**cloudformation_json, "Properties": props},
+                        account_id, region_name, **kw)
+
+    model.create_from_cloudformation_json = classmethod(create)
+
+
+def _install_property_names() -> None:
+    """Properties moto's handlers read under the service API's spelling, or
+    not at all: ECR and log group encryption, IAM inline policies, RDS IAM
+    authentication and enhanced monitoring."""
+    from moto.ecr.models import Repository
+    from moto.iam.models import Role
+    from moto.logs.models import LogGroup
+    from moto.rds.models import DBInstance
+
+    def ecr(props: dict[str, Any]) -> dict[str, Any]:
+        if "EncryptionConfiguration" in props:
+            enc = props["EncryptionConfiguration"]
+            props["EncryptionConfiguration"] = {
+                "encryptionType": enc["EncryptionType"], **(
+                    {"kmsKey": enc["KmsKey"]} if "KmsKey" in enc else {})}
+        return props
+
+    def logs(props: dict[str, Any]) -> dict[str, Any]:
+        if "KmsKeyId" in props:
+            props["kmsKeyId"] = props.pop("KmsKeyId")
+        return props
+
+    def role(props: dict[str, Any]) -> dict[str, Any]:
+        # Inline policies as JSON; moto would store the dict's repr.
+        props["Policies"] = [{**p, "PolicyDocument": json.dumps(p["PolicyDocument"])}
+                             for p in props.get("Policies", [])]
+        return props
+
+    _wrap_properties(Repository, ecr)
+    _wrap_properties(LogGroup, logs)
+    _wrap_properties(Role, role)
+
+    original = DBInstance.create_from_cloudformation_json.__func__
+
+    def create(cls, resource_name, cloudformation_json, account_id, region_name, **kw):
+        db = original(cls, resource_name, cloudformation_json, account_id, region_name, **kw)
+        props = cloudformation_json["Properties"]
+        db.enable_iam_database_authentication = bool(
+            props.get("EnableIAMDatabaseAuthentication", False))
+        db.monitoring_interval = int(props.get("MonitoringInterval", 0))
+        db.monitoring_role_arn = props.get("MonitoringRoleArn")
+        return db
+
+    DBInstance.create_from_cloudformation_json = classmethod(create)
+
+
 def _install_parameter_group_ref() -> None:
     """``Ref`` of a DB parameter group is its name (moto returns the object)."""
     from moto.rds.models import DBParameterGroup
@@ -235,6 +318,8 @@ def _install() -> None:
     _install_bucket_properties()
     _install_models()
     _install_key_policy_json()
+    _install_load_balancer_attributes()
+    _install_property_names()
     _install_parameter_group_ref()
     _install_cidr()
 
