@@ -51,20 +51,27 @@ def endpoint() -> Iterator[str]:
 
 
 def _deploy(cfn: Any, name: str, parameters: dict[str, str]) -> dict[str, Any]:
+    suffix = "" if parameters.get("EnvironmentName", "crowdcompute") == "crowdcompute" else (
+        "-" + parameters["EnvironmentName"])
+    return _deploy_as(cfn, name, f"crowdcompute-{name}{suffix}", parameters)
+
+
+def _deploy_as(cfn: Any, name: str, stack_name: str, parameters: dict[str, str]) -> dict[str, Any]:
+    """Create ``infra/aws/<name>.yaml`` as ``stack_name``; wait; describe it."""
     # JSON, because moto's YAML reader cannot parse the short form
     # `!ImportValue {"Fn::Sub": ...}`; the template is the same.
     cfn.create_stack(
-        StackName=f"crowdcompute-{name}",
+        StackName=stack_name,
         TemplateBody=json.dumps(load_template(f"{name}.yaml")),
         Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
         Capabilities=["CAPABILITY_IAM"],
     )
     for _ in range(60):
-        (stack,) = cfn.describe_stacks(StackName=f"crowdcompute-{name}")["Stacks"]
+        (stack,) = cfn.describe_stacks(StackName=stack_name)["Stacks"]
         if not stack["StackStatus"].endswith("_IN_PROGRESS"):
             break
         time.sleep(0.5)
-    resources = cfn.describe_stack_resources(StackName=f"crowdcompute-{name}")["StackResources"]
+    resources = cfn.describe_stack_resources(StackName=stack_name)["StackResources"]
     return {
         "status": stack["StackStatus"],
         "outputs": {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])},
@@ -384,3 +391,31 @@ def test_master_secret_attachment_by_structure() -> None:
     attachment = load_template("database.yaml")["Resources"]["MasterSecretAttachment"]["Properties"]
     assert attachment == {"SecretId": {"Ref": "MasterSecret"}, "TargetId": {"Ref": "Database"},
                           "TargetType": "AWS::RDS::DBInstance"}
+
+
+# ------------------------------------------------------------ variants
+def test_trial_database_has_no_standby_and_no_monitoring(endpoint: str) -> None:
+    cfn = _client("cloudformation", endpoint)
+    trial = {"EnvironmentName": "trial"}
+    assert _deploy(cfn, "network", trial)["status"] == "CREATE_COMPLETE"
+    database = _deploy(cfn, "database", {
+        **trial, "MultiAZ": "false", "MonitoringIntervalSeconds": "0"})
+    assert database["status"] == "CREATE_COMPLETE"
+    assert "MonitoringRole" not in database["resources"]
+    (db,) = _client("rds", endpoint).describe_db_instances(
+        DBInstanceIdentifier=database["resources"]["Database"])["DBInstances"]
+    assert (db["MultiAZ"], db["MonitoringInterval"]) == (False, 0)
+
+
+def test_new_regions_admit_the_log_delivery_service(endpoint: str) -> None:
+    # ca-west-1 opened after August 2022: no Elastic Load Balancing account.
+    cfn = boto3.client("cloudformation", endpoint_url=endpoint, region_name="ca-west-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    storage = _deploy_as(cfn, "storage", "crowdcompute-storage-ca", {"EnvironmentName": "ca"})
+    assert storage["status"] == "CREATE_COMPLETE"
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="ca-west-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    bucket = storage["outputs"]["LogBucketName"]
+    policy = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])
+    (statement,) = [s for s in policy["Statement"] if s.get("Sid") == "LoadBalancerAccessLogs"]
+    assert statement["Principal"] == {"Service": "logdelivery.elasticloadbalancing.amazonaws.com"}
