@@ -48,7 +48,8 @@ def test_worker_outlives_its_shutdown_grace_on_spot() -> None:
 def test_api_health_check_and_migration_command() -> None:
     res = load_template("ecs.yaml")["Resources"]
     assert res["ApiTargetGroup"]["Properties"]["HealthCheckPath"] == "/healthz"
-    assert _containers(res, "ApiTaskDefinition")["api"]["Command"] == ["api", "--port", "8000"]
+    api = _containers(res, "ApiTaskDefinition")["api"]
+    assert api["Command"] == ["api", "--host", "0.0.0.0", "--port", "8000"]
     assert _containers(res, "MigrateTaskDefinition")["migrate"]["Command"] == ["db", "upgrade"]
 
 
@@ -71,6 +72,11 @@ def test_worker_s3_access_is_limited_to_the_checkpoint_prefix() -> None:
             assert "*" not in str(st["Action"])
             if st["Action"] == "s3:ListBucket":
                 assert "s3:prefix" in st["Condition"]["StringLike"]
+            elif "kms:Decrypt" in st["Action"]:
+                assert st["Resource"] == {"Fn::ImportValue": {
+                    "Fn::Sub": "${EnvironmentName}-CheckpointKeyArn"}}
+                via = st["Condition"]["StringEquals"]["kms:ViaService"]
+                assert via == {"Fn::Sub": "s3.${AWS::Region}.amazonaws.com"}
             else:
                 assert actions <= set(st["Action"] if isinstance(st["Action"], list) else [st["Action"]])
                 assert "/${Prefix}/*" in st["Resource"]["Fn::Sub"][0]

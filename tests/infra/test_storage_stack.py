@@ -56,11 +56,43 @@ def test_outputs_name_the_bucket_and_blob_url(stack: dict[str, str]) -> None:
     assert stack["CheckpointPrefix"] == "checkpoints"
 
 
-def test_bucket_is_encrypted(stack: dict[str, str], endpoint: str) -> None:
+def test_bucket_is_encrypted_with_the_stacks_key(stack: dict[str, str], endpoint: str) -> None:
     s3 = _client("s3", endpoint)
     enc = s3.get_bucket_encryption(Bucket=stack["BucketName"])
     (rule,) = enc["ServerSideEncryptionConfiguration"]["Rules"]
+    assert rule["ApplyServerSideEncryptionByDefault"] == {
+        "SSEAlgorithm": "aws:kms", "KMSMasterKeyID": stack["KeyArn"]}
+    key = _client("kms", endpoint).describe_key(KeyId=stack["KeyArn"])["KeyMetadata"]
+    assert (key["KeyManager"], key["KeyState"]) == ("CUSTOMER", "Enabled")
+    rotation = _client("kms", endpoint).get_key_rotation_status(KeyId=stack["KeyArn"])
+    assert rotation["KeyRotationEnabled"] is True
+
+
+def test_log_bucket_receives_the_access_logs(stack: dict[str, str], endpoint: str) -> None:
+    s3 = _client("s3", endpoint)
+    logging = s3.get_bucket_logging(Bucket=stack["BucketName"])["LoggingEnabled"]
+    assert logging == {"TargetBucket": stack["LogBucketName"], "TargetPrefix": "s3/"}
+    enc = s3.get_bucket_encryption(Bucket=stack["LogBucketName"])
+    (rule,) = enc["ServerSideEncryptionConfiguration"]["Rules"]
     assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    (expire,) = s3.get_bucket_lifecycle_configuration(Bucket=stack["LogBucketName"])["Rules"]
+    assert expire["Expiration"] == {"Days": 90}
+
+
+def test_versions_of_deleted_checkpoints_are_reclaimed_after_a_day(
+    stack: dict[str, str], endpoint: str
+) -> None:
+    s3 = _client("s3", endpoint)
+    assert s3.get_bucket_versioning(Bucket=stack["BucketName"])["Status"] == "Enabled"
+    rules = {
+        r["ID"]: r
+        for r in s3.get_bucket_lifecycle_configuration(Bucket=stack["BucketName"])["Rules"]
+    }
+    noncurrent = rules["expire-noncurrent-versions"]
+    assert noncurrent["Status"] == "Enabled"
+    assert noncurrent["NoncurrentVersionExpiration"] == {"NoncurrentDays": 1}
+    assert noncurrent["Expiration"] == {"ExpiredObjectDeleteMarker": True}
+    assert noncurrent["Filter"].get("Prefix", "") == ""
 
 
 def test_public_access_is_blocked_and_acls_disabled(stack: dict[str, str], endpoint: str) -> None:
