@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 from dataclasses import dataclass
 
 from temporalio.client import Client
@@ -19,6 +21,37 @@ class Connection:
 
 
 _default: Connection | None = None
+_release_registered = False
+
+
+def _release_temporal() -> None:
+    """At interpreter exit, drop the Temporal client and runtime while Python is whole.
+
+    The Temporal bridge runs native (Rust/tokio) threads that call back into
+    Python when the objects they serve are dropped. Left to interpreter
+    finalization, that drop can race the teardown of the thread states and
+    abort a script that already finished ("Fatal Python error:
+    PyGILState_Release", exit 134, sometimes a segfault; temporalio/sdk-python
+    issue 300). atexit handlers run before that teardown: dropping the default
+    connection and the default runtime here lets those threads finish first.
+    Nothing else changes: the script keeps its exit status and its output.
+    """
+    global _default
+    _default = None
+    try:
+        from temporalio import runtime
+
+        runtime._runtime_ref._default_runtime = None
+    except (ImportError, AttributeError):  # a future temporalio without the private ref
+        pass
+    gc.collect()
+
+
+def _register_release() -> None:
+    global _release_registered
+    if not _release_registered:
+        atexit.register(_release_temporal)
+        _release_registered = True
 
 
 async def connect(
@@ -55,6 +88,7 @@ async def connect(
     base = settings or load_settings()
     merged = load_settings(**{**base.model_dump(), **overrides}) if overrides else base
     conn = Connection(await connect_client(merged), merged)
+    _register_release()
     _default = conn
     return conn
 
