@@ -8,17 +8,22 @@
 from activities.context import TaskContext, current_task
 from sdk._connection import Connection, connect
 from sdk._jobs import JobHandle, map, run_map, submit
-from sdk.errors import JobCancelled, JobFailed, TemporalUnreachable
+from sdk._lookup import JobInfo, get_job, list_jobs
+from sdk.errors import JobCancelled, JobFailed, JobNotFound, TemporalUnreachable
 
 __all__ = [
     "Connection",
     "JobCancelled",
     "JobFailed",
     "JobHandle",
+    "JobInfo",
+    "JobNotFound",
     "TaskContext",
     "TemporalUnreachable",
     "connect",
     "current_task",
+    "get_job",
+    "list_jobs",
     "map",
     "run_map",
     "submit",

@@ -3,6 +3,8 @@
     RuntimeError
     ├── JobFailed        a task failed after its retries (message names it)
     └── JobCancelled     the job was cancelled or terminated
+    LookupError
+    └── JobNotFound      get_job: no job of that id
     ConnectionError
     └── TemporalUnreachable   (worker_app.temporal) nothing answered in time
     ValueError                bad input at the SDK edge (job id, function, options)
@@ -21,4 +23,8 @@ class JobCancelled(RuntimeError):
     """The job was cancelled or terminated before it completed."""
 
 
-__all__ = ["JobCancelled", "JobFailed", "TemporalUnreachable"]
+class JobNotFound(LookupError):
+    """No job of that id exists (in this namespace)."""
+
+
+__all__ = ["JobCancelled", "JobFailed", "JobNotFound", "TemporalUnreachable"]

@@ -33,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint-interval", type=float)
     s.add_argument("--job-id")
     s.add_argument("--wait", action="store_true", help="wait and print the results")
+    jobs = sub.add_parser("jobs", help="list jobs, newest first (Temporal visibility)")
+    jobs.add_argument("--status", choices=["running", "completed", "failed", "cancelled",
+                                           "terminated", "continued_as_new", "timed_out"])
+    jobs.add_argument("--limit", type=int, default=100)
     st = sub.add_parser("status", help="show a job's progress")
     st.add_argument("job_id")
     st.add_argument("--watch", action="store_true")
@@ -78,6 +82,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return run_demo(settings)
     if cmd == "submit":
         return asyncio.run(_submit(args, settings))
+    if cmd == "jobs":
+        return asyncio.run(_jobs(settings, args.status, args.limit))
     if cmd == "status":
         from worker_app.status_view import show_status
 
@@ -169,6 +175,21 @@ async def _submit(args: argparse.Namespace, settings: Settings) -> int:
     if args.wait:
         results = await job.result()
         print(json.dumps(results, default=_jsonable, indent=2))
+    return 0
+
+
+async def _jobs(settings: Settings, status: str | None, limit: int) -> int:
+    import sdk
+
+    await sdk.connect(settings=settings)
+    found = await sdk.list_jobs(status=status, limit=limit)
+    print(f"{'JOB ID':<40} {'STATUS':<16} {'STARTED':<20} CLOSED")
+    for job in found:
+        started = job.started_at.strftime("%Y-%m-%d %H:%M:%S") if job.started_at else "-"
+        closed = job.closed_at.strftime("%Y-%m-%d %H:%M:%S") if job.closed_at else "-"
+        print(f"{job.job_id:<40} {job.status:<16} {started:<20} {closed}")
+    if not found:
+        print("(no jobs)" if status is None else f"(no {status} jobs)")
     return 0
 
 

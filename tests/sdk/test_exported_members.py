@@ -9,8 +9,9 @@ import sdk
 
 def test_sdk_all_is_pinned() -> None:
     assert sorted(sdk.__all__) == sorted([
-        "Connection", "JobCancelled", "JobFailed", "JobHandle", "TaskContext",
-        "TemporalUnreachable", "connect", "current_task", "map", "run_map", "submit",
+        "Connection", "JobCancelled", "JobFailed", "JobHandle", "JobInfo", "JobNotFound",
+        "TaskContext", "TemporalUnreachable", "connect", "current_task", "get_job", "list_jobs",
+        "map", "run_map", "submit",
     ])  # fmt: skip
 
 
