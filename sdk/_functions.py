@@ -10,6 +10,11 @@ HOW_TO_FIX = (
     "Task functions are imported by path on the workers: define {name} with `def` at "
     "the top level of an importable module (e.g. mytasks.py) and pass mytasks.{name}."
 )
+LAMBDA_FIX = (
+    "Task functions are imported by path on the workers: define the function with `def` at "
+    "the top level of an importable module (e.g. `def square(x): ...` in mytasks.py) and "
+    "pass mytasks.square."
+)
 
 
 def function_path(fn: Callable[..., Any] | str) -> str:
@@ -24,7 +29,7 @@ def function_path(fn: Callable[..., Any] | str) -> str:
     if not callable(fn) or not module or not qualname:
         raise TypeError(f"{fn!r} is not a function that can be referenced by import path")
     if "<lambda>" in qualname:
-        raise ValueError("lambdas cannot run as tasks. " + HOW_TO_FIX.format(name="a function"))
+        raise ValueError("lambdas cannot run as tasks. " + LAMBDA_FIX)
     if "<locals>" in qualname:
         raise ValueError(
             f"{qualname} is defined inside another function and cannot run as a task. "

@@ -101,6 +101,18 @@ def _options(
     return TaskOptions(max_attempts, heartbeat_timeout, checkpoint_interval, max_checkpoint_age)
 
 
+def _encode_items(items: Iterable[Any]) -> list[str]:
+    """Every item encoded; an item that cannot be is named by its index."""
+    encoded = []
+    for index, item in enumerate(items):
+        try:
+            encoded.append(encode_value(item))
+        except Exception as exc:
+            raise ValueError(f"item {index} cannot be sent to the workers: "
+                             f"{type(exc).__name__}: {exc}") from exc
+    return encoded
+
+
 async def submit(
     fn: Callable[..., Any] | str,
     items: Iterable[Any],
@@ -128,7 +140,7 @@ async def submit(
     path = function_path(fn)
     options = _options(max_attempts, heartbeat_timeout, checkpoint_interval, max_checkpoint_age)
     job_id = validate_job_id(job_id) if job_id is not None else f"job-{uuid.uuid4().hex[:16]}"
-    encoded = [encode_value(item) for item in items]
+    encoded = _encode_items(items)
     conn = await default_connection()
     handle = await conn.client.start_workflow(
         JobWorkflow.run,

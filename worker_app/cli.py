@@ -122,9 +122,14 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
     stack = DevStack(settings, port=args.port, ui_port=args.ui_port)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        if port_in_use(args.api_port):
-            raise DevStackError(f"port {args.api_port} (REST API) is already in use: stop what "
-                                "runs there or choose another with --api-port")
+        ports = ((args.port, "Temporal gRPC", "--port"), (args.ui_port, "Temporal UI", "--ui-port"),
+                 (args.api_port, "REST API", "--api-port"))
+        taken = [(p, what, flag) for p, what, flag in ports if port_in_use(p)]
+        if taken:
+            raise DevStackError(
+                "already in use: " + ", ".join(f"port {p} ({what})" for p, what, _ in taken)
+                + ". Is another `crowdcompute dev` running? Stop what runs there or choose "
+                + " / ".join(flag for _, _, flag in taken) + ".")
         stack.start_server()
         for _ in range(max(1, args.workers)):
             stack.start_worker()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -211,7 +212,8 @@ async def show_status(
     from worker_app.api._jobs import JobNotFound, job_checkpoints
     from worker_app.api._temporal import TemporalUnavailable
 
-    console = console or Console()
+    # Not a terminal (a pipe, a file, CI): don't cut the table at rich's default 80 columns.
+    console = console or (Console() if sys.stdout.isatty() else Console(width=200))
     if not is_job_id(job_id):
         console.print(f"[red]invalid job id {job_id!r}[/red]")
         return 2

@@ -27,7 +27,7 @@ TASK_CANCELLED = "cancelled"
 
 def validate_job_id(job_id: str) -> str:
     """Return ``job_id`` if it is a valid job id, else raise ``ValueError``."""
-    if not isinstance(job_id, str) or not JOB_ID_PATTERN.match(job_id):
+    if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
         raise ValueError(
             f"invalid job id {job_id!r}: use 1-200 characters from A-Z a-z 0-9 . _ -, "
             "starting with a letter or digit"

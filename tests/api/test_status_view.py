@@ -6,6 +6,7 @@ import io
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+import pytest
 from rich.console import Console
 from temporalio.client import Client
 
@@ -120,3 +121,17 @@ async def test_show_status_exit_codes(
     console = recording_console()
     assert await show_status(api_settings, "../etc", console=console, **common) == 2
     assert "invalid job id" in console.export_text()
+
+
+async def test_status_is_not_cut_at_80_columns_when_piped(
+    api_settings: Settings, manager: CheckpointManager, temporal_client: Client,
+    probe_job: ProbeJob, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker_app.status_view import show_status
+
+    write_checkpoints(manager, probe_job.job_id, 2, [33.0])
+    code = await show_status(api_settings, probe_job.job_id, manager=manager, client=temporal_client)
+    out = capsys.readouterr().out
+    assert code == 0
+    assert max(len(line) for line in out.splitlines()) > 80
+    assert f"{probe_job.job_id}:2" in out and "…" not in out

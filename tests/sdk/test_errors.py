@@ -32,8 +32,15 @@ async def test_failing_task_names_task_type_and_message(worker: None) -> None:
 
 
 def test_lambda_rejected_before_anything_is_sent() -> None:
-    with pytest.raises(ValueError, match="importable module"):
+    with pytest.raises(ValueError, match="importable module") as info:
         sdk.run_map(lambda x: x, [1], address="127.0.0.1:1")
+    assert "pass mytasks.square" in str(info.value)
+    assert "mytasks.a function" not in str(info.value)
+
+
+async def test_an_unpicklable_item_is_named_by_its_index() -> None:
+    with pytest.raises(ValueError, match="item 2 cannot be sent to the workers: .*lambda"):
+        await sdk.submit(tasks.square, [1, 2, lambda: 3])
 
 
 def test_closure_rejected() -> None:
@@ -57,7 +64,7 @@ def test_main_module_function_rejected(tmp_path: Path) -> None:
     assert "__main__" in out.stdout
 
 
-@pytest.mark.parametrize("job_id", ["", "-x", "a/b", "x" * 201, "a b"])
+@pytest.mark.parametrize("job_id", ["", "-x", "a/b", "x" * 201, "a b", "job\n", "job\r\n"])
 async def test_invalid_job_id(job_id: str) -> None:
     with pytest.raises(ValueError, match="invalid job id"):
         await sdk.submit(tasks.square, [1], job_id=job_id)

@@ -79,7 +79,23 @@ def test_dev_reports_a_taken_port(tmp_path: Path) -> None:
              "--ui-port", str(free_port()), "--api-port", str(free_port())],
             env=clean_env(), capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
-    assert f"port {taken} (Temporal gRPC) is already in use" in out.stderr
+    assert f"already in use: port {taken} (Temporal gRPC). Is another" in out.stderr
+    assert "REST API" not in out.stderr and "--port" in out.stderr
+
+
+def test_dev_names_every_taken_port(tmp_path: Path) -> None:
+    with socket.socket() as grpc, socket.socket() as api:
+        for s in (grpc, api):
+            s.bind(("127.0.0.1", 0))
+            s.listen()
+        port, api_port = grpc.getsockname()[1], api.getsockname()[1]
+        out = subprocess.run(
+            [EXE, "dev", "--state-dir", str(tmp_path), "--port", str(port),
+             "--ui-port", str(free_port()), "--api-port", str(api_port)],
+            env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert (f"already in use: port {port} (Temporal gRPC), port {api_port} (REST API)"
+            in out.stderr)
 
 
 def test_demo_kills_a_worker_and_resumes_from_checkpoints(tmp_path: Path) -> None:
