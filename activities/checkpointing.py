@@ -31,6 +31,7 @@ from activities.context import CheckpointSession, TaskContext
 from checkpoint._delta import lower_thread_priority
 from checkpoint.errors import (
     CaptureError,
+    CatalogMismatch,
     CheckpointError,
     Fenced,
     MemoryBudgetExceeded,
@@ -121,9 +122,23 @@ class TaskCheckpointSession(CheckpointSession):
 
     # -- attempt start -------------------------------------------------------------------
 
-    def start(self, hinted_seq: int | None = None) -> None:
-        """Take a new fencing epoch and restore the newest committed checkpoint."""
+    def start(self, hinted_seq: int | None = None, hinted_catalog: str | None = None) -> None:
+        """Take a new fencing epoch and restore the newest committed checkpoint.
+
+        ``hinted_seq`` / ``hinted_catalog``: what the previous attempt's last
+        heartbeat named. Raises CatalogMismatch when that attempt committed to
+        another catalog (this one would restart the task from zero).
+        """
         ctx = self.ctx
+        mine = self.manager.catalog_id
+        if hinted_catalog is not None and hinted_catalog != mine:
+            url = self.manager.engine.url.render_as_string(hide_password=True)
+            raise CatalogMismatch(
+                f"task {ctx.task_id} attempt {ctx.attempt}: this worker's checkpoint catalog is "
+                f"{mine} ({url}), but the task's earlier attempts committed to catalog "
+                f"{hinted_catalog}; refusing to restart the task from zero. Point "
+                "CROWDCOMPUTE_DATABASE_URL (or an absolute CROWDCOMPUTE_STATE_DIR) of every worker "
+                "at the same catalog.")
         attempt = self.manager.open_attempt(ctx.job_id, ctx.task_id, ctx.attempt,
                                             max_age=self.max_age)
         self.epoch, self.restored, self._writer = attempt.epoch, attempt.restored, attempt.writer
@@ -218,7 +233,9 @@ class TaskCheckpointSession(CheckpointSession):
     def heartbeat_details(self) -> dict[str, Any]:
         self._maybe_poll_force()
         info = self.last_commit
-        full = {"storage_full": True} if self._writer is not None and self._writer.storage_full else {}
+        full: dict[str, Any] = {"catalog_id": self.manager.catalog_id}
+        if self._writer is not None and self._writer.storage_full:
+            full["storage_full"] = True
         if info is None:
             if self.restored is None:
                 return full
@@ -281,7 +298,7 @@ class CheckpointService:
         session = _Tracked(self, self.manager, ctx, interval=arg.checkpoint_interval,
                            max_age=arg.max_checkpoint_age, memory_budget=self.memory_budget,
                            observer=self.observer)
-        await asyncio.to_thread(session.start, _hinted_seq())
+        await asyncio.to_thread(session.start, *_previous_heartbeat())
         self._live.add(session)
         return session
 
@@ -318,12 +335,15 @@ class _Tracked(TaskCheckpointSession):
         await super().close(succeeded=succeeded)
 
 
-def _hinted_seq() -> int | None:
-    """The checkpoint seq named by the previous attempt's last heartbeat, if any."""
+def _previous_heartbeat() -> tuple[int | None, str | None]:
+    """The checkpoint seq and the catalog id the previous attempt's last heartbeat named."""
     from temporalio import activity
 
     details = activity.info().heartbeat_details
+    first = details[0] if details and isinstance(details[0], dict) else {}
     try:
-        return int(details[0]["checkpoint"]["seq"])
-    except (IndexError, KeyError, TypeError, ValueError):
-        return None
+        seq: int | None = int(first["checkpoint"]["seq"])
+    except (KeyError, TypeError, ValueError):
+        seq = None
+    catalog = first.get("catalog_id")
+    return seq, catalog if isinstance(catalog, str) else None

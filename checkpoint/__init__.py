@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         BlobExists,
         BlobNotFound,
         CaptureError,
+        CatalogMismatch,
         CheckpointError,
         CorruptCheckpoint,
         Fenced,
@@ -48,7 +49,8 @@ _LOCATIONS = {
     "create_engine_for": ".catalog",
     "upgrade_database": ".catalog",
     **{name: ".errors" for name in (
-        "BlobExists", "BlobNotFound", "CaptureError", "CheckpointError", "CorruptCheckpoint",
+        "BlobExists", "BlobNotFound", "CaptureError", "CatalogMismatch", "CheckpointError",
+        "CorruptCheckpoint",
         "Fenced", "InvalidId", "MemoryBudgetExceeded", "StaleCheckpoint", "StorageError",
         "StorageUnavailable")},
 }

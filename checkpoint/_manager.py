@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -52,6 +53,12 @@ class CheckpointManager:
     @property
     def engine(self) -> Engine:
         return self.chain.engine
+
+    @functools.cached_property
+    def catalog_id(self) -> str:
+        """The identity of this catalog (a UUID made when it was created)."""
+        with Session(self.engine) as s, s.begin():
+            return cat.catalog_id(s)
 
     @classmethod
     def from_urls(cls, database_url: str, blob_url: str, *, s3_endpoint_url: str | None = None,

@@ -13,6 +13,7 @@ Hierarchy::
     ├── CorruptCheckpoint       a blob failed its SHA-256 check or is malformed
     ├── Fenced                  a commit from an attempt whose epoch is no longer current
     ├── StaleCheckpoint         the newest checkpoint is older than max_checkpoint_age
+    ├── CatalogMismatch         the catalog is not the one the task's earlier attempts used
     └── InvalidId               a job or task id that may not be used in keys or paths
 
 Backend exceptions (boto3, SQLAlchemy, OSError) are translated into these at the
@@ -25,6 +26,7 @@ __all__ = [
     "BlobExists",
     "BlobNotFound",
     "CaptureError",
+    "CatalogMismatch",
     "CheckpointError",
     "CorruptCheckpoint",
     "Fenced",
@@ -98,6 +100,14 @@ class Fenced(CheckpointError):
 
 class StaleCheckpoint(CheckpointError):
     """The newest checkpoint is older than the allowed maximum age."""
+
+
+class CatalogMismatch(CheckpointError):
+    """This worker's catalog is not the one the task's earlier attempts committed to.
+
+    Restoring from it would silently restart the task from zero; the attempt
+    fails instead (retryable: a worker with the right catalog can take it).
+    """
 
 
 class InvalidId(CheckpointError, ValueError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CROWDCOMPUTE_"
@@ -13,6 +13,16 @@ ENV_PREFIX = "CROWDCOMPUTE_"
 
 class SettingsError(ValueError):
     """Invalid configuration; ``str()`` is one line naming the variable."""
+
+
+def default_state_dir() -> Path:
+    """``$XDG_DATA_HOME/crowdcompute``, else ``~/.local/share/crowdcompute``: never relative.
+
+    Clients, workers and the dev stack of one machine started from different
+    directories must find the same catalog and payloads.
+    """
+    data = os.environ.get("XDG_DATA_HOME")
+    return (Path(data) if data else Path.home() / ".local" / "share") / "crowdcompute"
 
 
 class Settings(BaseSettings):
@@ -23,7 +33,7 @@ class Settings(BaseSettings):
     temporal_address: str = "localhost:7233"
     namespace: str = "default"
     task_queue: str = "crowdcompute"
-    state_dir: Path = Path(".crowdcompute")
+    state_dir: Path = Field(default_factory=lambda: default_state_dir())
     database_url: str | None = None
     blob_url: str | None = None
     s3_endpoint_url: str | None = None

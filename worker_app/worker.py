@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from temporalio.client import Client
@@ -34,6 +35,10 @@ def open_manager(settings: Settings) -> CheckpointManager:
     from checkpoint import CheckpointManager, ManagerConfig
 
     assert settings.database_url is not None and settings.blob_url is not None
+    if settings.database_url.startswith("sqlite:///"):
+        # a fresh state dir (or any new SQLite location) is created, as `dev` does
+        Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True,
+                                                                             exist_ok=True)
     return CheckpointManager.from_urls(
         settings.database_url,
         settings.blob_url,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._data import (
     begin_attempt,
+    catalog_id,
     chain_rows,
     clear_chain,
     commit_checkpoint,
@@ -22,15 +23,17 @@ from ._data import (
 )
 from ._engine import create_engine_for, read_engine
 from ._migrate import upgrade_database
-from ._models import Base, BlobRow, CheckpointRow, TaskRow, UTCDateTime, utcnow
+from ._models import Base, BlobRow, CatalogRow, CheckpointRow, TaskRow, UTCDateTime, utcnow
 
 __all__ = [
     "Base",
     "BlobRow",
+    "CatalogRow",
     "CheckpointRow",
     "TaskRow",
     "UTCDateTime",
     "begin_attempt",
+    "catalog_id",
     "chain_rows",
     "clear_chain",
     "commit_checkpoint",

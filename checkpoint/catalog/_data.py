@@ -3,6 +3,7 @@ transaction (``with Session(engine) as s, s.begin(): ...``)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -12,10 +13,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..errors import Fenced
-from ._models import CheckpointRow, TaskRow, utcnow
+from ._models import CatalogRow, CheckpointRow, TaskRow, utcnow
 
 __all__ = [
     "begin_attempt",
+    "catalog_id",
     "chain_rows",
     "clear_chain",
     "commit_checkpoint",
@@ -32,6 +34,17 @@ __all__ = [
     "stored_bytes_by_task",
     "take_force",
 ]
+
+
+def catalog_id(s: Session) -> str:
+    """This catalog's identity (made by the migration; here for catalogs made otherwise)."""
+    found = s.scalar(select(CatalogRow.catalog_id).order_by(CatalogRow.created_at).limit(1))
+    if found is not None:
+        return str(found)
+    made = str(uuid.uuid4())
+    s.add(CatalogRow(catalog_id=made, created_at=utcnow()))
+    s.flush()
+    return made
 
 
 def get_task(s: Session, task_id: str) -> TaskRow | None:

@@ -3,7 +3,7 @@
 ``tasks`` holds one row per task: the fencing epoch, the head seq, the spec's
 summary fields (kept after the checkpoint data is deleted) and the current
 chain. ``checkpoints`` holds one row per committed checkpoint with its blob
-references. ``blobs`` is the SQL tier of the blob store.
+references. ``blobs`` is the SQL tier of the blob store. ``catalog`` names this catalog.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from sqlalchemy import JSON, DateTime, Float, Integer, LargeBinary, String, Type
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "BlobRow", "CheckpointRow", "TaskRow", "UTCDateTime", "utcnow"]
+__all__ = ["Base", "BlobRow", "CatalogRow", "CheckpointRow", "TaskRow", "UTCDateTime", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -84,6 +84,15 @@ class CheckpointRow(Base):
     stored_bytes: Mapped[int] = mapped_column(Integer)
     # [{key, tier: "sql"|"object", size, raw_size, sha256, codec}]
     parts: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+
+
+class CatalogRow(Base):
+    """The catalog's identity: one row, made when the catalog is created."""
+
+    __tablename__ = "catalog"
+
+    catalog_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class BlobRow(Base):

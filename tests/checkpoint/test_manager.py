@@ -41,7 +41,7 @@ def run_steps(writer, state: dict, steps: range, progress: bool = True) -> list:
 
 def test_public_api_is_pinned() -> None:
     assert checkpoint.__all__ == sorted([
-        "Attempt", "BlobExists", "BlobNotFound", "CaptureError", "CheckpointError",
+        "Attempt", "BlobExists", "BlobNotFound", "CaptureError", "CatalogMismatch", "CheckpointError",
         "CheckpointManager", "CommitInfo", "CorruptCheckpoint", "Fenced", "InvalidId",
         "ManagerConfig", "MemoryBudgetExceeded", "Restored", "StaleCheckpoint", "StorageError",
         "StorageUnavailable", "TaskWriter", "create_engine_for", "upgrade_database"])

@@ -11,12 +11,15 @@ from worker_app.settings import Settings, SettingsError, load_settings
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CROWDCOMPUTE_STATE_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     s = Settings()
+    state = tmp_path / "data" / "crowdcompute"
     assert s.temporal_address == "localhost:7233"
     assert s.task_queue == "crowdcompute"
-    assert s.state_dir == tmp_path / ".crowdcompute"
-    assert s.database_url == f"sqlite:///{tmp_path / '.crowdcompute' / 'crowdcompute.db'}"
-    assert s.blob_url == (tmp_path / ".crowdcompute" / "blobs").as_uri()
+    assert s.state_dir == state
+    assert s.database_url == f"sqlite:///{state / 'crowdcompute.db'}"
+    assert s.blob_url == (state / "blobs").as_uri()
     assert s.db_size_limit == 1048576
     assert s.max_deltas_per_base == 50
     assert s.shutdown_grace_seconds == 25.0
