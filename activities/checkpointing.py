@@ -113,7 +113,7 @@ class TaskCheckpointSession(CheckpointSession):
         self._final_requested = False
         self._final_done = threading.Event()
         self._fenced = False
-        self._inflight: Future[None] | None = None
+        self._inflight: Future[CommitInfo | None] | None = None
         self._persister = ThreadPoolExecutor(1, thread_name_prefix=f"ckpt-{ctx.task_id}",
                                              initializer=lower_thread_priority)
         self._poller = ThreadPoolExecutor(1, thread_name_prefix=f"ckpt-poll-{ctx.task_id}")
@@ -197,10 +197,16 @@ class TaskCheckpointSession(CheckpointSession):
                                                 (started, captured))
         return True
 
+    def flush(self, timeout: float | None = None) -> CommitInfo | None:
+        """Wait for the checkpoint being persisted: what it committed, None if it failed."""
+        inflight = self._inflight
+        return inflight.result(timeout) if inflight is not None else None
+
     def _persist(self, snapshot: Any, progress_percent: float | None, final: bool,
-                 capture: tuple[float, float]) -> None:
+                 capture: tuple[float, float]) -> CommitInfo | None:
         """Encode, store and commit ``snapshot``; ``capture`` is when its capture began and ended."""
         assert self._writer is not None
+        info: CommitInfo | None = None
         try:
             info = self._writer.save(snapshot, progress_percent=progress_percent)
         except Fenced as exc:
@@ -227,6 +233,7 @@ class TaskCheckpointSession(CheckpointSession):
         finally:
             if self._writer.previous is not snapshot:
                 self._writer.pool.release(snapshot)
+        return info
 
     # -- heartbeat side ------------------------------------------------------------------
 

@@ -8,6 +8,7 @@
 from activities.context import TaskContext, current_task
 from sdk._connection import Connection, connect
 from sdk._jobs import JobHandle, map, run_map, submit
+from sdk._local import SimulatedInterruption, run_local
 from sdk._lookup import JobInfo, get_job, list_jobs
 from sdk.errors import JobCancelled, JobFailed, JobNotFound, TemporalUnreachable
 
@@ -18,6 +19,7 @@ __all__ = [
     "JobHandle",
     "JobInfo",
     "JobNotFound",
+    "SimulatedInterruption",
     "TaskContext",
     "TemporalUnreachable",
     "connect",
@@ -25,6 +27,7 @@ __all__ = [
     "get_job",
     "list_jobs",
     "map",
+    "run_local",
     "run_map",
     "submit",
 ]

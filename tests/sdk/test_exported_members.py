@@ -11,7 +11,7 @@ def test_sdk_all_is_pinned() -> None:
     assert sorted(sdk.__all__) == sorted([
         "Connection", "JobCancelled", "JobFailed", "JobHandle", "JobInfo", "JobNotFound",
         "TaskContext", "TemporalUnreachable", "connect", "current_task", "get_job", "list_jobs",
-        "map", "run_map", "submit",
+        "SimulatedInterruption", "map", "run_local", "run_map", "submit",
     ])  # fmt: skip
 
 

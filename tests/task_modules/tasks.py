@@ -68,3 +68,17 @@ def meet(parties: int) -> int:
 
     barrier = _barriers.setdefault(parties, threading.Barrier(parties))
     return barrier.wait(timeout=30)
+
+
+def noisy_sum(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A seeded random walk that checkpoints its generator with its state."""
+    ctx = current_task()
+    state = ctx.restore()
+    resumed_at = state["step"] if state is not None else None
+    if state is None:
+        state = {"step": 0, "rng": np.random.default_rng(cfg["seed"]), "walk": []}
+    while state["step"] < cfg["steps"]:
+        state["walk"].append(float(state["rng"].standard_normal()))
+        state["step"] += 1
+        ctx.checkpoint(state, progress_percent=100.0 * state["step"] / cfg["steps"])
+    return {"walk": state["walk"], "attempt": ctx.attempt, "resumed_at": resumed_at}
