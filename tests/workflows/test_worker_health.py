@@ -18,14 +18,22 @@ from collections.abc import Callable
 import pytest
 import tasks
 from _helpers import WorkerProcess, wait_for
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.worker import Replayer
 
 import sdk
+from workflows import WORKFLOWS
+from workflows._runner import CANCEL_IN_WAVES_PATCH
 
 # Thirty batch children of 1,000 tasks, most of them still pending when the job
-# stops; the whole test takes about 35 s per case on a two-core machine.
+# stops; stopping them all takes about 45 s, each case about 70 s on a two-core
+# machine.
 BIG_JOB = 30_000
+BATCHES = BIG_JOB // 1000
 RUN_BEFORE_STOP = 10.0
+STOPPED_WITHIN = 120.0
 FOLLOW_UP_WITHIN = 30.0
 EXIT_WITHIN = 30.0
 
@@ -39,11 +47,24 @@ async def _stop_big_job(client: Client, how: str) -> None:
     else:
         await handle.terminate("test: stop a large job")
 
-    async def stopped() -> bool:
-        desc = await handle.describe()
-        return desc.status != WorkflowExecutionStatus.RUNNING
+    # A terminated job's batches are cancelled by the server (parent close
+    # policy), a cancelled job's by the job itself: wait until every one closed,
+    # so the worker has handled all the cancellations before the follow-up job.
+    ids = [job.job_id] + [f"{job.job_id}--batch-{k}" for k in range(BATCHES)]
 
-    await wait_for(stopped, timeout=30)
+    async def stopped() -> bool:
+        for wid in ids:
+            try:
+                desc = await client.get_workflow_handle(wid).describe()
+            except RPCError as err:  # a batch the job never started
+                if err.status == RPCStatusCode.NOT_FOUND:
+                    continue
+                raise
+            if desc.status == WorkflowExecutionStatus.RUNNING:
+                return False
+        return True
+
+    await wait_for(stopped, timeout=STOPPED_WITHIN, every=1.0)
 
 
 async def _follow_up(how: str) -> float:
@@ -64,9 +85,28 @@ async def test_worker_healthy_after_stopping_a_large_job(
     conn: sdk.Connection,
 ) -> None:
     worker = worker_process()
+    start = time.monotonic()
     await _stop_big_job(temporal_client, how)
+    print(f"{how}: job and batches closed {time.monotonic() - start:.1f}s after submission")
     elapsed = await _follow_up(how)
     start = time.monotonic()
     code = await asyncio.to_thread(worker.terminate, EXIT_WITHIN)
     print(f"{how}: follow-up job in {elapsed:.1f}s, SIGTERM exit in {time.monotonic() - start:.1f}s")
     assert code == 0
+    await _cancelled_batch_replays(temporal_client, f"big-{how}")
+
+
+async def _cancelled_batch_replays(client: Client, job_id: str) -> None:
+    """A batch that the stop cancelled did so in waves (the patch is recorded),
+    and its history replays with the same workflows."""
+    for k in range(BATCHES):
+        handle = client.get_workflow_handle(f"{job_id}--batch-{k}")
+        if (await handle.describe()).status == WorkflowExecutionStatus.CANCELED:
+            break
+    else:
+        raise AssertionError("no batch was cancelled")
+    history = await handle.fetch_history()
+    markers = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED]
+    assert [CANCEL_IN_WAVES_PATCH.encode() in e.SerializeToString() for e in markers] == [True]
+    result = await Replayer(workflows=WORKFLOWS).replay_workflow(history)
+    assert result.replay_failure is None
