@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     db.add_argument("action", choices=["upgrade"])
     api = sub.add_parser("api", help="run the REST API")
     api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--host", default="127.0.0.1",
+                     help="address to bind (default 127.0.0.1; 0.0.0.0 behind a load balancer)")
     return p
 
 
@@ -99,7 +101,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if cmd == "api":
         from worker_app.api import serve as serve_api
 
-        serve_api(settings, args.port)
+        serve_api(settings, args.port, host=args.host)
         return 0
     raise AssertionError(cmd)
 

@@ -102,7 +102,9 @@ class DevStack:
 
     def start_api(self, port: int) -> subprocess.Popen[bytes]:
         """Start the REST API on ``port``; its access log goes to ``<state dir>/api.log``."""
-        return self._spawn(["api", "--port", str(port)], self.settings.state_dir / "api.log")
+        # Only this machine: the embedded stack is for one user.
+        return self._spawn(["api", "--host", "127.0.0.1", "--port", str(port)],
+                           self.settings.state_dir / "api.log")
 
     def _spawn(self, command: list[str], log_path: Path | None) -> subprocess.Popen[bytes]:
         """``crowdcompute COMMAND`` configured by these settings, pointed at this server."""

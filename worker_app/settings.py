@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     db_size_limit: int = 1048576
     max_deltas_per_base: int = 50
     api_token: str | None = None
+    api_read_token: str | None = None
     temporal_api_key: str | None = None
     temporal_tls_cert: Path | None = None
     temporal_tls_key: Path | None = None

@@ -8,7 +8,9 @@ activity implementations (they may pull in heavy dependencies).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine, Sequence
 from datetime import timedelta
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -27,12 +29,64 @@ from workflows.models import (
     task_id_for,
 )
 
+T = TypeVar("T")
+
 # A task is bounded by its heartbeat timeout, not by its total run time.
 TASK_START_TO_CLOSE = timedelta(days=365)
 MAX_RETRY_INTERVAL = timedelta(seconds=10)
 SCHEDULE_WAVE = 250
 SCHEDULE_PAUSE = timedelta(milliseconds=1)
 NON_RETRYABLE_TYPES = ["FunctionNotFound", "UnpicklableResult", "BadTaskInput"]
+# Recorded when a stop first cancels tasks a wave at a time; histories written
+# before it cancelled every task in one activation and replay that way.
+CANCEL_IN_WAVES_PATCH = "cancel-tasks-in-waves"
+
+
+def _observe(fut: asyncio.Future[Any]) -> None:
+    # Reading the exception marks it retrieved. Unretrieved, each one is logged
+    # (with its traceback) when the task is collected, inside the activation:
+    # a thousand of those overran the deadlock detector while it held the
+    # logging lock and hung the worker process for good.
+    if not fut.cancelled():
+        fut.exception()
+
+
+def start_observed(coro: Coroutine[object, object, T]) -> asyncio.Future[T]:
+    """``ensure_future(coro)`` whose exception is retrieved however the task ends."""
+    fut = asyncio.ensure_future(coro)
+    fut.add_done_callback(_observe)
+    return fut
+
+
+async def settled(gathered: asyncio.Future[T]) -> T:
+    """The result of ``gathered``; a cancellation of the caller does not reach it.
+
+    Cancelling a gather cancels all of its tasks at once, in the activation that
+    delivered the stop; ``cancel_in_waves`` cancels them instead.
+    """
+    gathered.add_done_callback(_observe)
+    await workflow.wait([gathered])
+    return gathered.result()
+
+
+async def cancel_in_waves(futures: Sequence[asyncio.Future[Any]]) -> None:
+    """Cancel ``futures`` at most ``SCHEDULE_WAVE`` per activation.
+
+    Each wave is awaited until it settled (its cancellations resolved), so one
+    activation handles at most a wave of cancel commands and a wave of
+    resolutions, however large the batch. While the workflow is being evicted
+    ``workflow.patched`` raises and the SDK cancels every task itself.
+    """
+    pending = [f for f in futures if not f.done()]
+    if not workflow.patched(CANCEL_IN_WAVES_PATCH):
+        for fut in pending:
+            fut.cancel()
+        return
+    for start in range(0, len(pending), SCHEDULE_WAVE):
+        wave = pending[start : start + SCHEDULE_WAVE]
+        for fut in wave:
+            fut.cancel()
+        await workflow.wait(wave)
 
 
 def describe_failure(task_id: str, err: BaseException) -> str:
@@ -87,11 +141,10 @@ class TaskRunner:
                     # 2 s per activation.
                     await workflow.sleep(SCHEDULE_PAUSE)
                 stop = min(start + SCHEDULE_WAVE, len(self.items))
-                futures.extend(asyncio.ensure_future(self._run_one(i)) for i in range(start, stop))
-            await asyncio.gather(*futures)
+                futures.extend(start_observed(self._run_one(i)) for i in range(start, stop))
+            await settled(asyncio.gather(*futures))
         except BaseException:
-            for fut in futures:
-                fut.cancel()
+            await cancel_in_waves(futures)
             raise
         return [r for r in self.results if r is not None]
 

@@ -9,7 +9,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError, ChildWorkflowError
 from temporalio.workflow import ParentClosePolicy
 
-from workflows._runner import TaskRunner
+from workflows._runner import TaskRunner, cancel_in_waves, settled, start_observed
 from workflows.models import (
     TASK_COMPLETED,
     TASK_FAILED,
@@ -108,12 +108,11 @@ class JobWorkflow(_RunsTasks):
             BatchProgress(batch_workflow_id(arg.job_id, k), off, len(arg.items[off : off + size]))
             for k, off in enumerate(starts)
         ]
-        futures = [asyncio.ensure_future(self._run_batch(arg, b)) for b in self._batches]
+        futures = [start_observed(self._run_batch(arg, b)) for b in self._batches]
         try:
-            parts = await asyncio.gather(*futures)
+            parts = await settled(asyncio.gather(*futures))
         except BaseException:
-            for fut in futures:
-                fut.cancel()
+            await cancel_in_waves(futures)
             raise
         return [r for part in parts for r in part]
 

@@ -1,15 +1,18 @@
-"""Admin auth of the force-checkpoint endpoint, against the real catalog."""
+"""Admin and read tokens and the failed-attempt limit, against the real catalog."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
 import httpx
+from fastapi import FastAPI
 from temporalio.client import Client
 
 from checkpoint import CheckpointManager
 from worker_app.api import create_app
+from worker_app.api.auth import FAILURE_WINDOW, MAX_FAILURES, FailureLimiter
 
 from .conftest import API_TOKEN, client_factory, make_settings, write_checkpoints
 
@@ -92,3 +95,138 @@ async def test_get_is_not_allowed_on_force(
     assert r.status_code == 405
     assert r.json()["error"] == "method_not_allowed"
 
+
+
+# --- read token -----------------------------------------------------------------
+
+READ_TOKEN = "read-token-for-tests"
+
+
+def read_app(store_root: Path, temporal_address: str, manager: CheckpointManager,
+             temporal_client: Client, **overrides: object) -> FastAPI:
+    values: dict[str, object] = {"api_read_token": READ_TOKEN, **overrides}
+    settings = make_settings(store_root, temporal_address, **values)
+    return create_app(settings, manager=manager, temporal_client_factory=client_factory(temporal_client))
+
+
+def asgi(app: FastAPI, client: str = "127.0.0.1") -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=(client, 40000))
+    return httpx.AsyncClient(transport=transport, base_url="http://api")
+
+
+def read_paths(task: str) -> list[str]:
+    job = task.rsplit(":", 1)[0]
+    return [f"/api/checkpoints/tasks/{task}", f"/api/checkpoints/storage-info/{task}",
+            f"/api/checkpoints/jobs/{job}"]
+
+
+async def test_get_endpoints_open_without_read_token(
+    http: httpx.AsyncClient, manager: CheckpointManager
+) -> None:
+    task = a_task(manager)
+    r = await http.get(f"/api/checkpoints/tasks/{task}")
+    assert r.status_code == 200
+    assert r.json()["task_id"] == task
+
+
+async def test_read_token_protects_get_endpoints(
+    store_root: Path, temporal_address: str, manager: CheckpointManager, temporal_client: Client
+) -> None:
+    task = a_task(manager)
+    async with asgi(read_app(store_root, temporal_address, manager, temporal_client)) as c:
+        for path in read_paths(task):
+            for headers in ({}, bearer("wrong"), {"Authorization": f"Basic {READ_TOKEN}"}):
+                r = await c.get(path, headers=headers)
+                assert r.status_code == 401, (path, headers)
+                assert r.headers["www-authenticate"] == "Bearer"
+                assert r.json()["error"] == "unauthorized"
+        r = await c.get(f"/api/checkpoints/tasks/{task}", headers=bearer(READ_TOKEN))
+        assert r.status_code == 200
+        assert r.json()["task_id"] == task
+        r = await c.get(f"/api/checkpoints/storage-info/{task}", headers=bearer(READ_TOKEN))
+        assert r.status_code == 200
+        # the admin token also reads; the read token is no admin token
+        r = await c.get(f"/api/checkpoints/tasks/{task}", headers=bearer(API_TOKEN))
+        assert r.status_code == 200
+        r = await c.post(force_path(task), headers=bearer(READ_TOKEN))
+        assert r.status_code == 401
+        assert manager.take_force(task) is False
+        # liveness, the schema and the docs stay open
+        assert (await c.get("/healthz")).status_code == 200
+        assert (await c.get("/openapi.json")).status_code == 200
+
+
+async def test_read_token_without_admin_token(
+    store_root: Path, temporal_address: str, manager: CheckpointManager, temporal_client: Client
+) -> None:
+    task = a_task(manager)
+    app = read_app(store_root, temporal_address, manager, temporal_client, api_token=None)
+    async with asgi(app) as c:
+        assert (await c.get(f"/api/checkpoints/tasks/{task}", headers=bearer(API_TOKEN))).status_code == 401
+        assert (await c.get(f"/api/checkpoints/tasks/{task}", headers=bearer(READ_TOKEN))).status_code == 200
+        assert (await c.post(force_path(task), headers=bearer(READ_TOKEN))).status_code == 403
+
+
+# --- failed attempts are rate-limited per client ----------------------------------
+
+
+async def test_failed_admin_attempts_get_429_per_client(
+    app: FastAPI, manager: CheckpointManager
+) -> None:
+    task = a_task(manager)
+    async with asgi(app, "10.0.0.1") as attacker, asgi(app, "10.0.0.2") as other:
+        for n in range(MAX_FAILURES):
+            r = await attacker.post(force_path(task), headers=bearer(f"guess-{n}"))
+            assert r.status_code == 401
+        # now even the right token is refused, without being compared
+        for headers in (bearer("guess-again"), bearer(API_TOKEN)):
+            r = await attacker.post(force_path(task), headers=headers)
+            assert r.status_code == 429
+            assert r.json()["error"] == "too_many_requests"
+            assert 1 <= int(r.headers["retry-after"]) <= FAILURE_WINDOW
+        assert manager.take_force(task) is False
+        # another client is not affected
+        r = await other.post(force_path(task), headers=bearer(API_TOKEN))
+        assert r.status_code == 202
+        assert manager.take_force(task) is True
+
+
+async def test_missing_credentials_are_not_counted(
+    app: FastAPI, manager: CheckpointManager
+) -> None:
+    task = a_task(manager)
+    async with asgi(app, "10.0.0.3") as c:
+        for _ in range(MAX_FAILURES + 5):
+            assert (await c.post(force_path(task))).status_code == 401
+        assert (await c.post(force_path(task), headers=bearer(API_TOKEN))).status_code == 202
+
+
+async def test_failed_read_attempts_count_too_and_the_window_expires(
+    store_root: Path, temporal_address: str, manager: CheckpointManager, temporal_client: Client
+) -> None:
+    task = a_task(manager)
+    app = read_app(store_root, temporal_address, manager, temporal_client)
+    app.state.auth_limiter = FailureLimiter(max_failures=3, window=1.0)
+    path = f"/api/checkpoints/tasks/{task}"
+    async with asgi(app, "10.0.0.4") as c:
+        for _ in range(3):
+            assert (await c.get(path, headers=bearer("wrong"))).status_code == 401
+        r = await c.get(path, headers=bearer(READ_TOKEN))
+        assert r.status_code == 429
+        assert r.headers["retry-after"] == "1"
+        await asyncio.sleep(1.1)
+        assert (await c.get(path, headers=bearer(READ_TOKEN))).status_code == 200
+
+
+def test_limiter_forgets_old_failures() -> None:
+    now = [0.0]
+    limiter = FailureLimiter(max_failures=2, window=10.0, clock=lambda: now[0])
+    limiter.record_failure("a")
+    now[0] = 6.0
+    limiter.record_failure("a")
+    assert limiter.retry_after("a") == 4  # the first failure leaves the window at 10
+    assert limiter.retry_after("b") is None
+    now[0] = 10.0
+    assert limiter.retry_after("a") is None
+    limiter.record_failure("a")
+    assert limiter.retry_after("a") == 6

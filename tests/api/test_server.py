@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from _servers import free_port
 from fastapi import FastAPI
 
 from worker_app.api import build_server
+from worker_app.api._limits import MAX_HEADER_BYTES
 from worker_app.settings import Settings
 
 from .conftest import write_checkpoints
@@ -63,3 +65,41 @@ def test_real_server(served: int, manager: CheckpointManager) -> None:
         status, body = get(served, raw)
         assert status in (404, 422), (raw[:60], status)
         assert "error" in body
+
+
+def raw_request(port: int, head: bytes, timeout: float = 10) -> bytes:
+    """Send ``head`` as one request on a fresh socket; read the whole answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(head)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def oversized(header_bytes: int) -> bytes:
+    return (b"GET /healthz HTTP/1.1\r\nHost: api\r\nX-Big: " + b"a" * header_bytes
+            + b"\r\nConnection: close\r\n\r\n")
+
+
+@pytest.mark.parametrize("size", [MAX_HEADER_BYTES + 1024, 4 * MAX_HEADER_BYTES, 512 * 1024])
+def test_oversized_headers_get_431_not_a_reset(served: int, size: int) -> None:
+    # Small excesses may reach the application in one piece (the middleware
+    # answers); larger ones overflow the parser's buffer (the protocol answers).
+    answer = raw_request(served, oversized(size))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0] == b"HTTP/1.1 431 Request Header Fields Too Large"
+    assert json.loads(body)["error"] == "request_header_fields_too_large"
+
+
+def test_headers_within_the_limit_still_served(served: int) -> None:
+    answer = raw_request(served, oversized(MAX_HEADER_BYTES - 1024))
+    assert answer.split(b"\r\n")[0] == b"HTTP/1.1 200 OK"
+    # and the server keeps serving after refusing one
+    raw_request(served, oversized(512 * 1024))
+    assert get(served, "/healthz") == (200, {"status": "ok"})
+
+
+def test_build_server_binds_loopback_by_default(api_settings: Settings, app: FastAPI) -> None:
+    server = build_server(api_settings, free_port(), app=app)
+    assert server.config.host == "127.0.0.1"

@@ -1,12 +1,20 @@
 """Today's workflow code replays every recorded history (the models are append-only).
 
-Histories live in ``tests/workflows/histories/`` (``record.py`` there records new
-ones). ``v1-*`` were recorded before items and results became Temporal-native
-payloads; keep every file: a change that breaks one breaks running jobs.
+Histories live in ``tests/workflows/histories/``; keep every file: a change that
+breaks one breaks running jobs.
+
+- ``v1-*.json`` (``record.py`` there records new ones): one job of each shape —
+  plain, checkpointed, failed, batched (and its batches), cancelled — recorded
+  before items and results became Temporal-native payloads.
+- ``old-*.json.gz`` were recorded before a stop cancelled tasks in waves
+  (``CANCEL_IN_WAVES_PATCH``): a job cancelled while it ran its tasks itself, one
+  whose task failed (the others were cancelled), one cancelled while it ran three
+  batch children, and one terminated (its children were cancelled).
 """
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import pytest
@@ -17,19 +25,30 @@ from worker_app.payloads import build_data_converter
 from worker_app.settings import Settings
 from workflows import WORKFLOWS
 
-HISTORIES = sorted((Path(__file__).resolve().parent / "histories").glob("*.json"))
+HERE = Path(__file__).resolve().parent / "histories"
+HISTORIES = sorted(HERE.glob("v1-*.json")) + sorted(HERE.glob("old-*.json.gz"))
+
+
+def _name(path: Path) -> str:
+    return path.name.removesuffix(".gz").removesuffix(".json")
+
+
+def _load(path: Path) -> WorkflowHistory:
+    data = path.read_bytes()
+    text = gzip.decompress(data).decode() if path.suffix == ".gz" else data.decode()
+    return WorkflowHistory.from_json(_name(path), text)
 
 
 def test_histories_of_every_shape_are_recorded() -> None:
-    names = {p.stem for p in HISTORIES}
+    names = {_name(p) for p in HISTORIES}
     for shape in ("plain", "checkpointed", "failed", "batched", "batched--batch-0", "cancelled"):
         assert f"v1-{shape}" in names
+    assert len([n for n in names if n.startswith("old-")]) == 10
 
 
-@pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
+@pytest.mark.parametrize("path", HISTORIES, ids=_name)
 async def test_history_replays(path: Path, tmp_path: Path) -> None:
-    history = WorkflowHistory.from_json(path.stem, path.read_text())
     replayer = Replayer(workflows=WORKFLOWS,
                         data_converter=build_data_converter(Settings(state_dir=tmp_path)))
-    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
-    assert result.replay_failure is None, f"{path.stem}: {result.replay_failure}"
+    result = await replayer.replay_workflow(_load(path), raise_on_replay_failure=False)
+    assert result.replay_failure is None, f"{_name(path)}: {result.replay_failure}"

@@ -2,7 +2,10 @@
 
 Every error is JSON: ``{"error": ..., "detail": ...}`` (422 adds ``errors``);
 OpenAPI at ``/openapi.json``, interactive docs at ``/docs``, liveness at
-``/healthz``. Request validation never echoes the offending input back.
+``/healthz`` (these three are always open; see ``auth`` for the tokens of the
+rest). Request validation never echoes the offending input back; oversized
+request headers get 431 (``_limits``). The server binds 127.0.0.1 unless told
+otherwise.
 """
 
 from __future__ import annotations
@@ -20,11 +23,15 @@ from temporalio.client import Client
 
 from checkpoint.errors import CheckpointError
 
+from ._limits import MAX_HEADER_BYTES, HeaderLimitMiddleware, HeaderLimitProtocol
 from ._temporal import ClientFactory, JobStatusSource
+from .auth import FailureLimiter
 from .routes import router
 from .schemas import Health
 
-__all__ = ["build_server", "create_app", "serve"]
+__all__ = ["DEFAULT_HOST", "build_server", "create_app", "serve"]
+
+DEFAULT_HOST = "127.0.0.1"
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +96,7 @@ def create_app(
 
     Args:
         settings: ``worker_app.settings.Settings`` (reads ``api_token``,
-            ``database_url``, ``blob_url``, ``s3_endpoint_url``,
+            ``api_read_token``, ``database_url``, ``blob_url``, ``s3_endpoint_url``,
             ``temporal_address``, ``namespace`` and the Temporal TLS / API key).
         manager: a ``checkpoint.CheckpointManager``; built from settings if None.
         temporal_client_factory: ``async () -> temporalio.client.Client``;
@@ -110,6 +117,8 @@ def create_app(
         temporal_client_factory or _default_client_factory(settings)
     )
     app.state.object_store = getattr(settings, "blob_url", None)
+    app.state.auth_limiter = FailureLimiter()
+    app.add_middleware(HeaderLimitMiddleware)
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(SQLAlchemyError, _backend_error)
@@ -124,16 +133,23 @@ def create_app(
 
 
 def build_server(
-    settings: Any, port: int = 8000, *, host: str = "0.0.0.0", app: FastAPI | None = None
+    settings: Any, port: int = 8000, *, host: str = DEFAULT_HOST, app: FastAPI | None = None
 ) -> Any:
     """A ``uvicorn.Server`` for the API: ``.run()`` blocks, ``await .serve()`` runs in a
     loop (``crowdcompute dev``), ``.should_exit = True`` stops it."""
     import uvicorn
 
-    config = uvicorn.Config(app or create_app(settings), host=host, port=port, log_level="info")
+    config = uvicorn.Config(
+        app or create_app(settings),
+        host=host,
+        port=port,
+        log_level="info",
+        http=HeaderLimitProtocol,
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+    )
     return uvicorn.Server(config)
 
 
-def serve(settings: Any, port: int = 8000, *, host: str = "0.0.0.0") -> None:
-    """Run the API until interrupted (``crowdcompute api --port``)."""
+def serve(settings: Any, port: int = 8000, *, host: str = DEFAULT_HOST) -> None:
+    """Run the API until interrupted (``crowdcompute api --host --port``)."""
     build_server(settings, port, host=host).run()

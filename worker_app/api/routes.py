@@ -17,7 +17,7 @@ from checkpoint.errors import InvalidId
 from ._ids import JOB_ID_PATTERN, TASK_ID_PATTERN
 from ._jobs import JobNotFound, job_checkpoints
 from ._temporal import TemporalUnavailable
-from .auth import require_admin
+from .auth import require_admin, require_read
 from .schemas import (
     ErrorBody,
     ForceCheckpointAccepted,
@@ -44,6 +44,16 @@ _COMMON: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "Catalog (or, for jobs, Temporal) unavailable."},
 }
 
+_AUTH: dict[int | str, dict[str, Any]] = {
+    429: {"model": ErrorBody, "description": "Too many failed token attempts (Retry-After)."},
+}
+# The GET endpoints: 401 only when CROWDCOMPUTE_API_READ_TOKEN is set.
+_READ: dict[int | str, dict[str, Any]] = {
+    **_COMMON,
+    **_AUTH,
+    401: {"model": ErrorBody, "description": "Read token set; missing or wrong bearer token."},
+}
+
 router = APIRouter(prefix="/api/checkpoints", tags=["checkpoints"])
 
 
@@ -54,7 +64,8 @@ def _not_found(what: str, ident: str) -> HTTPException:
 @router.get(
     "/jobs/{job_id}",
     response_model=JobCheckpoints,
-    responses=_COMMON,
+    responses=_READ,
+    dependencies=[Depends(require_read)],
     summary="Checkpoint progress of every task of a job",
 )
 async def get_job(job_id: JobId, request: Request) -> JobCheckpoints:
@@ -70,7 +81,8 @@ async def get_job(job_id: JobId, request: Request) -> JobCheckpoints:
 @router.get(
     "/tasks/{task_id}",
     response_model=TaskDetail,
-    responses=_COMMON,
+    responses=_READ,
+    dependencies=[Depends(require_read)],
     summary="Checkpoint details of one task: head, chain, age, attempt, epoch",
 )
 async def get_task(task_id: TaskId, request: Request) -> TaskDetail:
@@ -83,7 +95,8 @@ async def get_task(task_id: TaskId, request: Request) -> TaskDetail:
 @router.get(
     "/storage-info/{task_id}",
     response_model=StorageInfo,
-    responses=_COMMON,
+    responses=_READ,
+    dependencies=[Depends(require_read)],
     summary="Where each blob of a task's live chain is stored, with sizes",
 )
 async def get_storage_info(task_id: TaskId, request: Request) -> StorageInfo:
@@ -105,6 +118,7 @@ async def get_storage_info(task_id: TaskId, request: Request) -> StorageInfo:
     dependencies=[Depends(require_admin)],
     responses={
         **_COMMON,
+        **_AUTH,
         401: {"model": ErrorBody, "description": "Missing or wrong bearer token."},
         403: {"model": ErrorBody, "description": "No admin token configured: disabled."},
     },
