@@ -242,8 +242,7 @@ class CheckpointManager:
 
     def _delete_prefix(self, prefix: str) -> None:
         for store in (self.blobs.sql, self.blobs.objects):
-            for key in store.list(prefix):
-                store.delete(key)
+            store.delete_prefix(prefix)
 
     def sweep_orphans(self, grace_seconds: float | None = None) -> int:
         """Delete blobs no committed checkpoint names, older than the grace period."""

@@ -4,6 +4,7 @@ factory that opens an object store from a URL."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -61,6 +62,13 @@ class HybridStore(BlobStore):
     def scan(self, prefix: str = "") -> Iterator[BlobInfo]:
         yield from self.sql.scan(prefix)
         yield from self.objects.scan(prefix)
+
+    def sweep_incomplete(self, prefix: str, older_than: datetime) -> int:
+        return self.sql.sweep_incomplete(prefix, older_than) + \
+            self.objects.sweep_incomplete(prefix, older_than)
+
+    def delete_prefix(self, prefix: str) -> int:
+        return self.sql.delete_prefix(prefix) + self.objects.delete_prefix(prefix)
 
     def close(self) -> None:
         self.sql.close()
