@@ -113,23 +113,23 @@ class SeededFaults:
     Args:
         seed: any integer; the same seed faults the same requests.
         rates: fault kind -> probability (their sum at most 1).
-        operations: only requests of these S3 operations are faulted (None: all).
+        weights: S3 operation -> factor on every rate (default 1; 0 spares it),
+            to aim the faults at the operations where they hurt.
     """
 
     def __init__(self, seed: int, rates: dict[str, float],
-                 operations: set[str] | None = None) -> None:
+                 weights: dict[str, float] | None = None) -> None:
+        self.seed, self.rates, self.weights = seed, rates, weights or {}
         unknown = set(rates) - set(FAULT_KINDS)
-        if unknown or sum(rates.values()) > 1:
-            raise ValueError(f"bad fault rates {rates}")
-        self.seed, self.rates, self.operations = seed, rates, operations
+        if unknown or sum(rates.values()) * max([1.0, *self.weights.values()]) > 1:
+            raise ValueError(f"bad fault rates {rates} (weights {weights})")
 
     def __call__(self, request: Request, seen: int) -> str | None:
-        if self.operations is not None and request.operation not in self.operations:
-            return None
+        weight = self.weights.get(request.operation, 1.0)
         digest = hashlib.sha256(f"{self.seed}|{request.identity}|{seen}".encode()).digest()
         draw = int.from_bytes(digest[:8], "big") / 2 ** 64
         for kind in FAULT_KINDS:
-            draw -= self.rates.get(kind, 0.0)
+            draw -= self.rates.get(kind, 0.0) * weight
             if draw < 0:
                 return kind
         return None
@@ -277,6 +277,7 @@ class _Handler(socketserver.BaseRequestHandler):
         if fault == "reset":
             cut = len(head) + len(body) // 2 if body else len(head) // 2
             self.request.sendall((head + body)[:cut])
+            time.sleep(0.02)  # let what was sent arrive before the reset
             self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.request.close()
             return False
