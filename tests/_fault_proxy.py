@@ -345,31 +345,33 @@ def _error_response(status: int, reason: str, code: str) -> bytes:
     return head + body
 
 
-def fault_endings(events: list[Event]) -> dict[str, Counter[str]]:
-    """How each injected fault ended, per fault kind.
+def fault_endings(events: list[Event], by_operation: bool = False) -> dict[str, Counter[str]]:
+    """How each injected fault ended, per fault kind (or per ``"<operation> <kind>"``).
 
     A fault ends with the next request of the same identity: ``retried ok``
     (2xx), ``retried into 412`` (a create-only write whose first try had
     succeeded), ``retried into <status>``; ``never retried`` when none came.
     A slow response that arrived is ``delivered late``.
     """
-    endings: dict[str, Counter[str]] = {kind: Counter() for kind in FAULT_KINDS}
+    endings: dict[str, Counter[str]] = {}
     pending: dict[str, list[str]] = {}
+
+    def group(event: Event) -> str:
+        return f"{event.operation} {event.fault}" if by_operation else str(event.fault)
+
     for event in events:
         if event.fault == "slow":
-            endings["slow"]["delivered late"] += 1
+            endings.setdefault(group(event), Counter())["delivered late"] += 1
         elif event.fault is not None:
-            pending.setdefault(event.identity, []).append(event.fault)
+            pending.setdefault(event.identity, []).append(group(event))
             continue
         faults = pending.pop(event.identity, [])
-        if not faults:
-            continue
         status = event.status or 0
         ending = ("retried ok" if 200 <= status < 300 else
                   "retried into 412" if status == 412 else f"retried into {status}")
-        for kind in faults:
-            endings[kind][ending] += 1
+        for name in faults:
+            endings.setdefault(name, Counter())[ending] += 1
     for faults in pending.values():
-        for kind in faults:
-            endings[kind]["never retried"] += 1
+        for name in faults:
+            endings.setdefault(name, Counter())["never retried"] += 1
     return endings

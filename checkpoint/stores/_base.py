@@ -4,7 +4,9 @@ Call order, as the checkpoint manager uses it:
 
 1. ``put(key, data)`` exactly once per key. Keys are create-only: a second put
    of the same key raises :class:`BlobExists` and leaves the first value intact.
-   A put is atomic: a reader sees the whole blob or no blob.
+   A put is atomic: a reader sees the whole blob or no blob. (A store whose
+   client retries writes by itself, S3, takes a put that finds the very bytes
+   it sends already stored as its own retried write: it succeeds.)
 2. ``exists(key)`` to verify a write, then ``get(key)`` any number of times.
    ``get`` of a missing key raises :class:`BlobNotFound`.
 3. ``delete(key)`` once the catalog no longer refers to the key; deleting a
