@@ -350,7 +350,8 @@ def fault_endings(events: list[Event], by_operation: bool = False) -> dict[str, 
 
     A fault ends with the next request of the same identity: ``retried ok``
     (2xx), ``retried into 412`` (a create-only write whose first try had
-    succeeded), ``retried into <status>``; ``never retried`` when none came.
+    succeeded), ``retried into <status>``; ``no try got through`` when no
+    later request of that identity passed unfaulted (the client gave up).
     A slow response that arrived is ``delivered late``.
     """
     endings: dict[str, Counter[str]] = {}
@@ -373,5 +374,5 @@ def fault_endings(events: list[Event], by_operation: bool = False) -> dict[str, 
             endings.setdefault(name, Counter())[ending] += 1
     for faults in pending.values():
         for name in faults:
-            endings.setdefault(name, Counter())["never retried"] += 1
+            endings.setdefault(name, Counter())["no try got through"] += 1
     return endings

@@ -85,8 +85,8 @@ class S3Store(BlobStore):
     """Blobs as objects ``{prefix}/{key}`` in ``bucket``.
 
     ``counters`` tallies how faults were ridden out (``own_write``,
-    ``get_refetch``, ``upload_aborted``, ``abort_failed``, ``upload_swept``),
-    for metrics and the fault tests.
+    ``get_refetch``, ``get_gave_up``, ``upload_aborted``, ``abort_failed``,
+    ``upload_swept``), for metrics and the fault tests.
     """
 
     tier = "object"
@@ -255,6 +255,7 @@ class S3Store(BlobStore):
                 # short read here is ours to retry.
                 resp["Body"].close()
                 if attempt >= GET_ATTEMPTS:
+                    self._count("get_gave_up")
                     raise StorageUnavailable(f"CheckpointManager: {what}: body cut off "
                                              f"{attempt} times: {exc}") from exc
             self._count("get_refetch")

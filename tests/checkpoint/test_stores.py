@@ -342,6 +342,8 @@ def test_s3_get_gives_up_after_bounded_refetches(faulty: S3Store, proxy: FaultPr
     with pytest.raises(StorageUnavailable, match="cut off"):
         faulty.get("g/1")
     assert len([e for e in proxy.events if e.operation == "GetObject"]) == GET_ATTEMPTS
+    assert (faulty.counters["get_refetch"], faulty.counters["get_gave_up"]) == (
+        GET_ATTEMPTS - 1, 1)
     assert time.monotonic() - started < 5
 
 
