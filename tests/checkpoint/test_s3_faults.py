@@ -34,6 +34,7 @@ from checkpoint.errors import CheckpointError
 from checkpoint.stores import SqlStore
 from checkpoint.stores.s3 import S3Store
 from tests._fault_proxy import Event, FaultProxy, Request, SeededFaults, fault_endings
+from tests._servers import reset_moto
 
 SEED = int(os.environ.get("CROWDCOMPUTE_FAULT_SEED", "20261201"))
 SAVES = 200
@@ -109,6 +110,7 @@ def same_state(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 @pytest.fixture
 def proxy(moto_url: str) -> Iterator[FaultProxy]:
+    reset_moto(moto_url)
     with FaultProxy(moto_url, slow_seconds=0.2) as p:
         yield p
 
@@ -247,9 +249,8 @@ def test_checkpoints_survive_s3_faults(moto_url: str, pg_engine, proxy: FaultPro
         with open(path, "w") as fh:
             json.dump(report, fh, indent=2, sort_keys=True)
 
-    # the run exercised what it claims to
-    assert tally.counts["save ok"] + sum(v for k, v in tally.counts.items()
-                                         if k.startswith("save failed")) == SAVES
+    # the run exercised what it claims to, and retries absorbed nearly every fault
+    assert tally.counts["save ok"] >= SAVES - 5
     assert all(injected[kind] >= 3 for kind in RATES), injected
     assert sum(1 for e in proxy.events if e.operation == "UploadPart") >= 20
     # a retried write that found its own object is a success, never BlobExists
