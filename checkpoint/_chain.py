@@ -255,11 +255,10 @@ class ChainStore:
             raise _translate(exc, f"deleting checkpoints of task {task_id!r}") from exc
         self.delete_refs(PartRef.from_json(p) for r in rows for p in r.parts)
 
-    def delete_prefix(self, prefix: str) -> None:
-        """Every blob under ``prefix`` in both tiers, committed or not."""
-        for store in self.tiers.stores:
-            for key in store.list(prefix):
-                store.delete(key)
+    def delete_prefix(self, prefix: str) -> int:
+        """Everything under ``prefix`` in both tiers: blobs committed or not, unfinished
+        uploads and temp files; how many were removed."""
+        return sum(store.delete_prefix(prefix) for store in self.tiers.stores)
 
     def storage_path(self, refs: Sequence[PartRef]) -> str:
         """Where a checkpoint's large parts live (a directory or URL), or ``sql``."""

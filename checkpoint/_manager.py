@@ -74,7 +74,7 @@ class CheckpointManager:
             cat.upgrade_database(engine)
         objects = open_object_store(blob_url, s3_endpoint_url)
         if probe and hasattr(objects, "probe"):
-            objects.probe()
+            objects.probe(under=config.key_prefix)  # under ckpt/: a leftover is swept
         return cls(engine, SqlStore(engine), objects, config)
 
     def close(self) -> None:

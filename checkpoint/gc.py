@@ -3,8 +3,10 @@
 An orphan is a blob under the manager's key prefix that no committed
 checkpoint row names and that is older than a grace period: the leftovers of a
 save that crashed between writing blobs and committing, of a fenced zombie,
-or of a cleanup interrupted half-way. The grace period protects saves that are
-in flight right now.
+or of a cleanup interrupted half-way. The sweep also removes what interrupted
+puts left that is not a blob at all (unfinished S3 multipart uploads, temp
+files of a local store; :meth:`BlobStore.sweep_incomplete`). The grace period
+protects saves that are in flight right now.
 """
 
 from __future__ import annotations
@@ -33,18 +35,20 @@ def select_orphans(blobs: Iterable[BlobInfo], referenced: set[str], now: datetim
 
 def sweep_orphans(engine: Engine, stores: Iterable[BlobStore], prefix: str,
                   grace_seconds: float) -> int:
-    """Delete orphaned blobs under ``prefix/`` in every store; return how many."""
+    """Delete orphaned blobs and stale incomplete writes under ``prefix/``; return how many."""
     removed = 0
     for store in stores:
         # list before reading the references: a blob committed in between counts as referenced
         blobs = list(store.scan(f"{prefix}/"))
         with Session(read_engine(engine)) as s, s.begin():
             referenced = referenced_keys(s)
-        orphans = select_orphans(blobs, referenced, utcnow(), grace_seconds)
+        now = utcnow()
+        orphans = select_orphans(blobs, referenced, now, grace_seconds)
         for key in orphans:
             store.delete(key)
-        if orphans:
-            log.info("CheckpointManager: swept %d orphaned blobs from the %s tier",
-                     len(orphans), store.tier)
-        removed += len(orphans)
+        incomplete = store.sweep_incomplete(f"{prefix}/", now - timedelta(seconds=grace_seconds))
+        if orphans or incomplete:
+            log.info("CheckpointManager: swept %d orphaned blobs and %d incomplete writes from "
+                     "the %s tier", len(orphans), incomplete, store.tier)
+        removed += len(orphans) + incomplete
     return removed

@@ -164,7 +164,7 @@ async def _gc(settings: Settings, grace: float) -> int:
     print(f"checked {report.jobs_checked} job(s) with checkpoint data; deleted "
           f"{len(report.jobs_deleted)} that are not running"
           + (f" ({', '.join(report.jobs_deleted)})" if report.jobs_deleted else "")
-          + f"; removed {report.orphans_removed} orphaned blob(s)")
+          + f"; removed {report.orphans_removed} orphaned blob(s) and unfinished write(s)")
     return 0
 
 

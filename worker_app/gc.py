@@ -55,6 +55,7 @@ async def collect(manager: CheckpointManager, client: Client, grace_seconds: flo
             await asyncio.to_thread(manager.delete_job, job_id)
             deleted.append(job_id)
     orphans = await asyncio.to_thread(manager.sweep_orphans, grace_seconds)
-    log.info("CheckpointManager: gc checked %d jobs, deleted %d, removed %d orphaned blobs",
+    log.info("CheckpointManager: gc checked %d jobs, deleted %d, removed %d orphaned blobs "
+             "and unfinished writes",
              len(job_ids), len(deleted), orphans)
     return GcReport(len(job_ids), tuple(deleted), orphans)

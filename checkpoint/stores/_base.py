@@ -4,13 +4,19 @@ Call order, as the checkpoint manager uses it:
 
 1. ``put(key, data)`` exactly once per key. Keys are create-only: a second put
    of the same key raises :class:`BlobExists` and leaves the first value intact.
-   A put is atomic: a reader sees the whole blob or no blob.
+   A put is atomic: a reader sees the whole blob or no blob. (A store whose
+   client retries writes by itself, S3, takes a put that finds the very bytes
+   it sends already stored as its own retried write: it succeeds.)
 2. ``exists(key)`` to verify a write, then ``get(key)`` any number of times.
    ``get`` of a missing key raises :class:`BlobNotFound`.
 3. ``delete(key)`` once the catalog no longer refers to the key; deleting a
    missing key is not an error.
 4. ``scan(prefix)`` / ``list(prefix)`` at any time (cleanup and the orphan
    sweeper); they report only complete blobs.
+5. ``sweep_incomplete(prefix, older_than)`` from the orphan sweeper: removes
+   what interrupted puts left behind (unfinished multipart uploads, temp
+   files) that no scan reports. ``delete_prefix(prefix)`` when a task or job is
+   cleaned up: every blob under the prefix, incomplete writes included.
 
 Keys are ``/``-separated relative paths whose components are non-empty and
 never ``.`` or ``..``; adapters check this with :func:`check_key`. Backend
@@ -22,7 +28,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from ..errors import InvalidId
 
@@ -78,6 +84,31 @@ class BlobStore(ABC):
     def list(self, prefix: str = "") -> list[str]:
         """Sorted keys starting with ``prefix``."""
         return sorted(info.key for info in self.scan(prefix))
+
+    def sweep_incomplete(self, prefix: str, older_than: datetime) -> int:
+        """Remove incomplete writes under ``prefix`` started before ``older_than``.
+
+        An interrupted put can leave storage behind that is not a blob (an
+        unfinished multipart upload, a temp file) and that ``scan`` never
+        reports. Returns how many were removed; the default store has none.
+
+        Args:
+            prefix: key prefix (usually ending in ``/``) to look under.
+            older_than: timezone-aware UTC cutoff; younger ones may be puts in
+                flight right now and are kept.
+        """
+        return 0
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every blob under ``prefix``, incomplete writes included.
+
+        Returns how many blobs and incomplete writes were removed. A put still
+        running under the prefix fails or leaves a blob a later call removes.
+        """
+        keys = self.list(prefix)
+        for key in keys:
+            self.delete(key)
+        return len(keys) + self.sweep_incomplete(prefix, datetime.max.replace(tzinfo=UTC))
 
     def describe(self, key: str) -> str:
         """Where ``key`` lives, for humans (a path or URL)."""

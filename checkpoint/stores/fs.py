@@ -3,7 +3,9 @@
 A put writes a hidden temp file in the target directory, fsyncs it, links it
 into place (``os.link`` fails if the name exists, which makes the put
 create-only even between processes), removes the temp name and fsyncs the
-directory. Readers therefore never see a partial blob.
+directory. Readers therefore never see a partial blob. A process that dies
+mid-put leaves its temp file (``.tmp-<hex>``); :meth:`FsStore.sweep_incomplete`
+and :meth:`FsStore.delete_prefix` remove those.
 """
 
 from __future__ import annotations
@@ -107,32 +109,64 @@ class FsStore(BlobStore):
 
     def delete(self, key: str) -> None:
         path = self._path(key)
+        self._unlink(path)
+        self._prune(path.parent)
+
+    def _unlink(self, path: Path) -> None:
         try:
             path.unlink(missing_ok=True)
         except OSError as exc:
             raise StorageUnavailable(f"CheckpointManager: deleting {path} failed: {exc}") from exc
-        parent = path.parent
-        while parent != self.root:  # drop directories left empty
+
+    def _prune(self, parent: Path) -> None:
+        """Drop the directories left empty, from ``parent`` up to the root."""
+        while parent != self.root and self.root in parent.parents:
             try:
                 parent.rmdir()
             except OSError:
                 break
             parent = parent.parent
 
-    def scan(self, prefix: str = "") -> Iterator[BlobInfo]:
-        for dirpath, _dirs, files in os.walk(self.root):
+    def _files(self, prefix: str) -> Iterator[tuple[Path, str]]:
+        """(path, key) of every file, temp files included, whose key starts with ``prefix``.
+
+        The walk starts in the deepest directory the prefix names, so cleaning
+        up one task does not read the whole store.
+        """
+        head = prefix.rpartition("/")[0]
+        start = self._path(head) if head else self.root
+        for dirpath, _dirs, files in os.walk(start):
             for name in files:
-                if name.startswith(_TMP):
-                    continue
                 full = Path(dirpath, name)
                 key = full.relative_to(self.root).as_posix()
-                if not key.startswith(prefix):
-                    continue
-                try:
-                    st = full.stat()
-                except FileNotFoundError:
-                    continue
-                yield BlobInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+                if key.startswith(prefix):
+                    yield full, key
+
+    def scan(self, prefix: str = "") -> Iterator[BlobInfo]:
+        for full, key in self._files(prefix):
+            if full.name.startswith(_TMP):
+                continue
+            try:
+                st = full.stat()
+            except FileNotFoundError:
+                continue
+            yield BlobInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+
+    def sweep_incomplete(self, prefix: str, older_than: datetime) -> int:
+        """Remove the temp files of puts under ``prefix`` last written before ``older_than``."""
+        removed = 0
+        for full, _key in list(self._files(prefix)):
+            if not full.name.startswith(_TMP):
+                continue
+            try:
+                stale = datetime.fromtimestamp(full.stat().st_mtime, UTC) <= older_than
+            except FileNotFoundError:
+                continue  # its put finished meanwhile
+            if stale:
+                self._unlink(full)
+                self._prune(full.parent)
+                removed += 1
+        return removed
 
     def describe(self, key: str) -> str:
         return str(self._path(key))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import ColumnElement, Engine, delete, select
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -28,6 +28,12 @@ def _translate(exc: SQLAlchemyError, what: str) -> StorageError:
     if isinstance(exc, OperationalError):
         return StorageUnavailable(f"CheckpointManager: {what} failed: {exc.orig}")
     return StorageError(f"CheckpointManager: {what} failed: {exc}")
+
+
+def _under(prefix: str) -> ColumnElement[bool]:
+    """``key LIKE prefix%`` with the prefix's own ``%`` and ``_`` taken literally."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return BlobRow.key.like(escaped + "%", escape="\\")
 
 
 class SqlStore(BlobStore):
@@ -82,11 +88,21 @@ class SqlStore(BlobStore):
         except SQLAlchemyError as exc:
             raise _translate(exc, f"deleting {len(keys)} blobs") from exc
 
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every row under ``prefix`` (a put here is never partial).
+
+        By exact key, in batches: SQLite's ``LIKE`` ignores case, so deleting
+        ``LIKE prefix%`` could take another task's rows.
+        """
+        keys = self.list(prefix)
+        for i in range(0, len(keys), 500):
+            self.delete_many(keys[i:i + 500])
+        return len(keys)
+
     def scan(self, prefix: str = "") -> Iterator[BlobInfo]:
         query = select(BlobRow.key, BlobRow.size, BlobRow.created_at)
         if prefix:
-            escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            query = query.where(BlobRow.key.like(escaped + "%", escape="\\"))
+            query = query.where(_under(prefix))
         try:
             with Session(self._reader) as s, s.begin():
                 rows = s.execute(query.order_by(BlobRow.key)).all()

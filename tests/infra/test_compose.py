@@ -15,10 +15,6 @@ from _templates import INFRA, REPO, load_template
 from worker_app.settings import Settings
 
 PREFIX = "CROWDCOMPUTE_"
-# The REST API's read token (GET endpoints) lands in worker_app.settings on
-# another branch; ecs.yaml already injects it. The set empties itself once
-# Settings knows the name, so it never hides a real typo after the merge.
-PENDING_SETTINGS = {"CROWDCOMPUTE_API_READ_TOKEN"}
 
 
 def _known_settings() -> set[str]:
@@ -114,7 +110,7 @@ def _ecs_variables() -> dict[str, set[str]]:
 def test_ecs_task_definitions_set_only_known_settings() -> None:
     variables = _ecs_variables()
     assert set(variables) == {"worker", "api", "migrate"}
-    known = _known_settings() | PENDING_SETTINGS
+    known = _known_settings()
     for container, names in variables.items():
         assert {n for n in names if n.startswith(PREFIX)} - known == set(), container
         assert {n for n in names if not n.startswith((PREFIX, "AWS_"))} == set(), container
