@@ -17,25 +17,28 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from ._manager import Attempt, CheckpointManager
-    from ._records import CommitInfo, ManagerConfig, Restored
-    from ._writer import TaskWriter
-    from .catalog import create_engine_for, upgrade_database
-    from .errors import (
-        BlobExists,
-        BlobNotFound,
-        CaptureError,
-        CatalogMismatch,
-        CheckpointError,
-        CorruptCheckpoint,
-        Fenced,
-        InvalidId,
-        MemoryBudgetExceeded,
-        StaleCheckpoint,
-        StorageError,
-        StorageUnavailable,
-    )
+if TYPE_CHECKING:  # explicit re-exports (`X as X`) of what __getattr__ loads
+    from ._manager import Attempt as Attempt
+    from ._manager import CheckpointManager as CheckpointManager
+    from ._records import CommitInfo as CommitInfo
+    from ._records import ManagerConfig as ManagerConfig
+    from ._records import Restored as Restored
+    from ._writer import TaskWriter as TaskWriter
+    from .catalog import create_engine_for as create_engine_for
+    from .catalog import upgrade_database as upgrade_database
+    from .errors import BlobExists as BlobExists
+    from .errors import BlobNotFound as BlobNotFound
+    from .errors import CaptureError as CaptureError
+    from .errors import CatalogMismatch as CatalogMismatch
+    from .errors import CheckpointError as CheckpointError
+    from .errors import CorruptCheckpoint as CorruptCheckpoint
+    from .errors import Fenced as Fenced
+    from .errors import InvalidId as InvalidId
+    from .errors import MemoryBudgetExceeded as MemoryBudgetExceeded
+    from .errors import StaleCheckpoint as StaleCheckpoint
+    from .errors import StorageError as StorageError
+    from .errors import StorageFull as StorageFull
+    from .errors import StorageUnavailable as StorageUnavailable
 
 # The façade. Blob stores are in ``checkpoint.stores``; capture, the codec and
 # the catalog's data functions stay in their modules (internal API).
@@ -52,7 +55,7 @@ _LOCATIONS = {
         "BlobExists", "BlobNotFound", "CaptureError", "CatalogMismatch", "CheckpointError",
         "CorruptCheckpoint",
         "Fenced", "InvalidId", "MemoryBudgetExceeded", "StaleCheckpoint", "StorageError",
-        "StorageUnavailable")},
+        "StorageFull", "StorageUnavailable")},
 }
 
 __all__ = sorted(_LOCATIONS)

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from activities.context import CheckpointSession
+
 __all__ = ["SimulatedInterruption", "run_local"]
 
 
@@ -88,7 +90,7 @@ def _attempt(fn: Callable[..., Any], item: Any, manager: Any, job_id: str, task_
     import asyncio
 
     from activities.checkpointing import TaskCheckpointSession
-    from activities.context import CheckpointSession, TaskContext, bind, unbind
+    from activities.context import TaskContext, bind, unbind
 
     ctx = TaskContext(job_id, task_id, index, attempt)
     if interval is not None:
@@ -111,7 +113,7 @@ def _attempt(fn: Callable[..., Any], item: Any, manager: Any, job_id: str, task_
         asyncio.run(ctx.session.close(succeeded=succeeded))
 
 
-class _LocalSession:
+class _LocalSession(CheckpointSession):
     """A task's checkpoint session whose saves commit before ``checkpoint()`` returns."""
 
     def __init__(self, inner: Any, interrupt: int | None) -> None:

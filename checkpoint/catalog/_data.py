@@ -6,9 +6,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import CursorResult, Result, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -34,6 +34,11 @@ __all__ = [
     "stored_bytes_by_task",
     "take_force",
 ]
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE / DELETE matched (``execute`` returns a CursorResult for those)."""
+    return int(cast(CursorResult[Any], result).rowcount)
 
 
 def catalog_id(s: Session) -> str:
@@ -100,7 +105,7 @@ def commit_checkpoint(s: Session, row: CheckpointRow, summary: dict[str, Any]) -
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:
+    if _rowcount(result) != 1:
         raise Fenced(
             f"CheckpointManager: commit of task {row.task_id!r} seq {row.seq} rejected: "
             f"epoch {row.epoch} is no longer current"
@@ -163,7 +168,7 @@ def referenced_keys(s: Session) -> set[str]:
 def set_status(s: Session, task_id: str, status: str) -> bool:
     result = s.execute(update(TaskRow).where(TaskRow.task_id == task_id)
                        .values(status=status, updated_at=utcnow()))
-    return result.rowcount == 1
+    return _rowcount(result) == 1
 
 
 def set_storage_full(s: Session, task_id: str, since: datetime | None) -> None:
@@ -179,7 +184,7 @@ def request_force(s: Session, task_id: str, now: datetime) -> bool | None:
     result = s.execute(update(TaskRow)
                        .where(TaskRow.task_id == task_id, TaskRow.force_requested_at.is_(None))
                        .values(force_requested_at=now))
-    if result.rowcount == 1:
+    if _rowcount(result) == 1:
         return True
     exists = s.scalar(select(func.count()).select_from(TaskRow).where(TaskRow.task_id == task_id))
     return False if exists else None
@@ -189,4 +194,4 @@ def take_force(s: Session, task_id: str) -> bool:
     result = s.execute(update(TaskRow)
                        .where(TaskRow.task_id == task_id, TaskRow.force_requested_at.is_not(None))
                        .values(force_requested_at=None))
-    return result.rowcount == 1
+    return _rowcount(result) == 1

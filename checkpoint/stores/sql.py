@@ -24,9 +24,9 @@ __all__ = ["SqlStore"]
 
 def _translate(exc: SQLAlchemyError, what: str) -> StorageError:
     if is_storage_full(exc):
-        return StorageFull(f"CheckpointManager: {what} failed: {exc.orig or exc}")
+        return StorageFull(f"CheckpointManager: {what} failed: {getattr(exc, 'orig', None) or exc}")
     if isinstance(exc, OperationalError):
-        return StorageUnavailable(f"CheckpointManager: {what} failed: {exc.orig}")
+        return StorageUnavailable(f"CheckpointManager: {what} failed: {getattr(exc, 'orig', exc)}")
     return StorageError(f"CheckpointManager: {what} failed: {exc}")
 
 

@@ -44,7 +44,7 @@ def test_public_api_is_pinned() -> None:
         "Attempt", "BlobExists", "BlobNotFound", "CaptureError", "CatalogMismatch", "CheckpointError",
         "CheckpointManager", "CommitInfo", "CorruptCheckpoint", "Fenced", "InvalidId",
         "ManagerConfig", "MemoryBudgetExceeded", "Restored", "StaleCheckpoint", "StorageError",
-        "StorageUnavailable", "TaskWriter", "create_engine_for", "upgrade_database"])
+        "StorageFull", "StorageUnavailable", "TaskWriter", "create_engine_for", "upgrade_database"])
     for name in checkpoint.__all__:
         assert getattr(checkpoint, name) is not None
     # every public name the package holds once all of it is loaded is in __all__ (or a subpackage)
