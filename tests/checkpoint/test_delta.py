@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from checkpoint import _delta
+from checkpoint import _compress, _delta, _encode, _format, _plan, _pools
 from checkpoint._capture import BufferPool, capture
 from checkpoint._delta import COMPRESSIONS, decode, encode, snapshots_equal
 from checkpoint.errors import CorruptCheckpoint
@@ -38,9 +38,9 @@ def _size(parts) -> int:
 @pytest.fixture
 def small_parts(monkeypatch):
     """Route small arrays through the part / chunk / sampling paths."""
-    monkeypatch.setattr(_delta, "PART_FROM", 256)
-    monkeypatch.setattr(_delta, "CHUNK", 1024)
-    monkeypatch.setattr(_delta, "SMALL_ARRAY", 64)
+    monkeypatch.setattr(_plan, "PART_FROM", 256)
+    monkeypatch.setattr(_plan, "CHUNK", 1024)
+    monkeypatch.setattr(_plan, "SMALL_ARRAY", 64)
 
 
 DTYPES = ["bool", "int8", "uint16", "int32", "int64", "float16", "float32", "float64",
@@ -218,9 +218,9 @@ def test_encode_threads_bound_the_parallelism_not_the_bytes(small_parts, monkeyp
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    monkeypatch.setattr(_delta, "_executor", ThreadPoolExecutor(4))
+    monkeypatch.setattr(_pools, "_executor", ThreadPoolExecutor(4))
     running, peak, lock = [0], [0], threading.Lock()
-    real = _delta._encode_chunk
+    real = _encode._encode_chunk
 
     def chunk(*args):
         with lock:
@@ -233,7 +233,7 @@ def test_encode_threads_bound_the_parallelism_not_the_bytes(small_parts, monkeyp
             with lock:
                 running[0] -= 1
 
-    monkeypatch.setattr(_delta, "_encode_chunk", chunk)
+    monkeypatch.setattr(_encode, "_encode_chunk", chunk)
     rng = np.random.default_rng(3)
     old = capture({"a": rng.standard_normal(3000), "b": rng.standard_normal(2000)})
     new = capture({"a": old.to_state()["a"] * 1.001, "b": rng.standard_normal(2000)})
@@ -334,7 +334,7 @@ def test_chain_applied_in_place_is_bit_exact(small_parts, seed, steps, compressi
         pairs = [(p.data, p.codec) for p in parts]
         restored = decode(pairs, _delta.reuse_buffers(restored) if restored is not None else None)
         assert snapshots_equal(restored, want) is True
-    assert getattr(restored, "_reuse", False) is False
+    assert restored.reuse is False
 
 
 def test_decode_without_reuse_never_writes_to_previous(small_parts):
@@ -347,7 +347,7 @@ def test_decode_without_reuse_never_writes_to_previous(small_parts):
     state["vec"] += 1e-3                  # dense xor
     second = capture(state)
     parts = encode(first, second)
-    ops = {rec[0]: rec[3] for rec in _index(parts)["leaves"]}
+    ops = {rec.path: rec.op for rec in _index(parts).leaves}
     assert ops == {"emb": "rows", "vec": "xor"}
     back = decode([(p.data, p.codec) for p in parts], base)
     assert snapshots_equal(back, second) is True
@@ -370,4 +370,4 @@ def test_failed_decode_leaves_a_reused_previous_intact(small_parts):
 
 
 def _index(parts):
-    return _delta._read_index(parts[0].data, parts[0].codec)
+    return _format.load_index(bytes(_compress.decompress(parts[0].data, parts[0].codec)))
