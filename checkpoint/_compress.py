@@ -174,7 +174,9 @@ def _decompress(data: Any, codec: str, raw_size: int | None, limit: int | None) 
             view = memoryview(data)
             if view.nbytes < 1:
                 raise CorruptCheckpoint("empty shuffle+zstd blob")
-            itemsize = max(view[0], 1)
+            itemsize = view[0]
+            if itemsize < 2:   # compress shuffles only multi-byte elements
+                raise CorruptCheckpoint(f"shuffle+zstd blob with an element size of {itemsize}")
             out = _unzstd(view[1:], raw_size, bound)
             if len(out) % itemsize:
                 raise CorruptCheckpoint(f"shuffled blob of {len(out)} bytes is not a multiple of {itemsize}")

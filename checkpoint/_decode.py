@@ -12,6 +12,7 @@ snapshot as it was. Only ``CorruptCheckpoint`` leaves ``decode``.
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -95,8 +96,7 @@ def _decode(parts: list[tuple[bytes, str, int | None]], previous: Snapshot | Non
     treedef = previous.treedef if index.same_tree and previous is not None else index.treedef
     _check_leaves(index, treedef)
     jobs = list(zip(parts[1:], index.parts))
-    payloads = _pools.codec_pool().map(lambda i: _read_part(*jobs[i], i + 1), range(len(jobs)))
-    payloads = list(payloads)
+    payloads = list(_pools.codec_pool().map(lambda i: _read_part(*jobs[i], i + 1), range(len(jobs))))
     before = previous.leaf_map() if previous is not None else {}
     # Check every record and build the generic leaves before any buffer is written,
     # so that a corrupt link leaves a reused previous snapshot as it was.
@@ -155,8 +155,12 @@ def _read_part(part: tuple[bytes, str, int | None], entry: PartEntry, number: in
     return _compress.decompress_planes(data, codec, raw_size=entry.raw_size)
 
 
-def _chunks(ref: Any, payloads: list[_Payload], size: int) -> list[_Chunk]:
-    """The payload of one leaf as chunks placed at their offsets; checks the total size."""
+def _chunks(ref: Any, payloads: list[_Payload], size: int, itemsize: int = 1) -> list[_Chunk]:
+    """The payload of one leaf as chunks placed at their offsets; checks the total size.
+
+    A shuffled chunk must be shuffled by the leaf's element size (the zstd
+    checksum does not cover the shuffle's element-size byte).
+    """
     if isinstance(ref, bytes):
         chunks = [(np.frombuffer(ref, dtype=np.uint8), 1)]
     else:
@@ -165,8 +169,10 @@ def _chunks(ref: Any, payloads: list[_Payload], size: int) -> list[_Chunk]:
         if len(chunks) != count or total != size:
             raise CorruptCheckpoint("leaf payload has the wrong size")
     out, offset = [], 0
-    for data, itemsize in chunks:
-        out.append((offset, data, itemsize))
+    for data, shuffled in chunks:
+        if shuffled not in (1, itemsize):
+            raise CorruptCheckpoint(f"leaf payload shuffled by {shuffled} bytes, its items have {itemsize}")
+        out.append((offset, data, shuffled))
         offset += data.nbytes
     if offset != size:
         raise CorruptCheckpoint("leaf payload has the wrong size")
@@ -205,16 +211,15 @@ class _ArrayStep:
             self.data = chunks[0][1]   # no copy: the decompressed bytes are the leaf
             return []
         assert old is not None or self.op is Op.FULL
-        self.data = old if in_place else _memory.empty(n)
+        dst = old if in_place and old is not None else _memory.empty(n)
+        self.data = dst
         if self.op is Op.ROWS:
             assert old is not None and self.rows is not None
             if not in_place:
-                np.copyto(self.data, old)
+                np.copyto(dst, old)
             return [self._xor_rows]
-        dst, base = self.data, (None if self.op is Op.FULL else old)
-        return [lambda o=o, c=c, k=k: _compress.unshuffle_into(
-                    dst[o:o + c.nbytes], c, k, xor_with=None if base is None else base[o:o + c.nbytes])
-                for o, c, k in chunks]
+        base = None if self.op is Op.FULL else old
+        return [functools.partial(_unshuffle_chunk, dst, o, c, k, base) for o, c, k in chunks]
 
     def _xor_rows(self) -> None:
         assert self.data is not None and self.rows is not None
@@ -228,24 +233,32 @@ class _ArrayStep:
         return Leaf(self.path, ARRAY, self.meta, self.data)
 
 
+def _unshuffle_chunk(dst: np.ndarray, offset: int, chunk: np.ndarray, itemsize: int,
+                     base: np.ndarray | None) -> None:
+    """One chunk of a leaf into ``dst`` (XORed with ``base`` for a delta)."""
+    end = offset + chunk.nbytes
+    _compress.unshuffle_into(dst[offset:end], chunk, itemsize, xor_with=None if base is None else base[offset:end])
+
+
 def _array_step(rec: LeafRecord, before: dict[str, Leaf], payloads: list[_Payload]) -> _ArrayStep:
-    n = int(rec.meta["nbytes"])
+    n, itemsize = int(rec.meta["nbytes"]), int(rec.meta["itemsize"])
     if rec.op is Op.FULL:
-        return _ArrayStep(rec.path, rec.meta, rec.op, chunks=_chunks(rec.ref, payloads, n) if n else [])
+        return _ArrayStep(rec.path, rec.meta, rec.op,
+                          chunks=_chunks(rec.ref, payloads, n, itemsize) if n else [])
     old = _previous(before, rec.path, ARRAY).data
     if old.nbytes != n:
         raise CorruptCheckpoint(f"leaf {rec.path!r} decoded to the wrong size")
     if rec.op is Op.SAME:
         return _ArrayStep(rec.path, rec.meta, rec.op, old)
     if rec.op is Op.XOR:
-        return _ArrayStep(rec.path, rec.meta, rec.op, old, _chunks(rec.ref, payloads, n))
+        return _ArrayStep(rec.path, rec.meta, rec.op, old, _chunks(rec.ref, payloads, n, itemsize))
     assert rec.extra is not None   # _format checked the record's fields
     rows = np.frombuffer(rec.extra, dtype="<i8")
     nrows = rec.meta["shape"][0]
     if rows.size and (rows[0] < 0 or rows[-1] >= nrows or np.any(rows[1:] <= rows[:-1])):
         raise CorruptCheckpoint(f"row indices of {rec.path!r} are out of range or out of order")
-    return _ArrayStep(rec.path, rec.meta, rec.op, old, _chunks(rec.ref, payloads, rows.size * (n // nrows)),
-                      rows)
+    chunks = _chunks(rec.ref, payloads, rows.size * (n // nrows), itemsize)
+    return _ArrayStep(rec.path, rec.meta, rec.op, old, chunks, rows)
 
 
 def _previous(before: dict[str, Leaf], path: str, kind: str) -> Leaf:

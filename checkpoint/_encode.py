@@ -37,7 +37,8 @@ def encode(previous: Snapshot | None, current: Snapshot, *, compression: str = "
     plans: list[Plan] = _pools.pmap(lambda leaf: _plan.plan_leaf(before.get(leaf.path), leaf, compression),
                                     current.leaves, threads)
     records, jobs = _place_payloads(plans)
-    parts: list[EncodedPart] = _pools.pmap(lambda job: _encode_chunk(*job, compression), jobs, threads)
+    parts: list[EncodedPart] = _pools.pmap(lambda job: _encode_chunk(job[0], job[1], job[2], compression),
+                                           jobs, threads)
     same_tree = previous is not None and previous.treedef == current.treedef
     index = Index(
         base=previous is None,

@@ -287,7 +287,8 @@ def _build(node: TreeDef, leaves: Mapping[str, object], path: str) -> object:
         names = getattr(cls, "_fields", None)
         if not issubclass(cls, tuple) or type(names) is not tuple or len(names) != len(node[2]):
             raise ValueError(f"{node[1]!r} is not a namedtuple of {len(node[2])} fields")
-        return cls(*(_build(c, leaves, join_path(path, n)) for n, c in zip(names, node[2])))
+        make: Any = cls   # a namedtuple class: its own constructor, not tuple's
+        return make(*(_build(c, leaves, join_path(path, n)) for n, c in zip(names, node[2])))
     if tag == "c":
         _, ref, names, children = node
         cls = resolve_class(ref)

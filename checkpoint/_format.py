@@ -138,20 +138,21 @@ def _check_opcodes(body: bytes) -> None:
     memo, end = 0, -1
     try:
         for opcode, arg, pos in pickletools.genops(body):
-            name = opcode.name
+            name, at = opcode.name, pos if pos is not None else end
+            number = arg if type(arg) is int else 0   # the argument of the memo and frame opcodes
             if name not in _ALLOWED:
-                raise CorruptCheckpoint(f"index pickle uses opcode {name} at byte {pos}")
+                raise CorruptCheckpoint(f"index pickle uses opcode {name} at byte {at}")
             if name == "MEMOIZE":
                 memo += 1
             elif name in _PUT:
-                if not 0 <= arg <= memo:
-                    raise CorruptCheckpoint(f"index pickle stores memo entry {arg} at byte {pos}")
-                memo = max(memo, arg + 1)
-            elif name in _GET and not 0 <= arg < memo:
-                raise CorruptCheckpoint(f"index pickle reads memo entry {arg} at byte {pos}")
-            elif name == "FRAME" and arg > len(body) - pos:
-                raise CorruptCheckpoint(f"index pickle frame at byte {pos} runs past the end")
-            end = pos if pos is not None else end
+                if not 0 <= number <= memo:
+                    raise CorruptCheckpoint(f"index pickle stores memo entry {number} at byte {at}")
+                memo = max(memo, number + 1)
+            elif name in _GET and not 0 <= number < memo:
+                raise CorruptCheckpoint(f"index pickle reads memo entry {number} at byte {at}")
+            elif name == "FRAME" and number > len(body) - at:
+                raise CorruptCheckpoint(f"index pickle frame at byte {at} runs past the end")
+            end = at
     except CorruptCheckpoint:
         raise
     except Exception as exc:   # genops: truncated arguments, unknown opcodes, lengths past the end
@@ -219,7 +220,7 @@ def _array_ok(rec: LeafRecord) -> bool:
     shape, itemsize, nbytes = meta.get("shape"), meta.get("itemsize"), meta.get("nbytes")
     if meta.get("fw") not in codecs.NAMES or type(shape) is not tuple or not all(_count(s) for s in shape):
         return False
-    if not _count(itemsize) or not _count(nbytes) or math.prod(shape) * itemsize != nbytes:
+    if not _count(itemsize) or not _count(nbytes) or math.prod(shape) * int(itemsize or 0) != nbytes:
         return False
     if rec.op is Op.SAME:
         return rec.ref is None and rec.extra is None
