@@ -257,6 +257,22 @@ def test_manager_config_refuses_zero_encode_threads():
     assert ManagerConfig(encode_threads=1).encode_threads == 1
 
 
+def test_plans_are_frozen_and_leave_their_leaves_untouched():
+    rng = np.random.default_rng(4)
+    old = capture({"emb": rng.standard_normal((128, 256)).astype(np.float32), "names": ["a", "b"]})
+    state = old.to_state()
+    state["emb"][[5]] += 1.0
+    state["names"].append("c")
+    cur = capture(state)
+    plans = [_plan.plan_leaf(old.leaf_map()[leaf.path], leaf, "auto") for leaf in cur.leaves]
+    assert [(p.record.path, p.record.op) for p in plans] == [("emb", _plan.Op.ROWS), ("names", _plan.Op.TAIL)]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plans[0].record.ref = b"x"  # type: ignore[misc]
+    placed = plans[0].record.with_ref((1, 1, plans[0].size))
+    assert (placed.ref, plans[0].record.ref) == ((1, 1, plans[0].size), None)
+    assert snapshots_equal(cur, capture(state)) is True
+
+
 def test_unknown_compression_is_a_value_error():
     with pytest.raises(ValueError):
         encode(None, capture({"a": 1}), compression="brotli")
