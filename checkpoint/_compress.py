@@ -93,7 +93,8 @@ def choose_codec(mode: str, data: Any, *, itemsize: int = 1, array: bool = True)
         raise ValueError(f"unknown compression {mode!r}; expected one of {MODES}")
     if mode != "auto":
         return mode
-    codec = "shuffle+zstd" if array and itemsize > 1 else "zstd"
+    # the shuffle records its element size in one byte: wider elements are not shuffled
+    codec = "shuffle+zstd" if array and 1 < itemsize <= 255 else "zstd"
     sample = _sample(data, itemsize)
     if sample.nbytes >= _SAMPLE_WINDOW:
         packed = _encode(codec, sample, itemsize, ARRAY_LEVEL if array else PICKLE_LEVEL)
