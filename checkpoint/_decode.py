@@ -74,11 +74,11 @@ def decode(parts: Sequence[Part], previous: Snapshot | None, *,
 
 def _unpack(part: Part) -> tuple[bytes, str, int | None]:
     if len(part) == 3:
-        data, codec, raw = part  # type: ignore[misc]
+        data, codec, raw = part
         if type(raw) is not int or raw < 0:
             raise CorruptCheckpoint(f"recorded raw size {raw!r} is not a size")
         return data, codec, raw
-    data, codec = part  # type: ignore[misc]
+    data, codec = part
     return data, codec, None
 
 
