@@ -9,17 +9,15 @@ between this thread and helper threads on the other cores).
 
 from __future__ import annotations
 
-import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from . import _memory, codecs
+from . import _memory, _pools, codecs
 from ._flatten import flatten
 from ._snapshot import ARRAY, Leaf, Snapshot
-from .codecs import generic
+from .codecs import ArrayCodec, generic
 from .errors import CaptureError, MemoryBudgetExceeded
 
 __all__ = ["BufferPool", "capture"]
@@ -120,9 +118,9 @@ class BufferPool:
     def release(self, snapshot: Snapshot) -> None:
         """Give the snapshot's buffers back once no longer needed."""
         with self._lock:
-            if getattr(snapshot, "_pool", None) is not self:
+            if snapshot.owner is not self:
                 return  # not ours, or already released
-            snapshot._pool = None  # type: ignore[attr-defined]
+            snapshot.owner = None
             for leaf in snapshot.leaves:
                 if leaf.kind == ARRAY:
                     self._drop(leaf.data)
@@ -167,9 +165,7 @@ def capture(
     _check_budget(raw, max_bytes)
     copied = _copy_arrays(flat, arrays, previous, pool)
     leaves = tuple(copied[p] if p in copied else generics[p] for p in flat)
-    snapshot = Snapshot(raw_nbytes=raw, treedef=treedef, leaves=leaves)
-    snapshot._pool = pool  # type: ignore[attr-defined]
-    return snapshot
+    return Snapshot(raw_nbytes=raw, treedef=treedef, leaves=leaves, owner=pool)
 
 
 def _check_budget(nbytes: int, max_bytes: int | None) -> None:
@@ -177,8 +173,12 @@ def _check_budget(nbytes: int, max_bytes: int | None) -> None:
         raise MemoryBudgetExceeded(f"state needs {nbytes} bytes, budget is {max_bytes}")
 
 
-def _describe_arrays(flat: dict[str, object]) -> tuple[dict[str, tuple[Any, dict[str, Any]]], int]:
-    arrays: dict[str, tuple[Any, dict[str, Any]]] = {}
+_Arrays = dict[str, tuple[ArrayCodec, dict[str, Any]]]
+_Copy = tuple[str, ArrayCodec, object, Any, bool]   # path, codec, leaf, target buffer, pinned
+
+
+def _describe_arrays(flat: dict[str, object]) -> tuple[_Arrays, int]:
+    arrays: _Arrays = {}
     total = 0
     for path, obj in flat.items():
         codec = codecs.find_array_codec(obj)
@@ -207,7 +207,7 @@ def _pickle_generics(flat: dict[str, object], arrays: dict[str, Any]) -> dict[st
 
 def _copy_arrays(
     flat: dict[str, object],
-    arrays: dict[str, tuple[Any, dict[str, Any]]],
+    arrays: _Arrays,
     previous: Snapshot | None,
     pool: BufferPool,
 ) -> dict[str, Leaf]:
@@ -215,16 +215,15 @@ def _copy_arrays(
     out: dict[str, Leaf] = {}
     taken: list[np.ndarray] = []
     idle: list[tuple[Any, ...]] = []   # pool keys of unchanged leaves: no spare buffer needed
-    copies: list[tuple[str, Any, object, Any, bool]] = []
+    copies: list[_Copy] = []
     try:
         for path, (codec, meta) in arrays.items():
             obj = flat[path]
-            token = codec.version_token(obj) if hasattr(codec, "version_token") else None
+            token = codec.version_token(obj)
             old = before.get(path)
-            pinned = bool(getattr(codec, "needs_pinned", lambda _o: False)(obj))
+            pinned = codec.needs_pinned(obj)
             key = (path, meta["nbytes"], pinned)
-            if _reusable(old, meta) and codec.unchanged(obj, old.token):  # type: ignore[union-attr]
-                assert old is not None
+            if old is not None and _reusable(old, meta) and codec.unchanged(obj, old.token):
                 pool.retain(old.data)
                 idle.append(key)
                 taken.append(old.data)
@@ -235,8 +234,8 @@ def _copy_arrays(
             copies.append((path, codec, obj, buf.holder if buf.holder is not None else buf.array, pinned))
             out[path] = Leaf(path, ARRAY, meta, buf.array, token=token)
         _run_copies(copies, sum(int(arrays[c[0]][1]["nbytes"]) for c in copies))
-        if any(c[4] for c in copies):
-            codecs.codec_for("torch").synchronize()
+        for codec in {id(c[1]): c[1] for c in copies if c[4]}.values():
+            codec.synchronize()
     except BaseException:
         pool._abandon(taken)
         raise
@@ -244,7 +243,7 @@ def _copy_arrays(
     return out
 
 
-def _copy_one(job: tuple[str, Any, object, Any, bool]) -> None:
+def _copy_one(job: _Copy) -> None:
     path, codec, obj, target, pinned = job
     try:
         codec.copy_into(obj, target, non_blocking=pinned)
@@ -252,7 +251,7 @@ def _copy_one(job: tuple[str, Any, object, Any, bool]) -> None:
         raise _fail(path, exc) from exc
 
 
-def _run_copies(jobs: list[tuple[str, Any, object, Any, bool]], nbytes: int) -> None:
+def _run_copies(jobs: list[_Copy], nbytes: int) -> None:
     """Copy the leaves, helped by other cores when there is enough to copy.
 
     Each copy is one single-threaded memcpy; the calling thread and the helpers
@@ -264,7 +263,7 @@ def _run_copies(jobs: list[tuple[str, Any, object, Any, bool]], nbytes: int) -> 
         if job[4]:
             _copy_one(job)
     jobs = [job for job in jobs if not job[4]]
-    helpers = _helpers()
+    helpers = _pools.copy_helpers()
     if helpers is None or nbytes < _SHARE_FROM or len(jobs) < 2:
         for job in jobs:
             _copy_one(job)
@@ -280,7 +279,7 @@ def _run_copies(jobs: list[tuple[str, Any, object, Any, bool]], nbytes: int) -> 
                 return
             _copy_one(job)
 
-    futures = [helpers.submit(drain) for _ in range(helpers._max_workers)]  # type: ignore[attr-defined]
+    futures = [helpers.submit(drain) for _ in range(_pools.width(helpers))]
     try:
         drain()
     finally:
@@ -291,21 +290,8 @@ def _run_copies(jobs: list[tuple[str, Any, object, Any, bool]], nbytes: int) -> 
 
 
 _SHARE_FROM = 16 * 1024 * 1024
-_copy_helpers: ThreadPoolExecutor | None = None
-_helpers_lock = threading.Lock()
 
 
-def _helpers() -> ThreadPoolExecutor | None:
-    global _copy_helpers
-    extra = min(3, (os.cpu_count() or 1) - 1)
-    if extra < 1:
-        return None
-    with _helpers_lock:
-        if _copy_helpers is None:
-            _copy_helpers = ThreadPoolExecutor(max_workers=extra, thread_name_prefix="ckpt-capture")
-        return _copy_helpers
-
-
-def _reusable(old: Leaf | None, meta: dict[str, Any]) -> bool:
-    return old is not None and old.kind == ARRAY and old.token is not None and old.meta == meta
+def _reusable(old: Leaf, meta: dict[str, Any]) -> bool:
+    return old.kind == ARRAY and old.token is not None and old.meta == meta
 

@@ -4,7 +4,9 @@ Codec strings (recorded in the manifest): ``none``, ``zstd``, ``gzip`` and
 ``shuffle+zstd``. A ``shuffle+zstd`` blob starts with one byte, the element size,
 followed by a zstd frame of the shuffled bytes (byte k of every element grouped
 together, so slowly-varying high bytes compress well). zstd frames carry a
-checksum. Every decoding failure is raised as ``CorruptCheckpoint``.
+checksum. Every decoding failure is raised as ``CorruptCheckpoint``, and given
+the expected size decompression never writes past it (zstd: the size the frame
+header declares must be that size; gzip: output is cut one byte past it).
 """
 
 from __future__ import annotations
@@ -91,7 +93,8 @@ def choose_codec(mode: str, data: Any, *, itemsize: int = 1, array: bool = True)
         raise ValueError(f"unknown compression {mode!r}; expected one of {MODES}")
     if mode != "auto":
         return mode
-    codec = "shuffle+zstd" if array and itemsize > 1 else "zstd"
+    # the shuffle records its element size in one byte: wider elements are not shuffled
+    codec = "shuffle+zstd" if array and 1 < itemsize <= 255 else "zstd"
     sample = _sample(data, itemsize)
     if sample.nbytes >= _SAMPLE_WINDOW:
         packed = _encode(codec, sample, itemsize, ARRAY_LEVEL if array else PICKLE_LEVEL)
@@ -122,7 +125,16 @@ def compress(data: Any, mode: str, *, itemsize: int = 1, array: bool = True) -> 
     return _encode(codec, data, itemsize, ARRAY_LEVEL if array else PICKLE_LEVEL), codec
 
 
-def _unzstd(data: Any, raw_size: int | None) -> bytes:
+def _unzstd(data: Any, raw_size: int | None, bound: int | None) -> bytes:
+    if bound is not None:
+        # The frame header declares the content size and zstd refuses to write
+        # past it: checking it first bounds the output before any is made.
+        declared = zstandard.get_frame_parameters(data).content_size
+        if declared == zstandard.CONTENTSIZE_UNKNOWN:
+            raise CorruptCheckpoint("zstd frame does not record its size")
+        if declared > bound or (raw_size is not None and declared != raw_size):
+            raise CorruptCheckpoint(f"zstd frame holds {declared} bytes, expected "
+                                    f"{raw_size if raw_size is not None else f'at most {bound}'}")
     dobj = zstandard.ZstdDecompressor().decompressobj()
     out = dobj.decompress(data)
     if not dobj.eof:
@@ -132,22 +144,41 @@ def _unzstd(data: Any, raw_size: int | None) -> bytes:
     return out
 
 
-def _decompress(data: Any, codec: str, raw_size: int | None) -> tuple[Any, int]:
-    """(decompressed bytes, element size of the shuffle or 1), checked against ``raw_size``."""
-    itemsize = 1
+def _ungzip(data: Any, bound: int | None) -> bytes:
+    if bound is None:
+        return gzip.decompress(data)
+    stream = zlib.decompressobj(wbits=31)   # one gzip member, header and trailer checked
+    out = stream.decompress(data, bound + 1)
+    if len(out) > bound:
+        raise CorruptCheckpoint(f"gzip blob holds more than {bound} bytes")
+    if not stream.eof:
+        raise CorruptCheckpoint("truncated gzip stream")
+    if stream.unused_data:
+        raise CorruptCheckpoint("trailing bytes after gzip stream")
+    return out
+
+
+def _decompress(data: Any, codec: str, raw_size: int | None, limit: int | None) -> tuple[Any, int]:
+    """(decompressed bytes, element size of the shuffle or 1), checked against ``raw_size``.
+
+    Never makes more than ``raw_size`` (else ``limit``) bytes of output.
+    """
+    itemsize, bound = 1, raw_size if raw_size is not None else limit
     try:
         if codec == "none":
             out: Any = data
         elif codec == "zstd":
-            out = _unzstd(data, raw_size)
+            out = _unzstd(data, raw_size, bound)
         elif codec == "gzip":
-            out = gzip.decompress(data)
+            out = _ungzip(data, bound)
         elif codec == "shuffle+zstd":
             view = memoryview(data)
             if view.nbytes < 1:
                 raise CorruptCheckpoint("empty shuffle+zstd blob")
-            itemsize = max(view[0], 1)
-            out = _unzstd(view[1:], raw_size)
+            itemsize = view[0]
+            if itemsize < 2:   # compress shuffles only multi-byte elements
+                raise CorruptCheckpoint(f"shuffle+zstd blob with an element size of {itemsize}")
+            out = _unzstd(view[1:], raw_size, bound)
             if len(out) % itemsize:
                 raise CorruptCheckpoint(f"shuffled blob of {len(out)} bytes is not a multiple of {itemsize}")
         else:
@@ -156,25 +187,34 @@ def _decompress(data: Any, codec: str, raw_size: int | None) -> tuple[Any, int]:
         raise
     except (zstandard.ZstdError, OSError, EOFError, zlib.error, ValueError) as exc:
         raise CorruptCheckpoint(f"cannot decompress {codec} blob: {exc}") from exc
-    if raw_size is not None and memoryview(out).nbytes != raw_size:
-        raise CorruptCheckpoint(f"{codec} blob decoded to {memoryview(out).nbytes} bytes, expected {raw_size}")
+    size = memoryview(out).nbytes
+    if raw_size is not None and size != raw_size:
+        raise CorruptCheckpoint(f"{codec} blob decoded to {size} bytes, expected {raw_size}")
+    if limit is not None and size > limit:
+        raise CorruptCheckpoint(f"{codec} blob of {size} bytes is larger than {limit}")
     return out, itemsize
 
 
-def decompress(data: Any, codec: str, *, raw_size: int | None = None) -> Any:
-    """Inverse of ``compress``; checks ``raw_size`` when given."""
-    out, itemsize = _decompress(data, codec, raw_size)
+def decompress(data: Any, codec: str, *, raw_size: int | None = None, limit: int | None = None) -> Any:
+    """Inverse of ``compress``.
+
+    With ``raw_size`` the result must have exactly that size, otherwise at most
+    ``limit`` bytes (when given); decompression stops there, so a small blob
+    that would inflate to gigabytes costs nothing.
+    """
+    out, itemsize = _decompress(data, codec, raw_size, limit)
     return unshuffle(out, itemsize) if codec == "shuffle+zstd" else out
 
 
-def decompress_planes(data: Any, codec: str, *, raw_size: int | None = None) -> tuple[np.ndarray, int]:
+def decompress_planes(data: Any, codec: str, *, raw_size: int | None = None,
+                      limit: int | None = None) -> tuple[np.ndarray, int]:
     """Like ``decompress``, but a shuffled blob stays shuffled.
 
     Returns a flat ``uint8`` array (no copy of the decompressed bytes) and the
     element size to unshuffle it with (1: not shuffled), so that the caller can
     unshuffle straight into its destination (``unshuffle_into``).
     """
-    out, itemsize = _decompress(data, codec, raw_size)
+    out, itemsize = _decompress(data, codec, raw_size, limit)
     return np.frombuffer(out, dtype=np.uint8), itemsize
 
 

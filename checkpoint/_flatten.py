@@ -20,18 +20,23 @@ so it can be stored and read back without trusting a pickle. Node forms::
     ("l", children) / ("t", children) list / tuple
     ("n", "module:qualname", children)            namedtuple
     ("c", "module:qualname", names, children)     dataclass instance
+
+Reading a stored tree definition never imports anything: ``resolve_class``
+finds a namedtuple or dataclass only in a module the process has already
+imported (``sys.modules``), and ``inflate`` accepts it only if it is a
+namedtuple (``n``) or a dataclass with those fields (``c``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["MAX_PLAIN_DICT", "TreeDef", "flatten", "inflate", "join_path", "resolve_class"]
+__all__ = ["MAX_PLAIN_DICT", "TreeDef", "flatten", "inflate", "join_path", "leaf_count", "resolve_class"]
 
 TreeDef = Any
 MAX_PLAIN_DICT = 64
@@ -77,13 +82,22 @@ def _class_ref(cls: type) -> str | None:
 
 @lru_cache(maxsize=1024)
 def resolve_class(ref: str) -> type:
-    """Import the class named ``module:qualname``."""
+    """The class named ``module:qualname``, from a module that is already imported.
+
+    Never imports: a stored reference must not make the process load code.
+
+    Raises:
+        ValueError: the module is not imported, or the name is not a class in it.
+    """
     module, _, qualname = ref.partition(":")
     if not qualname or "<" in qualname:
-        raise ValueError(f"class reference {ref!r} cannot be imported")
-    obj: Any = importlib.import_module(module)
+        raise ValueError(f"class reference {ref!r} cannot be resolved")
+    obj: Any = sys.modules.get(module)
+    if obj is None:
+        raise ValueError(f"class reference {ref!r}: module {module!r} is not imported")
     for name in qualname.split("."):
-        obj = getattr(obj, name)
+        # the namespace itself, not getattr: a module's __getattr__ may import
+        obj = vars(obj).get(name) if hasattr(obj, "__dict__") else None
     if not isinstance(obj, type):
         raise ValueError(f"{ref!r} is not a class")
     return obj
@@ -216,8 +230,45 @@ def flatten(
 
 
 def inflate(treedef: TreeDef, leaves: Mapping[str, object]) -> object:
-    """Rebuild the structure described by ``treedef`` with the given leaves."""
+    """Rebuild the structure described by ``treedef`` with the given leaves.
+
+    Raises:
+        ValueError: a class the tree names cannot be resolved or is not of its node's form.
+        KeyError: a leaf the tree names is missing.
+    """
     return _build(treedef, leaves, "")
+
+
+def leaf_count(treedef: TreeDef) -> int:
+    """How many leaves a tree definition has; checks every node's form (no imports).
+
+    (Paths below a namedtuple node use its class's field names, which only the
+    class knows: ``inflate`` finds a missing path.)
+
+    Raises:
+        ValueError: ``treedef`` is not a tree definition ``flatten`` could have made.
+    """
+    if treedef is None:
+        return 1
+    where = "a tree node"
+    if type(treedef) is not tuple or not treedef or treedef[0] not in _NODE_SIZES:
+        raise ValueError(f"malformed {where}")
+    tag, children = treedef[0], treedef[-1]
+    if len(treedef) != _NODE_SIZES[tag] or type(children) is not tuple:
+        raise ValueError(f"malformed {tag!r} node")
+    if tag in ("d", "o", "c") and not _keys_ok(treedef[-2], len(children)):
+        raise ValueError(f"malformed keys of a {tag!r} node")
+    if tag in ("n", "c") and type(treedef[1]) is not str:
+        raise ValueError(f"malformed class reference of a {tag!r} node")
+    return sum(leaf_count(child) for child in children)
+
+
+_NODE_SIZES = {"d": 3, "o": 3, "l": 2, "t": 2, "n": 3, "c": 4}
+
+
+def _keys_ok(keys: object, count: int) -> bool:
+    return type(keys) is tuple and len(keys) == count and len(set(keys)) == count \
+        and all(_plain_key(k) for k in keys)
 
 
 def _build(node: TreeDef, leaves: Mapping[str, object], path: str) -> object:
@@ -233,11 +284,17 @@ def _build(node: TreeDef, leaves: Mapping[str, object], path: str) -> object:
         return values if tag == "l" else tuple(values)
     if tag == "n":
         cls = resolve_class(node[1])
-        names = cls._fields  # type: ignore[attr-defined]
-        return cls(*(_build(c, leaves, join_path(path, n)) for n, c in zip(names, node[2])))
+        names = getattr(cls, "_fields", None)
+        if not issubclass(cls, tuple) or type(names) is not tuple or len(names) != len(node[2]):
+            raise ValueError(f"{node[1]!r} is not a namedtuple of {len(node[2])} fields")
+        make: Any = cls   # a namedtuple class: its own constructor, not tuple's
+        return make(*(_build(c, leaves, join_path(path, n)) for n, c in zip(names, node[2])))
     if tag == "c":
         _, ref, names, children = node
         cls = resolve_class(ref)
+        if not dataclasses.is_dataclass(cls) or \
+                not set(names) <= {f.name for f in dataclasses.fields(cls)}:
+            raise ValueError(f"{ref!r} is not a dataclass with fields {names!r}")
         obj = cls.__new__(cls)
         for name, child in zip(names, children):
             object.__setattr__(obj, name, _build(child, leaves, join_path(path, name)))

@@ -159,8 +159,8 @@ class CheckpointManager:
                 # previous one's buffers in place instead of copying the state.
                 previous = reuse_buffers(snapshot) if snapshot is not None else None
                 against = _link_ref(applied[-1]) if applied else None
-                snapshot = decode([(data, codec) for data, codec, _ in parts], previous,
-                                  against=against)
+                # triples: the catalog's raw sizes bound every decompression
+                snapshot = decode(parts, previous, against=against)
             except CorruptCheckpoint as exc:
                 log.warning("CheckpointManager: task %r seq %d failed to decode (%s); restoring "
                             "the last consistent checkpoint before it", task_id, link.seq, exc)

@@ -8,14 +8,15 @@ share buffers between snapshots.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from ._flatten import TreeDef, inflate
 from .codecs import codec_for, generic
+from .errors import CorruptCheckpoint
 
-__all__ = ["ARRAY", "Leaf", "Snapshot"]
+__all__ = ["ARRAY", "BufferOwner", "Leaf", "Snapshot", "snapshots_equal"]
 
 ARRAY = "array"
 
@@ -66,6 +67,12 @@ def bytes_equal(a: np.ndarray, b: np.ndarray, block: int = 1024 * 1024) -> bool:
     return all(a[i:i + block].tobytes() == b[i:i + block].tobytes() for i in range(0, a.nbytes, block))
 
 
+class BufferOwner(Protocol):
+    """Where a snapshot's array buffers came from (capture's ``BufferPool``)."""
+
+    def release(self, snapshot: Snapshot) -> None: ...
+
+
 @dataclass
 class Snapshot:
     """A consistent copy of a state, ready to be encoded.
@@ -73,11 +80,19 @@ class Snapshot:
     ``to_state()`` rebuilds the structure and types; torch modules, optimizers
     and Keras models come back as the ``state_dict()`` / weight list they were
     captured through, to be loaded with ``load_state_dict`` / ``set_weights``.
+
+    Buffer ownership is declared, not implied: ``owner`` is the pool that lent
+    the array buffers (set by ``capture``; ``owner.release`` gives them back and
+    clears it), None for a decoded snapshot, which owns its buffers. ``reuse``
+    is set by ``reuse_buffers``: the next decode against this snapshot may
+    update its buffers in place (cleared by that decode).
     """
 
     raw_nbytes: int
     treedef: TreeDef = None
     leaves: tuple[Leaf, ...] = ()
+    owner: BufferOwner | None = field(default=None, repr=False, compare=False)
+    reuse: bool = field(default=False, repr=False, compare=False)
     _by_path: dict[str, Leaf] | None = field(default=None, init=False, repr=False, compare=False)
 
     def leaf_map(self) -> dict[str, Leaf]:
@@ -86,5 +101,30 @@ class Snapshot:
         return self._by_path
 
     def to_state(self) -> object:
-        """Rebuild the original structure; array values are fresh copies."""
-        return inflate(self.treedef, {leaf.path: leaf.restore() for leaf in self.leaves})
+        """Rebuild the original structure; array values are fresh copies.
+
+        Raises:
+            CorruptCheckpoint: a leaf or the tree definition cannot be rebuilt
+                (e.g. it names a class whose module is not imported).
+        """
+        try:
+            return inflate(self.treedef, {leaf.path: _restore(leaf) for leaf in self.leaves})
+        except CorruptCheckpoint:
+            raise
+        except Exception as exc:   # stored data that does not rebuild is a corrupt checkpoint
+            raise CorruptCheckpoint(f"cannot rebuild the state: {type(exc).__name__}: {exc}") from exc
+
+
+def _restore(leaf: Leaf) -> object:
+    try:
+        return leaf.restore()
+    except Exception as exc:
+        raise CorruptCheckpoint(f"cannot rebuild state leaf {leaf.path or '<root>'!r}: "
+                                f"{type(exc).__name__}: {exc}") from exc
+
+
+def snapshots_equal(a: Snapshot, b: Snapshot) -> bool:
+    """Bit-exact comparison: tree, leaf paths, kinds, metadata and bytes."""
+    if a.raw_nbytes != b.raw_nbytes or a.treedef != b.treedef or len(a.leaves) != len(b.leaves):
+        return False
+    return all(x.same_content(y) for x, y in zip(a.leaves, b.leaves))

@@ -8,7 +8,13 @@ recognising a leaf never pays for an import.
 An array codec works on raw bytes: ``describe`` gives plain metadata (``fw``,
 ``dtype``, ``shape``, ``itemsize``, ``nbytes`` plus codec extras), ``copy_into``
 copies the leaf into a flat ``uint8`` host buffer in C order, and ``restore``
-rebuilds an equal object from metadata and bytes.
+rebuilds an equal object from metadata and bytes. Every codec implements the
+whole ``ArrayCodec`` protocol (capture never probes for optional methods):
+frameworks without change tracking or device memory answer ``None`` /
+``False`` and need no pinned buffers.
+
+The registry is explicit (``NAMES``): stored metadata selects one of these
+codecs by name and can never make the process import anything else.
 """
 
 from __future__ import annotations
@@ -21,32 +27,67 @@ import numpy as np
 
 from . import generic, numpy_codec
 
-__all__ = ["ArrayCodec", "codec_for", "convert", "find_array_codec", "generic", "is_array"]
+__all__ = ["NAMES", "ArrayCodec", "codec_for", "convert", "find_array_codec", "generic", "is_array"]
 
 
 class ArrayCodec(Protocol):
+    """What capture and restore need of a framework; each codec module implements it all."""
+
     name: str
 
-    def matches(self, obj: object) -> bool: ...
-    def describe(self, obj: Any) -> dict[str, Any]: ...
-    def copy_into(self, obj: Any, out: Any, *, non_blocking: bool = False) -> None: ...
-    def restore(self, meta: dict[str, Any], data: np.ndarray) -> object: ...
+    def matches(self, obj: object) -> bool:
+        """True when ``obj`` is an array leaf of this framework."""
+        ...
+
+    def describe(self, obj: Any) -> dict[str, Any]:
+        """Plain metadata: ``fw``, ``dtype``, ``shape``, ``itemsize``, ``nbytes`` and extras."""
+        ...
+
+    def copy_into(self, obj: Any, out: Any, *, non_blocking: bool = False) -> None:
+        """Copy the leaf's bytes (C order) into ``out``, a host buffer of ``nbytes``."""
+        ...
+
+    def restore(self, meta: dict[str, Any], data: np.ndarray) -> object:
+        """An object equal to the captured one, from its metadata and bytes."""
+        ...
+
+    def version_token(self, obj: Any) -> Any:
+        """What identifies the leaf's current contents, or None when not tracked."""
+        ...
+
+    def unchanged(self, obj: Any, token: Any) -> bool:
+        """True only when ``obj`` certainly still holds what ``token`` was taken of."""
+        ...
+
+    def needs_pinned(self, obj: Any) -> bool:
+        """True when ``obj`` lives in device memory and copies into pinned host memory."""
+        ...
+
+    def pinned_buffer(self, nbytes: int) -> tuple[Any, np.ndarray]:
+        """A host buffer for device copies: (the object owning it, a flat uint8 view)."""
+        ...
+
+    def synchronize(self) -> None:
+        """Wait for the asynchronous copies issued with ``non_blocking``."""
+        ...
 
 
 _MODULES = {"numpy": "numpy_codec", "torch": "torch_codec", "tf": "tf_codec"}
+NAMES = tuple(_MODULES)
 
 
-def codec_for(name: str) -> Any:
+def codec_for(name: str) -> ArrayCodec:
     """The codec module registered under ``name`` (imports its framework)."""
     try:
         module = _MODULES[name]
     except KeyError:
         raise ValueError(f"unknown array codec {name!r}") from None
-    return importlib.import_module(f"{__name__}.{module}")
+    codec: ArrayCodec = importlib.import_module(f"{__name__}.{module}")  # type: ignore[assignment]
+    return codec
 
 
-def _loaded_codecs() -> list[Any]:
-    found: list[Any] = [numpy_codec]
+def _loaded_codecs() -> list[ArrayCodec]:
+    found: list[ArrayCodec] = [numpy_codec]
     if "torch" in sys.modules:
         found.append(codec_for("torch"))
     if "tensorflow" in sys.modules:
@@ -60,7 +101,7 @@ _NEVER_ARRAY = frozenset({dict, list, tuple, str, bytes, int, float, bool, compl
                           set, frozenset})
 
 
-def find_array_codec(obj: object) -> Any | None:
+def find_array_codec(obj: object) -> ArrayCodec | None:
     """The codec that stores ``obj`` as raw bytes, or None for a generic leaf."""
     if type(obj) in _NEVER_ARRAY:
         return None

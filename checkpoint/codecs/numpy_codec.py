@@ -7,7 +7,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["copy_into", "describe", "dtype_from_token", "dtype_token", "matches", "name", "restore"]
+from .. import _memory
+
+__all__ = [
+    "copy_into", "describe", "dtype_from_token", "dtype_token", "matches", "name",
+    "needs_pinned", "pinned_buffer", "restore", "synchronize", "unchanged", "version_token",
+]
 
 name = "numpy"
 
@@ -49,7 +54,31 @@ def copy_into(obj: np.ndarray, out: Any, *, non_blocking: bool = False) -> None:
 def restore(meta: dict[str, Any], data: np.ndarray) -> np.ndarray:
     dtype = dtype_from_token(meta["dtype"])
     shape = tuple(meta["shape"])
+    if dtype.hasobject or dtype.itemsize != meta["itemsize"]:
+        raise ValueError(f"dtype {dtype} does not match the recorded item size {meta['itemsize']}")
     if meta["nbytes"] == 0:
         return np.empty(shape, dtype)
     count = math.prod(shape)
     return np.frombuffer(data, dtype=dtype, count=count).reshape(shape).copy()
+
+
+def version_token(obj: Any) -> None:
+    """numpy arrays carry no change counter: unchanged leaves are found by comparing bytes."""
+    return None
+
+
+def unchanged(obj: Any, token: Any) -> bool:
+    return False
+
+
+def needs_pinned(obj: Any) -> bool:
+    return False
+
+
+def pinned_buffer(nbytes: int) -> tuple[None, np.ndarray]:
+    """Host memory needs no pinning here: a plain buffer, owned by its array."""
+    return None, _memory.empty(nbytes)
+
+
+def synchronize() -> None:
+    """Copies are synchronous: nothing to wait for."""

@@ -13,7 +13,12 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["copy_into", "describe", "matches", "name", "restore"]
+from .. import _memory
+
+__all__ = [
+    "copy_into", "describe", "matches", "name", "needs_pinned", "pinned_buffer",
+    "restore", "synchronize", "unchanged", "version_token",
+]
 
 name = "tf"
 
@@ -51,6 +56,8 @@ def copy_into(obj: Any, out: np.ndarray, *, non_blocking: bool = False) -> None:
 
 def restore(meta: dict[str, Any], data: np.ndarray) -> Any:
     dtype = tf.as_dtype(meta["dtype"])
+    if dtype.size != meta["itemsize"]:
+        raise ValueError(f"dtype {dtype.name} does not match the recorded item size {meta['itemsize']}")
     shape = tuple(meta["shape"])
     np_dtype = np.dtype(dtype.as_numpy_dtype)
     if meta["nbytes"]:
@@ -60,3 +67,25 @@ def restore(meta: dict[str, Any], data: np.ndarray) -> Any:
     if meta.get("var"):
         return tf.Variable(value, dtype=dtype, trainable=meta["trainable"], name=meta["name"])
     return tf.constant(value, dtype=dtype)
+
+
+def version_token(obj: Any) -> None:
+    """TensorFlow arrays carry no change counter: unchanged leaves are found by comparing bytes."""
+    return None
+
+
+def unchanged(obj: Any, token: Any) -> bool:
+    return False
+
+
+def needs_pinned(obj: Any) -> bool:
+    return False
+
+
+def pinned_buffer(nbytes: int) -> tuple[None, np.ndarray]:
+    """Host memory needs no pinning here: a plain buffer, owned by its array."""
+    return None, _memory.empty(nbytes)
+
+
+def synchronize() -> None:
+    """Copies are synchronous: nothing to wait for."""

@@ -117,7 +117,9 @@ def _device_available(device: str) -> bool:
 
 
 def restore(meta: dict[str, Any], data: np.ndarray) -> torch.Tensor:
-    dtype = getattr(torch, meta["dtype"])
+    dtype = vars(torch).get(meta["dtype"])
+    if not isinstance(dtype, torch.dtype) or dtype.itemsize != meta["itemsize"]:
+        raise ValueError(f"{meta['dtype']!r} is not a torch dtype of {meta['itemsize']} bytes")
     t = torch.empty(tuple(meta["shape"]), dtype=dtype)
     if meta["nbytes"]:
         t.reshape(-1).view(torch.uint8).numpy()[:] = np.frombuffer(data, np.uint8, count=meta["nbytes"])

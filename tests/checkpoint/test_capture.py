@@ -95,6 +95,31 @@ def test_pool_reuses_buffers_after_release():
     assert third.leaves[0].data is not buffer
 
 
+def test_a_captured_snapshot_names_the_pool_that_owns_its_buffers():
+    pool, other = BufferPool(), BufferPool()
+    snap = capture({"w": np.ones(1000)}, pool=pool)
+    assert snap.owner is pool
+    other.release(snap)               # not its pool: nothing happens
+    assert snap.owner is pool
+    pool.release(snap)
+    assert snap.owner is None
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch", "tf"])
+def test_every_codec_implements_the_whole_array_codec_protocol(framework):
+    import inspect
+
+    from checkpoint import codecs
+
+    if framework != "numpy":
+        pytest.importorskip("torch" if framework == "torch" else "tensorflow")
+    members = {name for name, _ in inspect.getmembers(codecs.ArrayCodec) if not name.startswith("_")}
+    members |= set(codecs.ArrayCodec.__annotations__)
+    assert {"version_token", "unchanged", "needs_pinned", "pinned_buffer", "synchronize"} <= members
+    codec = codecs.codec_for(framework)
+    assert sorted(m for m in members if not hasattr(codec, m)) == []
+
+
 def test_pool_keeps_shared_buffers_until_every_holder_is_released():
     torch = pytest.importorskip("torch")
     pool = BufferPool()

@@ -115,3 +115,10 @@ def test_decompress_planes_leaves_the_shuffle_to_the_caller(mode):
     assert out.tobytes() == raw.tobytes()
     with pytest.raises(CorruptCheckpoint):
         decompress_planes(blob[:-3], codec, raw_size=raw.nbytes)
+
+
+def test_elements_wider_than_255_bytes_are_compressed_unshuffled():
+    rows = np.array([bytes(range(256)) + b"x" * 44] * 2000, dtype="S300")
+    packed, codec = compress(rows.view(np.uint8), "auto", itemsize=300)
+    assert codec == "zstd"
+    assert bytes(decompress(packed, codec, raw_size=rows.nbytes)) == rows.tobytes()

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from checkpoint import _delta
+from checkpoint import _compress, _delta, _encode, _format, _plan, _pools
 from checkpoint._capture import BufferPool, capture
 from checkpoint._delta import COMPRESSIONS, decode, encode, snapshots_equal
 from checkpoint.errors import CorruptCheckpoint
@@ -38,9 +38,9 @@ def _size(parts) -> int:
 @pytest.fixture
 def small_parts(monkeypatch):
     """Route small arrays through the part / chunk / sampling paths."""
-    monkeypatch.setattr(_delta, "PART_FROM", 256)
-    monkeypatch.setattr(_delta, "CHUNK", 1024)
-    monkeypatch.setattr(_delta, "SMALL_ARRAY", 64)
+    monkeypatch.setattr(_plan, "PART_FROM", 256)
+    monkeypatch.setattr(_plan, "CHUNK", 1024)
+    monkeypatch.setattr(_plan, "SMALL_ARRAY", 64)
 
 
 DTYPES = ["bool", "int8", "uint16", "int32", "int64", "float16", "float32", "float64",
@@ -218,9 +218,9 @@ def test_encode_threads_bound_the_parallelism_not_the_bytes(small_parts, monkeyp
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    monkeypatch.setattr(_delta, "_executor", ThreadPoolExecutor(4))
+    monkeypatch.setattr(_pools, "_executor", ThreadPoolExecutor(4))
     running, peak, lock = [0], [0], threading.Lock()
-    real = _delta._encode_chunk
+    real = _encode._encode_chunk
 
     def chunk(*args):
         with lock:
@@ -233,7 +233,7 @@ def test_encode_threads_bound_the_parallelism_not_the_bytes(small_parts, monkeyp
             with lock:
                 running[0] -= 1
 
-    monkeypatch.setattr(_delta, "_encode_chunk", chunk)
+    monkeypatch.setattr(_encode, "_encode_chunk", chunk)
     rng = np.random.default_rng(3)
     old = capture({"a": rng.standard_normal(3000), "b": rng.standard_normal(2000)})
     new = capture({"a": old.to_state()["a"] * 1.001, "b": rng.standard_normal(2000)})
@@ -255,6 +255,22 @@ def test_manager_config_refuses_zero_encode_threads():
     with pytest.raises(ValueError, match="encode_threads"):
         ManagerConfig(encode_threads=0)
     assert ManagerConfig(encode_threads=1).encode_threads == 1
+
+
+def test_plans_are_frozen_and_leave_their_leaves_untouched():
+    rng = np.random.default_rng(4)
+    old = capture({"emb": rng.standard_normal((128, 256)).astype(np.float32), "names": ["a", "b"]})
+    state = old.to_state()
+    state["emb"][[5]] += 1.0
+    state["names"].append("c")
+    cur = capture(state)
+    plans = [_plan.plan_leaf(old.leaf_map()[leaf.path], leaf, "auto") for leaf in cur.leaves]
+    assert [(p.record.path, p.record.op) for p in plans] == [("emb", _plan.Op.ROWS), ("names", _plan.Op.TAIL)]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plans[0].record.ref = b"x"  # type: ignore[misc]
+    placed = plans[0].record.with_ref((1, 1, plans[0].size))
+    assert (placed.ref, plans[0].record.ref) == ((1, 1, plans[0].size), None)
+    assert snapshots_equal(cur, capture(state)) is True
 
 
 def test_unknown_compression_is_a_value_error():
@@ -334,7 +350,7 @@ def test_chain_applied_in_place_is_bit_exact(small_parts, seed, steps, compressi
         pairs = [(p.data, p.codec) for p in parts]
         restored = decode(pairs, _delta.reuse_buffers(restored) if restored is not None else None)
         assert snapshots_equal(restored, want) is True
-    assert getattr(restored, "_reuse", False) is False
+    assert restored.reuse is False
 
 
 def test_decode_without_reuse_never_writes_to_previous(small_parts):
@@ -347,7 +363,7 @@ def test_decode_without_reuse_never_writes_to_previous(small_parts):
     state["vec"] += 1e-3                  # dense xor
     second = capture(state)
     parts = encode(first, second)
-    ops = {rec[0]: rec[3] for rec in _index(parts)["leaves"]}
+    ops = {rec.path: rec.op for rec in _index(parts).leaves}
     assert ops == {"emb": "rows", "vec": "xor"}
     back = decode([(p.data, p.codec) for p in parts], base)
     assert snapshots_equal(back, second) is True
@@ -370,4 +386,4 @@ def test_failed_decode_leaves_a_reused_previous_intact(small_parts):
 
 
 def _index(parts):
-    return _delta._read_index(parts[0].data, parts[0].codec)
+    return _format.load_index(bytes(_compress.decompress(parts[0].data, parts[0].codec)))
