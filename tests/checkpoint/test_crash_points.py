@@ -32,7 +32,6 @@ from sqlalchemy.orm import Session
 
 from checkpoint._records import PartRef
 from checkpoint.catalog import BlobRow, CheckpointRow
-from checkpoint.stores import FsStore
 from tests._crash import CRASH_EXIT, JOB, TASK, open_manager, state_at, state_digest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -178,15 +177,9 @@ def _next_step(report: Path) -> int:
                    default=0)
 
 
-# A crash between writing a temp file and linking it leaves ``.tmp-*`` that neither
-# delete_task nor the sweeper removes (issue 12, item 2): fixed where the stores grow
-# ``sweep_incomplete`` (branch ``stores``). Strict: once fixed, the mark must not stay.
-TEMP_FILE_LEAK = pytest.mark.xfail(not hasattr(FsStore, "sweep_incomplete"), strict=True,
-                                   reason="FsStore temp files survive delete_task and the sweep")
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=TEMP_FILE_LEAK) if "temp file" in n else n
-                                  for n in POINTS])
+# A crash between writing a temp file and linking it leaves ``.tmp-*``: the stores'
+# ``sweep_incomplete`` / ``delete_prefix`` remove it (issue 12, item 2).
+@pytest.mark.parametrize("name", list(POINTS))
 def test_crash_point_sqlite_fs(name: str, tmp_path: Path, sqlite_url: str) -> None:
     spec = {"catalog": sqlite_url, "blobs": str(tmp_path / "blobs"),
             "report": str(tmp_path / "report.jsonl")}
