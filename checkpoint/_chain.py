@@ -29,21 +29,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, select
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from . import catalog as cat
 from ._delta import EncodedPart
 from ._ids import blob_key
 from ._records import PartRef
-from .catalog import CheckpointRow, read_engine, utcnow
+from .catalog import CheckpointRow, read_engine, translate_error, utcnow
 from .errors import (
     BlobNotFound,
     CorruptCheckpoint,
     StorageError,
-    StorageFull,
-    StorageUnavailable,
-    is_storage_full,
 )
 from .stores import BlobStore
 
@@ -82,14 +79,6 @@ class TierRouter:
     def close(self) -> None:
         self.sql.close()
         self.objects.close()
-
-
-def _translate(exc: SQLAlchemyError, what: str) -> StorageError:
-    if is_storage_full(exc):
-        return StorageFull(f"CheckpointManager: {what} failed: {getattr(exc, 'orig', None) or exc}")
-    if isinstance(exc, OperationalError):
-        return StorageUnavailable(f"CheckpointManager: {what} failed: {getattr(exc, 'orig', exc)}")
-    return StorageError(f"CheckpointManager: {what} failed: {exc}")
 
 
 class ChainStore:
@@ -191,7 +180,7 @@ class ChainStore:
             with Session(self.engine, expire_on_commit=False) as s, s.begin():
                 cat.commit_checkpoint(s, row, task_fields)
         except SQLAlchemyError as exc:
-            raise _translate(exc, f"commit of task {row.task_id!r} seq {row.seq}") from exc
+            raise translate_error(exc, f"commit of task {row.task_id!r} seq {row.seq}") from exc
 
     def row_committed(self, task_id: str, seq: int, epoch: int) -> bool | None:
         """Whether the row of ``seq`` by ``epoch`` is committed; None when the catalog cannot tell."""
@@ -252,7 +241,7 @@ class ChainStore:
                 if clear:
                     cat.clear_chain(s, task_id)
         except SQLAlchemyError as exc:
-            raise _translate(exc, f"deleting checkpoints of task {task_id!r}") from exc
+            raise translate_error(exc, f"deleting checkpoints of task {task_id!r}") from exc
         self.delete_refs(PartRef.from_json(p) for r in rows for p in r.parts)
 
     def delete_prefix(self, prefix: str) -> int:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import _memory
+from ._host import needs_pinned, pinned_buffer, synchronize, unchanged, version_token
 
 __all__ = [
     "copy_into", "describe", "dtype_from_token", "dtype_token", "matches", "name",
@@ -60,25 +60,3 @@ def restore(meta: dict[str, Any], data: np.ndarray) -> np.ndarray:
         return np.empty(shape, dtype)
     count = math.prod(shape)
     return np.frombuffer(data, dtype=dtype, count=count).reshape(shape).copy()
-
-
-def version_token(obj: Any) -> None:
-    """numpy arrays carry no change counter: unchanged leaves are found by comparing bytes."""
-    return None
-
-
-def unchanged(obj: Any, token: Any) -> bool:
-    return False
-
-
-def needs_pinned(obj: Any) -> bool:
-    return False
-
-
-def pinned_buffer(nbytes: int) -> tuple[None, np.ndarray]:
-    """Host memory needs no pinning here: a plain buffer, owned by its array."""
-    return None, _memory.empty(nbytes)
-
-
-def synchronize() -> None:
-    """Copies are synchronous: nothing to wait for."""

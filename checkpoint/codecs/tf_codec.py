@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from .. import _memory
+from ._host import needs_pinned, pinned_buffer, synchronize, unchanged, version_token
 
 __all__ = [
     "copy_into", "describe", "matches", "name", "needs_pinned", "pinned_buffer",
@@ -67,25 +67,3 @@ def restore(meta: dict[str, Any], data: np.ndarray) -> Any:
     if meta.get("var"):
         return tf.Variable(value, dtype=dtype, trainable=meta["trainable"], name=meta["name"])
     return tf.constant(value, dtype=dtype)
-
-
-def version_token(obj: Any) -> None:
-    """TensorFlow arrays carry no change counter: unchanged leaves are found by comparing bytes."""
-    return None
-
-
-def unchanged(obj: Any, token: Any) -> bool:
-    return False
-
-
-def needs_pinned(obj: Any) -> bool:
-    return False
-
-
-def pinned_buffer(nbytes: int) -> tuple[None, np.ndarray]:
-    """Host memory needs no pinning here: a plain buffer, owned by its array."""
-    return None, _memory.empty(nbytes)
-
-
-def synchronize() -> None:
-    """Copies are synchronous: nothing to wait for."""

@@ -5,29 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from sqlalchemy import ColumnElement, Engine, delete, select
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from ..catalog import BlobRow, read_engine, utcnow
+from ..catalog import BlobRow, read_engine, translate_error, utcnow
 from ..errors import (
     BlobExists,
     BlobNotFound,
-    StorageError,
-    StorageFull,
-    StorageUnavailable,
-    is_storage_full,
 )
 from ._base import BlobInfo, BlobStore, check_key
 
 __all__ = ["SqlStore"]
-
-
-def _translate(exc: SQLAlchemyError, what: str) -> StorageError:
-    if is_storage_full(exc):
-        return StorageFull(f"CheckpointManager: {what} failed: {getattr(exc, 'orig', None) or exc}")
-    if isinstance(exc, OperationalError):
-        return StorageUnavailable(f"CheckpointManager: {what} failed: {getattr(exc, 'orig', exc)}")
-    return StorageError(f"CheckpointManager: {what} failed: {exc}")
 
 
 def _under(prefix: str) -> ColumnElement[bool]:
@@ -53,7 +41,7 @@ class SqlStore(BlobStore):
         except IntegrityError:
             raise BlobExists(f"CheckpointManager: blob {key!r} already exists") from None
         except SQLAlchemyError as exc:
-            raise _translate(exc, f"storing blob {key!r}") from exc
+            raise translate_error(exc, f"storing blob {key!r}") from exc
 
     def get(self, key: str) -> bytes:
         check_key(key)
@@ -61,7 +49,7 @@ class SqlStore(BlobStore):
             with Session(self._reader) as s, s.begin():
                 data = s.scalar(select(BlobRow.data).where(BlobRow.key == key))
         except SQLAlchemyError as exc:
-            raise _translate(exc, f"reading blob {key!r}") from exc
+            raise translate_error(exc, f"reading blob {key!r}") from exc
         if data is None:
             raise BlobNotFound(f"blob {key!r} not found in the database")
         return bytes(data)
@@ -72,7 +60,7 @@ class SqlStore(BlobStore):
             with Session(self._reader) as s, s.begin():
                 return s.scalar(select(BlobRow.key).where(BlobRow.key == key)) is not None
         except SQLAlchemyError as exc:
-            raise _translate(exc, f"looking up blob {key!r}") from exc
+            raise translate_error(exc, f"looking up blob {key!r}") from exc
 
     def delete(self, key: str) -> None:
         check_key(key)
@@ -86,7 +74,7 @@ class SqlStore(BlobStore):
             with Session(self.engine) as s, s.begin():
                 s.execute(delete(BlobRow).where(BlobRow.key.in_(keys)))
         except SQLAlchemyError as exc:
-            raise _translate(exc, f"deleting {len(keys)} blobs") from exc
+            raise translate_error(exc, f"deleting {len(keys)} blobs") from exc
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every row under ``prefix`` (a put here is never partial).
@@ -107,7 +95,7 @@ class SqlStore(BlobStore):
             with Session(self._reader) as s, s.begin():
                 rows = s.execute(query.order_by(BlobRow.key)).all()
         except SQLAlchemyError as exc:
-            raise _translate(exc, f"listing blobs under {prefix!r}") from exc
+            raise translate_error(exc, f"listing blobs under {prefix!r}") from exc
         for key, size, created in rows:
             if key.startswith(prefix):
                 yield BlobInfo(key, size, created)
