@@ -26,7 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--ui-port", type=int, default=8233)
     dev.add_argument("--api-port", type=int, default=8000)
     dev.add_argument("--workers", type=int, default=1)
-    sub.add_parser("worker", help="run a worker (configured by CROWDCOMPUTE_* variables)")
+    worker = sub.add_parser("worker", help="run a worker (configured by CROWDCOMPUTE_* variables)")
+    worker.add_argument("--max-tasks", type=int, metavar="N",
+                        help="tasks run at once, one process each (default: "
+                             "CROWDCOMPUTE_MAX_CONCURRENT_TASKS, else the number of cores)")
     s = sub.add_parser("submit", help="submit a job")
     s.add_argument("function", metavar="MODULE:FUNC")
     s.add_argument("--items", required=True, type=Path, help="JSON file with a list of items")
@@ -50,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        overrides = {"state_dir": args.state_dir} if getattr(args, "state_dir", None) else {}
+        overrides: dict[str, Any] = {"state_dir": args.state_dir} if getattr(args, "state_dir", None) else {}
+        if getattr(args, "max_tasks", None) is not None:
+            overrides["max_concurrent_tasks"] = args.max_tasks
         settings = load_settings(**overrides)
         return _dispatch(args, settings)
     except (SettingsError, ValueError, ConnectionError, RuntimeError, FileNotFoundError,
