@@ -216,16 +216,20 @@ class ProcessPool:
         self._slots = asyncio.Semaphore(size)
         self._idle: list[TaskProcess] = []
         self._all: set[TaskProcess] = set()
+        self._closed = False
 
     async def acquire(self) -> TaskProcess:
         """A warm or new process; waits while ``size`` tasks are running."""
         await self._slots.acquire()
         try:
+            if self._closed:
+                raise RuntimeError("the worker is stopping; the task is retried elsewhere")
             while self._idle:
                 child = self._idle.pop()
                 if child.alive:
                     return child
                 self._all.discard(child)
+                await child.kill()  # died while idle: reap it, close its channel
             child = await TaskProcess.start(self._init())
         except BaseException:
             self._slots.release()
@@ -246,6 +250,7 @@ class ProcessPool:
 
     async def close(self) -> None:
         """Kill every process (the worker is stopping)."""
+        self._closed = True
         children, self._idle = list(self._all), []
         self._all.clear()
         await asyncio.gather(*(c.kill() for c in children), return_exceptions=True)

@@ -135,9 +135,12 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
         print(f"workers:      {len(stack.workers)} on task queue {settings.task_queue!r}")
         print(f"state dir:    {settings.state_dir}")
         print("Ctrl-C stops everything.", flush=True)
-        while all(p.poll() is None for p in stack.procs):
+        while stack.server_running():
+            stack.supervise_once()  # workers and the API that exit are restarted
             time.sleep(0.5)
-        print("crowdcompute: a child process exited; stopping", file=sys.stderr)
+        print("crowdcompute: the Temporal dev server exited (see "
+              f"{settings.state_dir / 'temporal.log'}); stopping. Its state is in temporal.db: "
+              "`crowdcompute dev` again resumes the jobs", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("stopping…", flush=True)
