@@ -166,7 +166,10 @@ async def test_chaos_sigkill_resumes_bit_identical(variant: str, settings: Setti
         if not victims:
             continue
         victim = victims[0]
+        orphans = task_processes(victim.pid)
         victim.kill()
+        # Its task processes die with it (PR_SET_PDEATHSIG): none keeps computing.
+        await wait_for(lambda orphans=orphans: not any(map(running, orphans)), timeout=10)
         kills += 1
         workers.remove(victim)
         workers.append(await spawn())
