@@ -213,10 +213,14 @@ class ChildProcess:
 
     def _close_session(self, run: _Run, *, succeeded: bool) -> None:
         session: CheckpointSession | None = run.session
-        if session is not None:
+        if session is None:
+            return
+        try:
             # Waits for the in-flight commit: once the worker records the result no
             # commit of this attempt may land.
             asyncio.run(session.close(succeeded=succeeded))
+        except Exception:
+            log.exception("task %s: closing its checkpoint session failed", run.spec.task_id)
 
 
 class _ForwardingObserver:

@@ -63,6 +63,7 @@ class TaskProcess:
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, env.get("PYTHONPATH")]))
+        env["PYTHONUNBUFFERED"] = "1"  # what a task printed just before it crashed is kept
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "activities._child", str(theirs.fileno()), str(os.getpid()),

@@ -98,15 +98,27 @@ class TaskActivities:
             hinted_seq=hinted_seq(info.heartbeat_details))
         attempt = _Attempt(spec, {"task_id": spec.task_id, "attempt": spec.attempt})
         loop = asyncio.get_running_loop()
+        interval = self.settings.heartbeat_interval
         # No heartbeat task at once: a task shorter than the first delay costs neither
-        # an RPC nor an asyncio task (most tasks of a big job are that short).
+        # an RPC nor an asyncio task (most tasks of a big job are that short). A task
+        # waiting for a free task process heartbeats, but is not reported as running.
         beat: list[asyncio.Task[None]] = []
-        timer = loop.call_later(
-            min(START_SIGNAL_DELAY, self.settings.heartbeat_interval),
-            lambda: beat.append(loop.create_task(self._heartbeat_loop(attempt))),
-        )
+
+        def heartbeats() -> None:
+            if not beat:
+                beat.append(loop.create_task(self._heartbeat_loop(attempt)))
+
+        def running_a_while() -> None:
+            heartbeats()
+            beat.append(loop.create_task(self._signal_started(spec)))
+
+        timer = loop.call_later(interval, heartbeats)
         try:
-            child = await self.pool.acquire()
+            try:
+                child = await self.pool.acquire()
+            finally:
+                timer.cancel()
+            timer = loop.call_later(min(START_SIGNAL_DELAY, interval), running_a_while)
             try:
                 attempt.send_final = lambda: child.chan.send("final")
                 self._running.add(attempt)
@@ -138,7 +150,6 @@ class TaskActivities:
     async def _heartbeat_loop(self, attempt: _Attempt) -> None:
         """Heartbeat on a fixed schedule whatever the user code does (from the first delay on)."""
         interval = self.settings.heartbeat_interval
-        await self._signal_started(attempt.spec)
         while True:
             activity.heartbeat(attempt.details)
             await asyncio.sleep(interval)
