@@ -1,11 +1,14 @@
 """Checkpointing inside a running task: capture, background persist, resume.
 
-``CheckpointService`` is what a worker hands to ``TaskActivities``; it opens a
-``TaskCheckpointSession`` per task attempt. The session implements the spec's
+``CheckpointService`` holds the manager; a task's process starts a
+``TaskCheckpointSession`` per task attempt with it. The session implements the spec's
 worker side (``CheckpointHandler``):
 
 * ``checkpoint(state)`` is a clock read unless a checkpoint is due (the job's
-  interval elapsed, or one was forced). A due call captures (a memory copy) in
+  interval elapsed, ``every_steps`` calls were made since the last capture, or
+  one was forced). ``state`` may be a zero-argument function, called only when
+  due. Unless ``rng=False`` the process's global RNG states are captured with
+  it and put back by ``restore()`` (see ``activities._rng``). A due call captures (a memory copy) in
   the caller's thread and hands encode + store + commit to one background
   thread. A due call while a checkpoint is still persisting is coalesced: it
   returns False and the next call after the persist finishes captures.
@@ -19,11 +22,14 @@ worker side (``CheckpointHandler``):
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
+import pickle
 import threading
 import time
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -40,12 +46,14 @@ from checkpoint.errors import (
 
 if TYPE_CHECKING:
     from checkpoint import CheckpointManager, CommitInfo, Restored, TaskWriter
-    from workflows.models import RunTaskInput
 
 log = logging.getLogger("crowdcompute.checkpoint_handler")
 
 # How often a running task asks the catalog whether a checkpoint was forced.
 FORCE_POLL_SECONDS = 1.0
+# A checkpoint taken with the RNG states is {RNG_KEY: pickle of the states, "state": state}.
+RNG_KEY = "__crowdcompute_rng__"
+_LAZY_TYPES = (types.FunctionType, types.MethodType, types.BuiltinFunctionType, functools.partial)
 
 
 class CheckpointObserver(Protocol):
@@ -96,12 +104,15 @@ class TaskCheckpointSession(CheckpointSession):
     heartbeat loop, ``close()`` once.
     """
 
-    def __init__(self, manager: CheckpointManager, ctx: TaskContext, *, interval: float,
+    def __init__(self, manager: CheckpointManager, ctx: TaskContext, *, interval: float | None,
                  max_age: float | None, memory_budget: int | None,
                  observer: CheckpointObserver | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 every_steps: int | None = None) -> None:
         self.manager, self.ctx = manager, ctx
         self.interval, self.max_age, self.memory_budget = interval, max_age, memory_budget
+        self.every_steps = every_steps
+        self._steps = 0  # checkpoint() calls since the last capture
         self.observer = observer or _NullObserver()
         self.clock = clock
         self.epoch = 0
@@ -159,11 +170,38 @@ class TaskCheckpointSession(CheckpointSession):
     # -- in-task API ---------------------------------------------------------------------
 
     def restore(self) -> Any | None:
-        return self.restored.state if self.restored is not None else None
+        if self.restored is None:
+            return None
+        state = self.restored.state
+        if isinstance(state, dict) and state.keys() == {RNG_KEY, "state"}:
+            from activities import _rng
 
-    def checkpoint(self, state: Any, progress_percent: float | None = None) -> bool:
+            _rng.restore(pickle.loads(state[RNG_KEY]))  # noqa: S301 - hash-checked, ours
+            return state["state"]
+        return state
+
+    @property
+    def fenced(self) -> bool:
+        """True once a newer attempt of this task rejected one of this attempt's commits."""
+        return self._fenced
+
+    def checkpoint_due(self) -> bool:
+        if self._fenced or self._writer is None:
+            return False
+        if self._inflight is not None and not self._inflight.done():
+            return False  # the next call would be coalesced
+        return self._forced.is_set() or self._due(self.clock(), steps_ahead=1)
+
+    def _due(self, now: float, steps_ahead: int) -> bool:
+        by_time = self.interval is not None and now - self._last_capture >= self.interval
+        by_steps = self.every_steps is not None and self._steps + steps_ahead >= self.every_steps
+        return by_time or by_steps
+
+    def checkpoint(self, state: Any, progress_percent: float | None = None, *,
+                   rng: bool = True) -> bool:
         now = self.clock()
-        if not self._forced.is_set() and now - self._last_capture < self.interval:
+        self._steps += 1
+        if not self._forced.is_set() and not self._due(now, steps_ahead=0):
             return False
         if self._fenced or self._writer is None:
             return False
@@ -173,8 +211,15 @@ class TaskCheckpointSession(CheckpointSession):
         final = self._final_requested
         self._forced.clear()
         self._last_capture = now
+        self._steps = 0
         started = time.perf_counter()
         try:
+            if isinstance(state, _LAZY_TYPES):
+                state = state()
+            if rng:
+                from activities import _rng
+
+                state = {RNG_KEY: pickle.dumps(_rng.capture(), protocol=5), "state": state}
             snapshot = self._writer.capture(state, max_bytes=self.memory_budget)
         except MemoryBudgetExceeded as exc:
             log.error("CheckpointHandler: task %s checkpoint skipped, state exceeds the memory "
@@ -290,24 +335,19 @@ class TaskCheckpointSession(CheckpointSession):
 
 
 class CheckpointService:
-    """Opens checkpoint sessions for ``TaskActivities`` and deletes finished data."""
+    """What a worker knows of checkpointing: the manager, the memory budget, the observer.
+
+    A task's process opens its own service from the worker's settings and starts a
+    :class:`TaskCheckpointSession` per attempt with it (``activities._child``); the
+    worker itself uses one only to delete the data of finished tasks and jobs and
+    to export the checkpoint events its task processes forward to ``observer``.
+    """
 
     def __init__(self, manager: CheckpointManager, *, memory_budget: int | None = None,
                  observer: CheckpointObserver | None = None) -> None:
         self.manager = manager
         self.memory_budget = memory_budget or default_memory_budget()
         self.observer = observer
-        self._live: set[TaskCheckpointSession] = set()
-
-    async def open_session(self, ctx: TaskContext, arg: RunTaskInput) -> CheckpointSession:
-        if arg.checkpoint_interval is None:
-            return CheckpointSession()
-        session = _Tracked(self, self.manager, ctx, interval=arg.checkpoint_interval,
-                           max_age=arg.max_checkpoint_age, memory_budget=self.memory_budget,
-                           observer=self.observer)
-        await asyncio.to_thread(session.start, *_previous_heartbeat())
-        self._live.add(session)
-        return session
 
     async def cleanup_task(self, job_id: str, task_id: str) -> None:
         await asyncio.to_thread(self.manager.delete_task, task_id)
@@ -315,39 +355,11 @@ class CheckpointService:
     async def cleanup_job(self, job_id: str) -> None:
         await asyncio.to_thread(self.manager.delete_job, job_id)
 
-    async def final_checkpoints(self, timeout: float) -> int:
-        """Ask every running task for a final checkpoint; wait up to ``timeout`` s.
 
-        Returns how many sessions committed it (or finished) in time.
-        """
-        sessions = list(self._live)
-        for s in sessions:
-            s.request_final()
-        done = await asyncio.gather(*(asyncio.to_thread(s.wait_final, timeout)
-                                      for s in sessions))
-        log.info("CheckpointHandler: final checkpoints: %d of %d tasks in time",
-                 sum(done), len(sessions))
-        return sum(done)
-
-
-class _Tracked(TaskCheckpointSession):
-    """A session that leaves its service's live set when it closes."""
-
-    def __init__(self, service: CheckpointService, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._service = service
-
-    async def close(self, *, succeeded: bool) -> None:
-        self._service._live.discard(self)
-        await super().close(succeeded=succeeded)
-
-
-def _previous_heartbeat() -> tuple[int | None, str | None]:
+def previous_heartbeat(heartbeat_details: Sequence[Any]) -> tuple[int | None, str | None]:
     """The checkpoint seq and the catalog id the previous attempt's last heartbeat named."""
-    from temporalio import activity
-
-    details = activity.info().heartbeat_details
-    first = details[0] if details and isinstance(details[0], dict) else {}
+    first = heartbeat_details[0] if heartbeat_details and isinstance(heartbeat_details[0], dict) \
+        else {}
     try:
         seq: int | None = int(first["checkpoint"]["seq"])
     except (KeyError, TypeError, ValueError):

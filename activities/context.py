@@ -30,8 +30,13 @@ class CheckpointSession:
         """The newest committed state of the task, or None to start fresh."""
         return None
 
-    def checkpoint(self, state: Any, progress_percent: float | None = None) -> bool:
+    def checkpoint(self, state: Any, progress_percent: float | None = None, *,
+                   rng: bool = True) -> bool:
         """Capture ``state`` if a checkpoint is due; True when it captured."""
+        return False
+
+    def checkpoint_due(self) -> bool:
+        """True when the next ``checkpoint()`` call would capture."""
         return False
 
     def heartbeat_details(self) -> dict[str, Any]:
@@ -56,14 +61,34 @@ class TaskContext:
     _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def restore(self) -> Any | None:
-        """The state saved by an earlier attempt of this task, or None."""
+        """The state saved by an earlier attempt of this task, or None.
+
+        The global RNG states captured with it are back in place when this returns.
+        """
         return self.session.restore()
 
-    def checkpoint(self, state: Any, progress_percent: float | None = None) -> bool:
-        """Offer ``state`` for checkpointing; cheap unless a checkpoint is due."""
+    def checkpoint(self, state: Any, progress_percent: float | None = None, *,
+                   rng: bool = True) -> bool:
+        """Offer ``state`` for checkpointing; cheap unless a checkpoint is due.
+
+        Args:
+            state: the task's state (nested dicts / lists of arrays, tensors and
+                picklable values), or a zero-argument function returning it, called
+                only when a checkpoint is due.
+            progress_percent: shown in heartbeats, the REST API and ``status``.
+            rng: also capture this process's global RNG states (Python, NumPy,
+                torch CPU / CUDA, TensorFlow / Keras), put back by ``restore()``.
+
+        Returns:
+            True when the state was captured.
+        """
         if progress_percent is not None:
             self.progress_percent = float(progress_percent)
-        return self.session.checkpoint(state, progress_percent)
+        return self.session.checkpoint(state, progress_percent, rng=rng)
+
+    def checkpoint_due(self) -> bool:
+        """True when the next ``checkpoint()`` call would capture (a clock read)."""
+        return self.session.checkpoint_due()
 
     @property
     def cancelled(self) -> bool:

@@ -1,27 +1,26 @@
 """``TaskActivities``: the ``run_task`` activity and the cleanup pair.
 
-Dependencies come in through the constructor: the settings and, optionally, a
-:class:`CheckpointProvider` that opens a :class:`CheckpointSession` per attempt
-and deletes a task's or a job's checkpoint data.
+``run_task`` runs the user function in a task process of its own (``_pool`` /
+``_child``); this side owns Temporal's: heartbeats, cancellation, the final
+checkpoint on shutdown, the result. Dependencies come in through the
+constructor: the settings and, optionally, a :class:`CheckpointProvider` that
+deletes a task's or a job's checkpoint data and observes checkpoint events.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
-import inspect
 import logging
+import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
-from activities._resolve import resolve_function
-from activities.codec import decode_value, encode_value
-from activities.context import CheckpointSession, TaskContext, bind, unbind
+from activities._ipc import InitSpec, RunSpec
+from activities._pool import AttemptEvents, ProcessPool
+from activities.checkpointing import CheckpointObserver, previous_heartbeat
 from workflows.models import (
     CleanupJobInput,
     CleanupTaskInput,
@@ -38,113 +37,158 @@ log = logging.getLogger(__name__)
 # A task that finishes sooner than this never signals "running": short tasks
 # cost no extra history events, long ones show up as running in the query.
 START_SIGNAL_DELAY = 1.0
-# Threads for synchronous task functions: one per concurrently running activity
-# (the worker's max_concurrent_activities), so blocking tasks do not queue behind
-# the event loop's default executor (min(32, cpus + 4) threads).
-DEFAULT_TASK_THREADS = 200
 
 
 class CheckpointProvider(Protocol):
     """What ``TaskActivities`` needs from the checkpointing layer."""
 
-    async def open_session(self, ctx: TaskContext, arg: RunTaskInput) -> CheckpointSession: ...
+    observer: CheckpointObserver | None
 
     async def cleanup_task(self, job_id: str, task_id: str) -> None: ...
 
     async def cleanup_job(self, job_id: str) -> None: ...
 
 
-class TaskActivities:
-    """Activities of a worker; register ``activities()`` with the Temporal worker."""
+@dataclass(eq=False)
+class _Attempt:
+    """A running attempt as the worker sees it."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        checkpoints: CheckpointProvider | None = None,
-        *,
-        task_threads: int = DEFAULT_TASK_THREADS,
-    ) -> None:
+    spec: RunSpec
+    details: dict[str, Any]
+    final: asyncio.Future[bool] | None = None
+    send_final: Callable[[], None] = field(default=lambda: None)
+
+    @property
+    def checkpointed(self) -> bool:
+        return (self.spec.checkpoint_interval is not None
+                or self.spec.checkpoint_every_steps is not None)
+
+
+class TaskActivities:
+    """Activities of a worker; register ``activities()`` with the Temporal worker.
+
+    Call ``close()`` when the worker stopped: it kills the warm task processes.
+    """
+
+    def __init__(self, settings: Settings, checkpoints: CheckpointProvider | None = None,
+                 *, max_tasks: int | None = None) -> None:
         self.settings = settings
         self.checkpoints = checkpoints
-        # Threads start on demand and are never joined by exit_now(); see worker.py.
-        self._threads = ThreadPoolExecutor(task_threads, thread_name_prefix="crowdcompute-task")
+        self.pool = ProcessPool(max_tasks or settings.max_tasks, self._init_spec)
+        self._running: set[_Attempt] = set()
+        self._stop_grace = settings.task_stop_grace_seconds
 
     def activities(self) -> list[Callable[..., Any]]:
         return [self.run_task, self.cleanup_task, self.cleanup_job]
 
+    def _init_spec(self) -> InitSpec:
+        return InitSpec(sys_path=list(sys.path), settings=self.settings.model_dump(mode="json"),
+                        memory_limit=self.settings.task_memory_limit)
+
     @activity.defn(name="run_task")
     async def run_task(self, arg: RunTaskInput) -> str:
-        """Run the user function on one item; return its pickled result."""
+        """Run the user function on one item in a task process; return its pickled result."""
         info = activity.info()
-        fn = resolve_function(arg.fn)
-        try:
-            item = decode_value(arg.payload)
-        except Exception as exc:
-            raise ApplicationError(
-                f"cannot unpickle item {arg.index}: {type(exc).__name__}: {exc}",
-                type="BadTaskInput",
-                non_retryable=True,
-            ) from exc
-        ctx = TaskContext(arg.job_id, task_id_for(arg.job_id, arg.index), arg.index, info.attempt)
-        if self.checkpoints is not None:
-            ctx.session = await self.checkpoints.open_session(ctx, arg)
-        result = await self._execute(ctx, fn, item)
-        try:
-            return encode_value(result)
-        except Exception as exc:
-            raise ApplicationError(
-                f"result of task {ctx.task_id} cannot be pickled: {type(exc).__name__}: {exc}",
-                type="UnpicklableResult",
-                non_retryable=True,
-            ) from exc
-
-    async def _execute(self, ctx: TaskContext, fn: Callable[..., Any], item: Any) -> Any:
-        token = bind(ctx)
+        spec = RunSpec(
+            job_id=arg.job_id, task_id=task_id_for(arg.job_id, arg.index), index=arg.index,
+            attempt=info.attempt, fn=arg.fn, payload=arg.payload,
+            checkpoint_interval=arg.checkpoint_interval,
+            checkpoint_every_steps=arg.checkpoint_every_steps,
+            max_checkpoint_age=arg.max_checkpoint_age,
+            hinted_seq=previous_heartbeat(info.heartbeat_details)[0],
+            hinted_catalog=previous_heartbeat(info.heartbeat_details)[1])
+        attempt = _Attempt(spec, {"task_id": spec.task_id, "attempt": spec.attempt})
         loop = asyncio.get_running_loop()
+        interval = self.settings.heartbeat_interval
         # No heartbeat task at once: a task shorter than the first delay costs neither
-        # an RPC nor an asyncio task (most tasks of a big job are that short).
+        # an RPC nor an asyncio task (most tasks of a big job are that short). A task
+        # waiting for a free task process heartbeats, but is not reported as running.
         beat: list[asyncio.Task[None]] = []
-        timer = loop.call_later(
-            min(START_SIGNAL_DELAY, self.settings.heartbeat_interval),
-            lambda: beat.append(loop.create_task(self._heartbeat_loop(ctx))),
-        )
-        succeeded = False
+
+        def heartbeats() -> None:
+            if not beat:
+                beat.append(loop.create_task(self._heartbeat_loop(attempt)))
+
+        def running_a_while() -> None:
+            heartbeats()
+            beat.append(loop.create_task(self._signal_started(spec)))
+
+        timer = loop.call_later(interval, heartbeats)
         try:
-            if inspect.iscoroutinefunction(fn):
-                result = await fn(item)
-            else:
-                # Run in a copy of this context, so current_task() works in the thread.
-                call = functools.partial(contextvars.copy_context().run, fn, item)
-                result = await loop.run_in_executor(self._threads, call)
-            succeeded = True
-            return result
-        except asyncio.CancelledError:
-            ctx._cancelled.set()
-            raise
+            try:
+                child = await self.pool.acquire()
+            finally:
+                timer.cancel()
+            timer = loop.call_later(min(START_SIGNAL_DELAY, interval), running_a_while)
+            try:
+                attempt.send_final = lambda: child.chan.send("final")
+                self._running.add(attempt)
+                return await child.run(spec, self._events(attempt), lambda: self._stop_grace)
+            finally:
+                self._running.discard(attempt)
+                if attempt.final is not None and not attempt.final.done():
+                    attempt.final.set_result(True)  # the attempt ended: nothing left to save
+                await self.pool.release(child)
         finally:
             timer.cancel()
             for task in beat:
                 task.cancel()
-            unbind(token)
-            await ctx.session.close(succeeded=succeeded)
 
-    async def _heartbeat_loop(self, ctx: TaskContext) -> None:
+    def _events(self, attempt: _Attempt) -> AttemptEvents:
+        observer = self.checkpoints.observer if self.checkpoints is not None else None
+
+        def observe(method: str, args: tuple[Any, ...]) -> None:
+            if observer is not None:
+                getattr(observer, method)(*args)
+
+        def final_done(ok: bool) -> None:
+            if attempt.final is not None and not attempt.final.done():
+                attempt.final.set_result(ok)
+
+        return AttemptEvents(beat=lambda d: setattr(attempt, "details", d), observe=observe,
+                             final_done=final_done)
+
+    async def _heartbeat_loop(self, attempt: _Attempt) -> None:
         """Heartbeat on a fixed schedule whatever the user code does (from the first delay on)."""
         interval = self.settings.heartbeat_interval
-        await self._signal_started(ctx)
         while True:
-            activity.heartbeat(ctx.heartbeat_details())
+            activity.heartbeat(attempt.details)
             await asyncio.sleep(interval)
 
-    async def _signal_started(self, ctx: TaskContext) -> None:
+    async def _signal_started(self, spec: RunSpec) -> None:
         info = activity.info()
         try:
             handle = activity.client().get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id)
-            await handle.signal("task_started", TaskStarted(index=ctx.index, attempt=ctx.attempt))
+            await handle.signal("task_started", TaskStarted(index=spec.index, attempt=spec.attempt))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # progress reporting must never fail a task
-            log.warning("could not report task %s as running: %s", ctx.task_id, exc)
+            log.warning("could not report task %s as running: %s", spec.task_id, exc)
+
+    async def final_checkpoints(self, timeout: float) -> int:
+        """Ask every running checkpointed task for a final checkpoint; wait up to ``timeout`` s.
+
+        Returns how many committed it (or finished) in time.
+        """
+        loop = asyncio.get_running_loop()
+        attempts = [a for a in self._running if a.checkpointed]
+        for a in attempts:
+            a.final = loop.create_future()
+            a.send_final()
+        done = 0
+        if attempts:
+            finished, _ = await asyncio.wait({a.final for a in attempts if a.final}, timeout=timeout)
+            done = sum(1 for f in finished if f.result())
+        log.info("CheckpointHandler: final checkpoints: %d of %d tasks in time", done,
+                 len(attempts))
+        # The worker is going: what runs now is cancelled and retried from the final
+        # checkpoint, so its processes are killed at once rather than after a grace.
+        self._stop_grace = 0.0
+        return done
+
+    async def close(self) -> None:
+        """Kill the task processes (running attempts are retried elsewhere)."""
+        await self.pool.close()
 
     @activity.defn(name="cleanup_task")
     async def cleanup_task(self, arg: CleanupTaskInput) -> None:
@@ -157,3 +201,6 @@ class TaskActivities:
         """Delete whatever checkpoint data remains for a finished job."""
         if self.checkpoints is not None:
             await self.checkpoints.cleanup_job(arg.job_id)
+
+
+__all__ = ["CheckpointProvider", "TaskActivities"]

@@ -10,8 +10,8 @@ after every step.
   no-op). A and B alternate which goes first; every pair is one repetition.
 * Throughput ratio: steps/s of A's training loop / steps/s of B's (per pair,
   median over the pairs).
-* CPU seconds per checkpoint: the worker process's CPU seconds (utime + stime
-  from ``/proc``, read around each job) outside the training thread, A minus B,
+* CPU seconds per checkpoint: the CPU seconds of the worker and its task
+  processes (utime + stime from ``/proc``, read around each job) outside the training thread, A minus B,
   plus the CPU A's training thread spent in the capturing ``checkpoint()``
   calls, divided by the checkpoints A captured: capture + encode + store +
   commit + cleanup. The training thread's own CPU is left out of the
@@ -68,9 +68,21 @@ FULL = Plan(width=2048, layers=8, job_seconds=60.0, reps=8, calibrate_seconds=15
 
 
 def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (Linux ``/proc``)."""
+    """utime + stime of a process and of its children, alive or reaped (Linux ``/proc``).
+
+    The task runs in a task process of the worker (kept warm between jobs), whose
+    persist thread does the checkpointing work; that CPU belongs to the figure.
+    """
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    total = ticks / os.sysconf("SC_CLK_TCK")
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in children.read_text().split():
+            try:
+                total += _cpu_seconds(int(child))
+            except FileNotFoundError:
+                pass  # it exited between the listing and the read
+    return total
 
 
 def _start_worker(settings: Any, log: Path) -> subprocess.Popen[bytes]:

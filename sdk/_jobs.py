@@ -27,6 +27,9 @@ from workflows.models import (
     validate_job_id,
 )
 
+# Seconds: "checkpoint by steps only" (ten years, longer than any task runs).
+STEPS_ONLY_INTERVAL = 10 * 365 * 86400.0
+
 
 class JobHandle:
     """A submitted job: ``await result()``, ``await progress()``, ``await cancel()``."""
@@ -89,6 +92,7 @@ def _options(
     heartbeat_timeout: float,
     checkpoint_interval: float | None,
     max_checkpoint_age: float | None,
+    checkpoint_every_steps: int | None = None,
 ) -> TaskOptions:
     if max_attempts < 1:
         raise ValueError("max_attempts must be >= 1")
@@ -98,7 +102,16 @@ def _options(
         raise ValueError("checkpoint_interval must be > 0 seconds or None")
     if max_checkpoint_age is not None and max_checkpoint_age <= 0:
         raise ValueError("max_checkpoint_age must be > 0 seconds or None")
-    return TaskOptions(max_attempts, heartbeat_timeout, checkpoint_interval, max_checkpoint_age)
+    if checkpoint_every_steps is not None and (
+            isinstance(checkpoint_every_steps, bool) or not isinstance(checkpoint_every_steps, int)
+            or checkpoint_every_steps < 1):
+        raise ValueError("checkpoint_every_steps must be an int >= 1 or None")
+    if checkpoint_every_steps is not None and checkpoint_interval is None:
+        # Workflows treat a job as checkpointed (and clean its checkpoints up) when it
+        # has an interval; a step-only job gets one that never elapses.
+        checkpoint_interval = STEPS_ONLY_INTERVAL
+    return TaskOptions(max_attempts, heartbeat_timeout, checkpoint_interval, max_checkpoint_age,
+                       checkpoint_every_steps)
 
 
 def _encode_items(items: Iterable[Any]) -> list[str]:
@@ -123,22 +136,27 @@ async def submit(
     heartbeat_timeout: float = 30.0,
     max_checkpoint_age: float | None = 3600.0,
     progress: bool = False,
+    checkpoint_every_steps: int | None = None,
 ) -> JobHandle:
     """Start a job running ``fn`` on every item; return without waiting.
 
     Args:
         fn: a top-level function of an importable module (or ``"module:function"``).
         items: picklable inputs, one task each.
-        checkpoint_interval: seconds between checkpoints; None disables them.
+        checkpoint_interval: seconds between checkpoints; None disables them (unless
+            ``checkpoint_every_steps`` is set).
         job_id: the workflow id (generated when omitted).
         max_attempts: attempts per task before the job fails.
         heartbeat_timeout: seconds without a heartbeat before a task is retried.
         max_checkpoint_age: older checkpoints are not resumed from (None: any age).
         progress: accepted for symmetry with ``map``; ``submit`` draws nothing.
+        checkpoint_every_steps: also checkpoint at every N-th ``checkpoint()`` call
+            (whichever of this and the interval comes first); None: by time only.
     """
     del progress
     path = function_path(fn)
-    options = _options(max_attempts, heartbeat_timeout, checkpoint_interval, max_checkpoint_age)
+    options = _options(max_attempts, heartbeat_timeout, checkpoint_interval, max_checkpoint_age,
+                       checkpoint_every_steps)
     job_id = validate_job_id(job_id) if job_id is not None else f"job-{uuid.uuid4().hex[:16]}"
     encoded = _encode_items(items)
     conn = await default_connection()
@@ -161,6 +179,7 @@ async def map(  # noqa: A001 - the public name is part of the API
     heartbeat_timeout: float = 30.0,
     max_checkpoint_age: float | None = 3600.0,
     progress: bool = False,
+    checkpoint_every_steps: int | None = None,
 ) -> list[Any]:
     """Run ``fn`` over ``items`` as one durable job; the results in input order."""
     job = await submit(
@@ -171,6 +190,7 @@ async def map(  # noqa: A001 - the public name is part of the API
         max_attempts=max_attempts,
         heartbeat_timeout=heartbeat_timeout,
         max_checkpoint_age=max_checkpoint_age,
+        checkpoint_every_steps=checkpoint_every_steps,
     )
     if not progress:
         return await job.result()

@@ -146,7 +146,7 @@ def assert_same_state(got: dict[str, Any], want: dict[str, Any]) -> None:
             assert got["model"][name].numpy().tobytes() == tensor.numpy().tobytes(), name
 
 
-@pytest.mark.parametrize("variant", ["numpy", "torch"])
+@pytest.mark.parametrize("variant", ["numpy", "torch", "torch_dropout"])
 async def test_chaos_sigkill_resumes_bit_identical(variant: str, settings: Settings,
                                                   conn: sdk.Connection, spawn: Any,
                                                   tmp_path: Path) -> None:
@@ -166,7 +166,10 @@ async def test_chaos_sigkill_resumes_bit_identical(variant: str, settings: Setti
         if not victims:
             continue
         victim = victims[0]
+        orphans = task_processes(victim.pid)
         victim.kill()
+        # Its task processes die with it (PR_SET_PDEATHSIG): none keeps computing.
+        await wait_for(lambda orphans=orphans: not any(map(running, orphans)), timeout=10)
         kills += 1
         workers.remove(victim)
         workers.append(await spawn())
@@ -205,24 +208,56 @@ async def _kill_once_and_compare(settings: Settings, spawn: Any, tmp_path: Path,
     await wait_for(lambda: catalog_counts(settings) == (0, 0, 0), timeout=30)
 
 
-async def test_zombie_attempt_cannot_commit(settings: Settings, conn: sdk.Connection,
-                                            spawn: Any, tmp_path: Path) -> None:
-    items = cfgs(tmp_path, 1, steps=160)
+def task_processes(worker_pid: int) -> list[int]:
+    """The pids of a worker's child processes (its task processes)."""
+    out = []
+    for children in Path(f"/proc/{worker_pid}/task").glob("*/children"):
+        out += [int(p) for p in children.read_text().split()]
+    return out
+
+
+def running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+async def test_zombie_attempt_stops_once_its_retry_started(settings: Settings, conn: sdk.Connection,
+                                                         spawn: Any, tmp_path: Path) -> None:
+    """SIGSTOP a worker and its task process until the retry runs elsewhere, then thaw
+    them: the old attempt must stop within the grace period, not run to the end."""
+    items = cfgs(tmp_path, 1, steps=300)
     log = StepLog(tmp_path / "steps.log")
     zombie = await spawn()
     job = await sdk.submit(ckpt_tasks.train_numpy, items, checkpoint_interval=INTERVAL,
                            heartbeat_timeout=2.0, job_id="zombie")
     await wait_for(lambda: log.steps() >= 30, timeout=60)
-    os.kill(zombie.pid, signal.SIGSTOP)
+    (child,) = task_processes(zombie.pid)
+    for pid in (zombie.pid, child):
+        os.kill(pid, signal.SIGSTOP)
     await spawn()
     await wait_for(lambda: any(e[1] >= 2 and e[3] == "start" for e in log.events()), timeout=60)
     await asyncio.sleep(INTERVAL)  # the retry has committed its own checkpoint by now
-    os.kill(zombie.pid, signal.SIGCONT)
+
+    def old_steps() -> int:
+        return sum(1 for e in log.events() if e[1] == 1 and e[3] == "step")
+
+    before = old_steps()
+    for pid in (zombie.pid, child):
+        os.kill(pid, signal.SIGCONT)
+    thawed = time.monotonic()
+    await wait_for(lambda: not running(child), timeout=settings.task_stop_grace_seconds + 10)
+    stopped_after = time.monotonic() - thawed
     (got,) = await asyncio.wait_for(job.result(), 120)
     assert_same_state(got, ckpt_tasks.reference_numpy(items[0]))
-    await wait_for(lambda: "is fenced" in zombie.output(), timeout=30)
-    zombie_steps_after_thaw = [e for e in log.events() if e[1] == 1 and e[3] == "step"]
-    assert len(zombie_steps_after_thaw) >= 30
+    # Stopped by its fenced checkpoint or its failed heartbeat, then the grace period.
+    bound = settings.task_stop_grace_seconds + INTERVAL + settings.heartbeat_interval + 1.0
+    assert stopped_after <= bound
+    assert old_steps() - before <= bound / STEP  # unstopped it would run ~270 more steps
+    assert zombie.proc.poll() is None  # the worker itself lives on
 
 
 async def test_stale_checkpoint_restarts_and_fresh_one_resumes(

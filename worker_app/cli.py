@@ -26,7 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--ui-port", type=int, default=8233)
     dev.add_argument("--api-port", type=int, default=8000)
     dev.add_argument("--workers", type=int, default=1)
-    sub.add_parser("worker", help="run a worker (configured by CROWDCOMPUTE_* variables)")
+    worker = sub.add_parser("worker", help="run a worker (configured by CROWDCOMPUTE_* variables)")
+    worker.add_argument("--max-tasks", type=int, metavar="N",
+                        help="tasks run at once, one process each (default: "
+                             "CROWDCOMPUTE_MAX_CONCURRENT_TASKS, else the number of cores)")
     s = sub.add_parser("submit", help="submit a job")
     s.add_argument("function", metavar="MODULE:FUNC")
     s.add_argument("--items", required=True, type=Path, help="JSON file with a list of items")
@@ -56,7 +59,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        overrides = {"state_dir": args.state_dir} if getattr(args, "state_dir", None) else {}
+        overrides: dict[str, Any] = {"state_dir": args.state_dir} if getattr(args, "state_dir", None) else {}
+        if getattr(args, "max_tasks", None) is not None:
+            overrides["max_concurrent_tasks"] = args.max_tasks
         settings = load_settings(**overrides)
         return _dispatch(args, settings)
     except (SettingsError, ValueError, ConnectionError, RuntimeError, FileNotFoundError,
@@ -143,9 +148,12 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
         print(f"workers:      {len(stack.workers)} on task queue {settings.task_queue!r}")
         print(f"state dir:    {settings.state_dir}")
         print("Ctrl-C stops everything.", flush=True)
-        while all(p.poll() is None for p in stack.procs):
+        while stack.server_running():
+            stack.supervise_once()  # workers and the API that exit are restarted
             time.sleep(0.5)
-        print("crowdcompute: a child process exited; stopping", file=sys.stderr)
+        print("crowdcompute: the Temporal dev server exited (see "
+              f"{settings.state_dir / 'temporal.log'}); stopping. Its state is in temporal.db: "
+              "`crowdcompute dev` again resumes the jobs", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("stopping…", flush=True)

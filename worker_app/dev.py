@@ -1,4 +1,10 @@
-"""The embedded stack: a `temporal server start-dev` and worker subprocesses."""
+"""The embedded stack: a `temporal server start-dev` and worker subprocesses.
+
+``DevStack.supervise()`` restarts a worker or the API that exits (with a backoff
+of 1, 2, 4 … 30 s, reset once a process has run for a minute). The Temporal
+server is the stack's state, so when it exits the stack stops: its history is in
+``<state dir>/temporal.db`` and the next ``crowdcompute dev`` resumes the jobs.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +33,26 @@ DEV_SERVER_ARGS = [
 ]  # fmt: skip
 
 
+# Restart backoff for a child that exited: 1, 2, 4 … seconds, at most this many.
+MAX_RESTART_DELAY = 30.0
+# A child that ran this long before it exited restarts after the shortest delay again.
+STABLE_AFTER = 60.0
+
+
 class DevStackError(RuntimeError):
     """The embedded stack could not start (binary missing, port taken, …)."""
+
+
+@dataclass
+class _Service:
+    """A supervised child: what starts it, the process, its restart schedule."""
+
+    name: str
+    start: Callable[[], subprocess.Popen[bytes]]
+    proc: subprocess.Popen[bytes]
+    started_at: float = field(default_factory=time.monotonic)
+    failures: int = 0
+    restart_at: float | None = None
 
 
 def find_temporal_binary() -> str:
@@ -64,6 +89,9 @@ class DevStack:
     ui_port: int
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    services: list[_Service] = field(default_factory=list)
+    say: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr,
+                                                                  flush=True))
 
     @property
     def address(self) -> str:
@@ -96,15 +124,53 @@ class DevStack:
 
     def start_worker(self, log_path: Path | None = None) -> subprocess.Popen[bytes]:
         """Start a worker; its output goes to ``log_path`` (appended) or this terminal."""
-        proc = self._spawn(["worker"], log_path)
-        self.workers.append(proc)
-        return proc
+
+        def start() -> subprocess.Popen[bytes]:
+            proc = self._spawn(["worker"], log_path)
+            self.workers.append(proc)
+            return proc
+
+        return self._supervised(f"worker {len(self.workers) + 1}", start)
 
     def start_api(self, port: int) -> subprocess.Popen[bytes]:
         """Start the REST API on ``port``; its access log goes to ``<state dir>/api.log``."""
+        log_path = self.settings.state_dir / "api.log"
         # Only this machine: the embedded stack is for one user.
-        return self._spawn(["api", "--host", "127.0.0.1", "--port", str(port)],
-                           self.settings.state_dir / "api.log")
+        command = ["api", "--host", "127.0.0.1", "--port", str(port)]
+        return self._supervised("REST API", lambda: self._spawn(command, log_path))
+
+    def _supervised(self, name: str, start: Callable[[], subprocess.Popen[bytes]]
+                    ) -> subprocess.Popen[bytes]:
+        service = _Service(name, start, start())
+        self.services.append(service)
+        return service.proc
+
+    def server_running(self) -> bool:
+        """True while the Temporal dev server (the stack's first child) runs."""
+        return bool(self.procs) and self.procs[0].poll() is None
+
+    def supervise_once(self, now: float | None = None) -> None:
+        """Schedule the restart of every service that exited; restart those that are due."""
+        now = time.monotonic() if now is None else now
+        for s in self.services:
+            code = s.proc.poll()
+            if code is None:
+                continue
+            if s.restart_at is None:
+                s.failures = 1 if now - s.started_at >= STABLE_AFTER else s.failures + 1
+                delay = min(MAX_RESTART_DELAY, 2.0 ** (s.failures - 1))
+                s.restart_at = now + delay
+                self.say(f"crowdcompute: {s.name} (pid {s.proc.pid}) exited with code {code}; "
+                         f"restarting it in {delay:.0f} s")
+            elif now >= s.restart_at:
+                self._forget(s.proc)
+                s.proc, s.started_at, s.restart_at = s.start(), now, None
+                self.say(f"crowdcompute: {s.name} restarted (pid {s.proc.pid})")
+
+    def _forget(self, proc: subprocess.Popen[bytes]) -> None:
+        for group in (self.procs, self.workers):
+            if proc in group:
+                group.remove(proc)
 
     def _spawn(self, command: list[str], log_path: Path | None) -> subprocess.Popen[bytes]:
         """``crowdcompute COMMAND`` configured by these settings, pointed at this server."""
@@ -132,3 +198,4 @@ class DevStack:
                 proc.wait()
         self.procs.clear()
         self.workers.clear()
+        self.services.clear()

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     checkpoint_memory_budget: int | None = None
     heartbeat_interval: float = 2.0
     encode_threads: int | None = None
+    max_concurrent_tasks: int | None = None
+    task_stop_grace_seconds: float = 3.0
+    task_memory_limit: int | None = None
 
     @field_validator("temporal_address")
     @classmethod
@@ -81,7 +84,8 @@ class Settings(BaseSettings):
         return v
 
     @field_validator(
-        "db_size_limit", "max_deltas_per_base", "heartbeat_interval", "shutdown_grace_seconds"
+        "db_size_limit", "max_deltas_per_base", "heartbeat_interval", "shutdown_grace_seconds",
+        "task_stop_grace_seconds",
     )
     @classmethod
     def _positive(cls, v: float) -> float:
@@ -95,6 +99,18 @@ class Settings(BaseSettings):
         if v is not None and v < 1:
             raise ValueError("must be >= 1")
         return v
+
+    @field_validator("max_concurrent_tasks", "task_memory_limit")
+    @classmethod
+    def _at_least_one(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    @property
+    def max_tasks(self) -> int:
+        """Tasks a worker runs at once (one process each): the setting, else the cores."""
+        return self.max_concurrent_tasks or os.cpu_count() or 1
 
     @property
     def checkpoint_encode_threads(self) -> int:

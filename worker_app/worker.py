@@ -26,8 +26,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_CONCURRENT_ACTIVITIES = 200
 SHUTDOWN_CANCEL_AFTER = 0.0
+# Activity slots beyond the running tasks: cleanup activities, and a few tasks taken
+# while others finish (they heartbeat while they wait for a free task process), so
+# tiny tasks do not wait a server round trip each.
+EXTRA_ACTIVITY_SLOTS = 4
 
 
 def open_manager(settings: Settings) -> CheckpointManager:
@@ -63,25 +66,38 @@ def build_checkpoints(settings: Settings) -> CheckpointService:
     )
 
 
+class TaskWorker(Worker):
+    """A Temporal worker whose shutdown also ends its task processes."""
+
+    def __init__(self, client: Client, settings: Settings, acts: TaskActivities) -> None:
+        super().__init__(
+            client,
+            task_queue=settings.task_queue,
+            workflows=WORKFLOWS,
+            activities=acts.activities(),
+            max_concurrent_activities=acts.pool.size + EXTRA_ACTIVITY_SLOTS,
+            # Final checkpoints are taken before shutdown starts (see ``serve``); what is
+            # still running afterwards is cancelled at once so Temporal retries it.
+            graceful_shutdown_timeout=timedelta(seconds=SHUTDOWN_CANCEL_AFTER),
+        )
+        self.task_activities = acts
+
+    async def shutdown(self) -> None:
+        try:
+            await super().shutdown()
+        finally:
+            await self.task_activities.close()
+
+
 def build_worker(
     client: Client, settings: Settings, checkpoints: CheckpointProvider | None = None
-) -> Worker:
-    """A Temporal worker for ``settings.task_queue`` (not yet running)."""
-    acts = TaskActivities(
-        settings,
-        checkpoints=checkpoints or build_checkpoints(settings),
-        task_threads=MAX_CONCURRENT_ACTIVITIES,
-    )
-    return Worker(
-        client,
-        task_queue=settings.task_queue,
-        workflows=WORKFLOWS,
-        activities=acts.activities(),
-        max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
-        # Final checkpoints are taken before shutdown starts (see ``serve``); what is
-        # still running afterwards is cancelled at once so Temporal retries it.
-        graceful_shutdown_timeout=timedelta(seconds=SHUTDOWN_CANCEL_AFTER),
-    )
+) -> TaskWorker:
+    """A Temporal worker for ``settings.task_queue`` (not yet running).
+
+    It runs at most ``settings.max_tasks`` tasks at once, each in a process of its own.
+    """
+    acts = TaskActivities(settings, checkpoints=checkpoints or build_checkpoints(settings))
+    return TaskWorker(client, settings, acts)
 
 
 @asynccontextmanager
@@ -109,8 +125,7 @@ async def serve(settings: Settings) -> None:
 
         start_metrics_server(settings.metrics_port, temporal_port=settings.metrics_port + 1)
     client = await connect_client(settings)
-    checkpoints = build_checkpoints(settings)
-    worker = build_worker(client, settings, checkpoints)
+    worker = build_worker(client, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -126,14 +141,14 @@ async def serve(settings: Settings) -> None:
     if not run.done():
         grace = settings.shutdown_grace_seconds
         log.warning("stopping: final checkpoints (grace %.0f s), then shutdown", grace)
-        await checkpoints.final_checkpoints(max(0.0, grace - 2.0))
+        await worker.task_activities.final_checkpoints(max(0.0, grace - 2.0))
         await worker.shutdown()
     await run
 
 
 def exit_now(code: int = 0) -> None:
-    """Exit without joining task threads: a cancelled synchronous task function
-    keeps its thread until it returns, and its work is retried elsewhere."""
+    """Exit at once, without interpreter finalization (the Temporal client's native
+    threads may still run); task processes die with this one (``PR_SET_PDEATHSIG``)."""
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

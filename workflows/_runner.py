@@ -159,6 +159,7 @@ class TaskRunner:
             checkpoint_interval=opts.checkpoint_interval,
             max_checkpoint_age=opts.max_checkpoint_age,
             heartbeat_timeout=opts.heartbeat_timeout,
+            checkpoint_every_steps=opts.checkpoint_every_steps,
         )
         try:
             result = await workflow.execute_activity(

@@ -53,6 +53,7 @@ class TaskOptions:
     heartbeat_timeout: float = 30.0
     checkpoint_interval: float | None = None
     max_checkpoint_age: float | None = 3600.0
+    checkpoint_every_steps: int | None = None
 
 
 @dataclass
@@ -88,6 +89,7 @@ class RunTaskInput:
     checkpoint_interval: float | None = None
     max_checkpoint_age: float | None = 3600.0
     heartbeat_timeout: float = 30.0
+    checkpoint_every_steps: int | None = None
 
 
 @dataclass

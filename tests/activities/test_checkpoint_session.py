@@ -120,7 +120,7 @@ def test_unpicklable_state_is_skipped_and_earlier_checkpoint_stays(
 def test_state_over_memory_budget_is_skipped(tmp_path: Path,
                                             caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock()
-    s = open_session(make_manager(tmp_path), clock, budget=1000)
+    s = open_session(make_manager(tmp_path), clock, budget=50_000)  # the RNG states fit
     clock.now += 11
     with caplog.at_level(logging.ERROR):
         assert s.checkpoint({"big": np.zeros(10_000)}) is False
@@ -260,3 +260,87 @@ def test_worker_killed_while_persisting_resumes_from_last_commit(tmp_path: Path)
     finish(s)
     assert manager.sweep_orphans(grace_seconds=0) >= 1
 
+
+
+def _draws() -> tuple[float, float, bytes]:
+    import random
+
+    import torch
+
+    return random.random(), float(np.random.random()), torch.rand(8).numpy().tobytes()
+
+
+def test_restore_puts_the_global_rng_states_back(tmp_path: Path) -> None:
+    import random
+
+    import torch
+
+    clock, manager = Clock(), make_manager(tmp_path)
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    s1 = open_session(manager, clock)
+    clock.now += 11
+    assert s1.checkpoint({"step": 3}) is True
+    wait_persisted(s1)
+    finish(s1)
+    after_checkpoint = [_draws() for _ in range(3)]
+    random.seed(2), np.random.seed(2), torch.manual_seed(2)
+    s2 = open_session(manager, clock, attempt=2)
+    assert s2.restore() == {"step": 3}
+    assert [_draws() for _ in range(3)] == after_checkpoint
+    finish(s2)
+
+
+def test_rng_false_leaves_the_generators_alone(tmp_path: Path) -> None:
+    import random
+
+    import torch
+
+    clock, manager = Clock(), make_manager(tmp_path)
+    s1 = open_session(manager, clock)
+    clock.now += 11
+    assert s1.checkpoint({"step": 3}, rng=False) is True
+    wait_persisted(s1)
+    finish(s1)
+    random.seed(2), np.random.seed(2), torch.manual_seed(2)
+    expected = _draws()
+    random.seed(2), np.random.seed(2), torch.manual_seed(2)
+    s2 = open_session(manager, clock, attempt=2)
+    assert s2.restore() == {"step": 3}
+    assert _draws() == expected
+    finish(s2)
+
+
+def test_generator_objects_in_the_state_come_back_bit_exact(tmp_path: Path) -> None:
+    import torch
+
+    clock, manager = Clock(), make_manager(tmp_path)
+    np_gen, torch_gen = np.random.default_rng(5), torch.Generator().manual_seed(5)
+    np_gen.random(3), torch.rand(3, generator=torch_gen)  # advanced past their seeds
+    s1 = open_session(manager, clock)
+    clock.now += 11
+    assert s1.checkpoint({"np": np_gen, "torch": torch_gen}) is True
+    wait_persisted(s1)
+    finish(s1)
+    want = (np_gen.random(4).tobytes(), torch.rand(4, generator=torch_gen).numpy().tobytes())
+    s2 = open_session(manager, clock, attempt=2)
+    got = s2.restore()
+    assert (got["np"].random(4).tobytes(),
+            torch.rand(4, generator=got["torch"]).numpy().tobytes()) == want
+    finish(s2)
+
+
+def test_checkpoint_due_and_a_callable_state(tmp_path: Path) -> None:
+    clock, manager = Clock(), make_manager(tmp_path)
+    ctx = TaskContext("job1", "job1:0", 0, 1)
+    s = TaskCheckpointSession(manager, ctx, interval=None, every_steps=2, max_age=None,
+                              memory_budget=None, clock=clock)
+    s.start()
+    built: list[int] = []
+    assert s.checkpoint_due() is False
+    assert s.checkpoint(lambda: built.append(1) or {"x": 1}) is False
+    assert s.checkpoint_due() is True
+    assert s.checkpoint(lambda: built.append(2) or {"x": 2}) is True
+    wait_persisted(s)
+    assert built == [2]
+    assert s.checkpoint_due() is False
+    finish(s)

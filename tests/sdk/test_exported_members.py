@@ -19,7 +19,7 @@ def test_map_signature() -> None:
     params = inspect.signature(sdk.map).parameters
     assert list(params) == [
         "fn", "items", "checkpoint_interval", "job_id", "max_attempts",
-        "heartbeat_timeout", "max_checkpoint_age", "progress",
+        "heartbeat_timeout", "max_checkpoint_age", "progress", "checkpoint_every_steps",
     ]  # fmt: skip
     assert params["max_attempts"].default == 5
     assert params["heartbeat_timeout"].default == 30.0

@@ -3,7 +3,8 @@
 Each function trains for ``cfg["steps"]`` steps, sleeping ``cfg["step_seconds"]``
 per step, calls ``checkpoint()`` after every step, and appends one line per
 event to ``cfg["log"]`` (``start``: the attempt began at this step; ``step``:
-this step was executed), each flushed at once so a SIGKILL loses nothing.
+this step was executed), each flushed at once so a SIGKILL loses nothing. The
+pid logged is the worker's (the task process's parent), the one a test kills.
 ``reference_*`` computes the uninterrupted result locally.
 """
 
@@ -45,11 +46,11 @@ def _run(cfg: dict[str, Any], init: Any, step: Any) -> dict[str, Any]:
     if state is None:
         state = init(cfg)
     start = int(state["step"])
-    _log(cfg, ctx.task_id, ctx.attempt, os.getpid(), "start", start)
+    _log(cfg, ctx.task_id, ctx.attempt, os.getppid(), "start", start)
     while state["step"] < cfg["steps"]:
         s = int(state["step"])
         step(state, cfg)
-        _log(cfg, ctx.task_id, ctx.attempt, os.getpid(), "step", s)
+        _log(cfg, ctx.task_id, ctx.attempt, os.getppid(), "step", s)
         time.sleep(cfg["step_seconds"])
         ctx.checkpoint(state, progress_percent=100.0 * state["step"] / cfg["steps"])
     state["resumed_from"] = start if resumed else None
@@ -172,3 +173,66 @@ def big_state_roundtrip(cfg: dict[str, Any]) -> dict[str, Any]:
     captured = ctx.checkpoint(state)
     time.sleep(cfg["hold"])
     return {"captured": captured, "item_sum": float(cfg["array"].sum()), "echo": cfg["array"]}
+
+
+def _dropout_parts(cfg: dict[str, Any]) -> tuple[Any, Any]:
+    """Model and optimizer, initialised from the process's global RNGs after seeding them."""
+    import random
+
+    import torch
+
+    random.seed(cfg["seed"])
+    np.random.seed(cfg["seed"])
+    torch.manual_seed(cfg["seed"])
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Dropout(0.3),
+                                torch.nn.Linear(32, 1))
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+
+def _dropout_step(model: Any, opt: Any, state: dict[str, Any]) -> None:
+    """One step drawing from every global RNG: torch (data, dropout), NumPy, Python."""
+    import random
+
+    import torch
+
+    x = torch.randn(64, 16) + float(np.random.standard_normal()) * 0.01 + random.random() * 0.01
+    y = x.sum(dim=1, keepdim=True).sin()
+    model.train()
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    state["model"], state["opt"] = model.state_dict(), opt.state_dict()
+    state["losses"].append(float(loss.detach()))
+    state["step"] += 1
+
+
+def train_torch_dropout(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Dropout, AdamW and global RNGs only: no generator in the checkpointed state."""
+    ctx = current_task()
+    model, opt = _dropout_parts(cfg)
+    state = ctx.restore()  # puts the global RNG states back when there is one
+    resumed = state is not None
+    if state is None:
+        state = {"step": 0, "model": model.state_dict(), "opt": opt.state_dict(), "losses": []}
+    else:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+    start = int(state["step"])
+    _log(cfg, ctx.task_id, ctx.attempt, os.getppid(), "start", start)
+    while state["step"] < cfg["steps"]:
+        s = int(state["step"])
+        _dropout_step(model, opt, state)
+        _log(cfg, ctx.task_id, ctx.attempt, os.getppid(), "step", s)
+        time.sleep(cfg["step_seconds"])
+        ctx.checkpoint(state, progress_percent=100.0 * state["step"] / cfg["steps"])
+    state["resumed_from"] = start if resumed else None
+    return state
+
+
+def reference_torch_dropout(cfg: dict[str, Any]) -> dict[str, Any]:
+    model, opt = _dropout_parts(cfg)
+    state: dict[str, Any] = {"step": 0, "losses": []}
+    while state["step"] < cfg["steps"]:
+        _dropout_step(model, opt, state)
+    return state

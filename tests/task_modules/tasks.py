@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
+import sys
 import time
 from typing import Any
 
@@ -46,9 +48,10 @@ def fail_always(x: int) -> int:
 
 
 def slow_pid(seconds: float) -> dict[str, Any]:
-    """Sleep, then report which worker process and attempt finished the task."""
+    """Sleep, then report which worker (the task process's parent), task process and
+    attempt finished the task."""
     time.sleep(seconds)
-    return {"pid": os.getpid(), "attempt": current_task().attempt}
+    return {"pid": os.getppid(), "task_pid": os.getpid(), "attempt": current_task().attempt}
 
 
 def sleep_until_cancelled(seconds: float) -> str:
@@ -59,15 +62,89 @@ def sleep_until_cancelled(seconds: float) -> str:
     return "cancelled" if ctx.cancelled else "finished"
 
 
-_barriers: dict[int, Any] = {}
+def meet(cfg: dict[str, Any]) -> dict[str, int]:
+    """Block until ``cfg["parties"]`` tasks wait together, proving they run at once.
+
+    Each task writes a file named after its process into ``cfg["dir"]`` and waits
+    until there are ``parties`` files; returns this task's process and its parent.
+    """
+    from pathlib import Path
+
+    d = Path(cfg["dir"])
+    (d / str(os.getpid())).touch()
+    deadline = time.monotonic() + 30
+    while sum(1 for _ in d.iterdir()) < cfg["parties"]:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the other tasks did not run at the same time")
+        time.sleep(0.05)
+    return {"pid": os.getpid(), "ppid": os.getppid()}
 
 
-def meet(parties: int) -> int:
-    """Block until ``parties`` tasks of this process wait together (threads prove it)."""
-    import threading
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
-    barrier = _barriers.setdefault(parties, threading.Barrier(parties))
-    return barrier.wait(timeout=30)
+
+def segfault(x: int) -> int:
+    """Crash the task's process with SIGSEGV (a read of address 0)."""
+    _say(f"about to crash on item {x}")
+    ctypes.string_at(0)
+    return x
+
+
+def segfault_on_first_attempt(x: int) -> dict[str, Any]:
+    if current_task().attempt == 1:
+        segfault(x)
+    return {"item": x, "attempt": current_task().attempt, "pid": os.getppid()}
+
+
+def exit_on_first_attempt(x: int) -> dict[str, Any]:
+    if current_task().attempt == 1:
+        _say(f"leaving with os._exit(3) on item {x}")
+        os._exit(3)
+    return {"item": x, "attempt": current_task().attempt}
+
+
+def allocate(n_bytes: int) -> int:
+    """Touch ``n_bytes`` of fresh memory; returns how many were allocated."""
+    return int(np.ones(n_bytes, dtype=np.uint8).sum())
+
+
+def checkpoint_probe(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Call ``checkpoint_due()`` and then ``checkpoint(callable)`` ``cfg["calls"]`` times,
+    sleeping ``cfg["sleep"]`` between calls; record what was due, captured and built."""
+    ctx = current_task()
+    built: list[int] = []
+    due, captured = [], []
+    for i in range(1, cfg["calls"] + 1):
+        time.sleep(cfg.get("sleep", 0.0))
+        due.append(ctx.checkpoint_due())
+
+        def state(i: int = i) -> dict[str, Any]:
+            built.append(i)
+            return {"i": i, "w": np.full(8, float(i))}
+
+        if ctx.checkpoint(state):
+            captured.append(i)
+    return {"due": [i for i, d in enumerate(due, 1) if d], "captured": captured, "built": built}
+
+
+def process_state(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What a task sees of its process, then change all of it (a warm process must be
+    reset before the next task: fresh RNG seeds, environment, cwd, torch threads)."""
+    import random
+
+    import torch
+
+    seen = {"leak": os.environ.get("CROWDCOMPUTE_TEST_LEAK"), "cwd": os.getcwd(),
+            "python": random.random(), "numpy": float(np.random.random()),
+            "torch": float(torch.rand(1)), "threads": torch.get_num_threads(), "pid": os.getpid()}
+    os.environ["CROWDCOMPUTE_TEST_LEAK"] = "1"
+    os.chdir(cfg["dir"])
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    return seen
 
 
 def noisy_sum(cfg: dict[str, Any]) -> dict[str, Any]:

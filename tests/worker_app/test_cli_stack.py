@@ -4,6 +4,7 @@ as real processes (their own Temporal dev server, workers and REST API)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -115,3 +116,41 @@ def _items(tmp: Path, items: list[int]) -> Path:
     path = tmp / "items.json"
     path.write_text(json.dumps(items))
     return path
+
+
+def test_dev_restarts_a_worker_that_died_and_the_job_completes(tmp_path: Path) -> None:
+    import re
+    import threading
+
+    port, ui, api = free_port(), free_port(), free_port()
+    state = tmp_path / "state"
+    proc = subprocess.Popen(
+        [EXE, "dev", "--state-dir", str(state), "--port", str(port), "--ui-port", str(ui),
+         "--api-port", str(api), "--workers", "2"],
+        env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+
+    def worker_pids() -> list[int]:
+        return [int(m.group(1)) for line in list(lines)
+                if (m := re.search(r"worker ready: .*\(pid (\d+)\)", line))]
+
+    try:
+        wait_until(lambda: len(worker_pids()) == 2 and healthy(api))
+        victim = worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: len(worker_pids()) == 3, timeout=60)  # a replacement polls
+        assert proc.poll() is None  # the stack stayed up
+        assert any(f"(pid {victim}) exited with code -9; restarting" in x for x in lines)
+        job = subprocess.run(
+            [EXE, "submit", "tasks:square", "--items", str(_items(tmp_path, [4, 5])),
+             "--job-id", "after-restart", "--wait"],
+            env=clean_env(CROWDCOMPUTE_TEMPORAL_ADDRESS=f"127.0.0.1:{port}",
+                          CROWDCOMPUTE_STATE_DIR=str(state)),
+            capture_output=True, text=True, timeout=120)
+        assert job.returncode == 0, job.stderr
+        assert json.loads(job.stdout.split("\n", 1)[1]) == [16, 25]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, "".join(lines)

@@ -1,0 +1,124 @@
+"""The control channel between a worker and a task's child process.
+
+One Unix socket pair per child; every message is a 4-byte big-endian length and a
+pickled tuple ``(op, *args)``. Messages are small (a run request carries the
+item's base64 pickle; a result the result's), never checkpoint bytes: the child
+persists its checkpoints itself.
+
+Parent → child: ``("init", InitSpec)``, ``("run", RunSpec)``, ``("stop",)``,
+``("final",)``. Child → parent: ``("ready", pid)``, ``("beat", details)``,
+``("observe", method, args)``, ``("final_done", ok)``, ``("fenced",)``,
+``("done", encoded_result)``, ``("error", TaskError)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import socket
+import struct
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+_HEADER = struct.Struct(">I")
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """What a fresh child needs before its first task."""
+
+    sys_path: list[str]
+    settings: dict[str, Any]
+    memory_limit: int | None = None
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One attempt of one task, as the child runs it."""
+
+    job_id: str
+    task_id: str
+    index: int
+    attempt: int
+    fn: str
+    payload: str
+    checkpoint_interval: float | None = None
+    checkpoint_every_steps: int | None = None
+    max_checkpoint_age: float | None = None
+    hinted_seq: int | None = None
+    hinted_catalog: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskError:
+    """An exception of the user function (or of the child's task setup)."""
+
+    type: str
+    message: str
+    traceback: str
+    non_retryable: bool = False
+    details: list[Any] = field(default_factory=list)
+
+
+def encode(msg: tuple[Any, ...]) -> bytes:
+    body = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(body)) + body
+
+
+class BlockingChannel:
+    """The child's end: blocking reads on one thread, sends from any thread."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._send_lock = threading.Lock()
+
+    def send(self, *msg: Any) -> None:
+        data = encode(msg)
+        with self._send_lock:
+            self._sock.sendall(data)
+
+    def recv(self) -> tuple[Any, ...] | None:
+        """The next message, or None at EOF (the worker is gone)."""
+        header = self._read(_HEADER.size)
+        if header is None:
+            return None
+        body = self._read(_HEADER.unpack(header)[0])
+        return None if body is None else pickle.loads(body)  # noqa: S301 - our own parent
+
+    def _read(self, n: int) -> bytes | None:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self._sock.recv(n - len(buf))
+            if not chunk:
+                return None
+            buf += chunk
+        return bytes(buf)
+
+
+class AsyncChannel:
+    """The worker's end, on its event loop."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader, self._writer = reader, writer
+
+    @classmethod
+    async def open(cls, sock: socket.socket) -> AsyncChannel:
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
+        return cls(reader, writer)
+
+    def send(self, *msg: Any) -> None:
+        if not self._writer.is_closing():
+            self._writer.write(encode(msg))
+
+    async def recv(self) -> tuple[Any, ...] | None:
+        """The next message, or None once the child closed its end (or died)."""
+        try:
+            header = await self._reader.readexactly(_HEADER.size)
+            body = await self._reader.readexactly(_HEADER.unpack(header)[0])
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+        return pickle.loads(body)  # type: ignore[no-any-return]  # noqa: S301 - our own child
+
+    def close(self) -> None:
+        self._writer.close()

@@ -1,0 +1,66 @@
+"""Package arrows point one way (DESIGN.md §2): parsed from the source, every import counted.
+
+    worker_app → workflows, activities, checkpoint, sdk
+    activities → checkpoint, sdk (the in-task API), workflows (models)
+    sdk        → workflows (models)
+    workflows  → (nothing of ours: stdlib, temporalio, its own models)
+    checkpoint → (nothing of ours)
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("checkpoint", "workflows", "sdk", "activities", "worker_app")
+ALLOWED = {
+    "checkpoint": set(),
+    "workflows": set(),
+    "sdk": {"workflows"},
+    "activities": {"checkpoint", "sdk", "workflows"},
+    "worker_app": {"workflows", "activities", "checkpoint", "sdk"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    """Our top-level packages that ``path`` imports anywhere (functions and TYPE_CHECKING too)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        found.update(n.split(".")[0] for n in names if n.split(".")[0] in PACKAGES)
+    return found
+
+
+def _edges() -> dict[str, dict[str, set[str]]]:
+    out: dict[str, dict[str, set[str]]] = {p: {} for p in PACKAGES}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            for target in _imports(path) - {package}:
+                out[package].setdefault(target, set()).add(str(path.relative_to(ROOT)))
+    return out
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_upward_arrow(package: str) -> None:
+    wrong = {t: sorted(files) for t, files in _edges()[package].items() if t not in ALLOWED[package]}
+    assert wrong == {}
+
+
+def test_no_cycle_between_packages() -> None:
+    edges = {p: set(t) for p, t in _edges().items()}
+    for start in PACKAGES:
+        seen, todo = set(), list(edges[start])
+        while todo:
+            node = todo.pop()
+            assert node != start, f"cycle through {start}"
+            if node not in seen:
+                seen.add(node)
+                todo.extend(edges[node])
