@@ -80,7 +80,8 @@ def restart_settings(server: DevServer, tmp_path: Path) -> Settings:
     state = tmp_path / "state"
     state.mkdir()
     return Settings(temporal_address=server.address, task_queue=f"restart-{uuid.uuid4().hex[:8]}",
-                    state_dir=state, heartbeat_interval=0.5, shutdown_grace_seconds=5.0)
+                    state_dir=state, heartbeat_interval=0.5, shutdown_grace_seconds=5.0,
+                    max_concurrent_tasks=4)  # all three tasks at once (the default is the cores)
 
 
 @pytest.fixture

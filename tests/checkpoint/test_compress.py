@@ -92,6 +92,7 @@ def test_wrong_size_and_unknown_codec_are_corrupt():
         decompress(b"abcd", "brotli")
 
 
+@settings(deadline=None)  # timing never gates CI: a loaded 2-core machine took 271 ms once
 @given(st.binary(max_size=300), st.sampled_from([1, 2, 3, 4, 8]), st.booleans())
 def test_unshuffle_into_matches_unshuffle_and_xor(data, itemsize, xor):
     data = data[: len(data) // itemsize * itemsize]
