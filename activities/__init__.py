@@ -1,16 +1,13 @@
 """Activities: ``run_task`` executes user functions; cleanup hooks for checkpoints."""
 
+from activities._runtime import TaskRuntime
 from activities.checkpointing import CheckpointService, TaskCheckpointSession
-from activities.context import CheckpointSession, NotInTaskError, TaskContext, current_task
 from activities.tasks import CheckpointProvider, TaskActivities
 
 __all__ = [
-    "CheckpointService",
-    "TaskCheckpointSession",
     "CheckpointProvider",
-    "CheckpointSession",
-    "NotInTaskError",
+    "CheckpointService",
     "TaskActivities",
-    "TaskContext",
-    "current_task",
+    "TaskCheckpointSession",
+    "TaskRuntime",
 ]

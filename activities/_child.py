@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from activities._ipc import BlockingChannel, InitSpec, RunSpec, TaskError
+from activities._runtime import TaskRuntime
 from activities._torchwatch import torch_default_threads, watch_torch_import
-from activities.context import CheckpointSession, TaskContext, bind, unbind
+from sdk._task import CheckpointSession, TaskContext, bind, unbind
 
 if TYPE_CHECKING:
     from activities.checkpointing import CheckpointService, TaskCheckpointSession
@@ -79,10 +80,8 @@ class ChildProcess:
     """One task process: its channel, the current run and the checkpoint service."""
 
     def __init__(self, chan: BlockingChannel, init: InitSpec) -> None:
-        from worker_app.settings import Settings
-
         self.chan = chan
-        self.settings = Settings(**init.settings)
+        self.settings = TaskRuntime.from_dict(init.settings)
         self.baseline = _Baseline.capture()
         self.current: _Run | None = None
         self._runs: list[RunSpec] = []
@@ -172,7 +171,7 @@ class ChildProcess:
         succeeded = False
         try:
             from activities._resolve import resolve_function
-            from activities.codec import decode_value, encode_value
+            from sdk._codec import decode_value, encode_value
 
             fn = resolve_function(spec.fn)
             item = _decode_item(spec, decode_value)
@@ -198,10 +197,8 @@ class ChildProcess:
         from activities.checkpointing import CheckpointService, TaskCheckpointSession
 
         if self._service is None:
-            from worker_app.worker import open_manager
-
             self._service = CheckpointService(
-                open_manager(self.settings), memory_budget=self.settings.checkpoint_memory_budget,
+                self.settings.open_manager(), memory_budget=self.settings.checkpoint_memory_budget,
                 observer=_ForwardingObserver(self.chan))
         svc = self._service
         session = TaskCheckpointSession(

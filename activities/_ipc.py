@@ -29,7 +29,7 @@ class InitSpec:
     """What a fresh child needs before its first task."""
 
     sys_path: list[str]
-    settings: dict[str, Any]
+    settings: dict[str, Any]   # a TaskRuntime as a dict
     memory_limit: int | None = None
 
 

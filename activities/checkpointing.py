@@ -33,7 +33,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
-from activities.context import CheckpointSession, TaskContext
 from checkpoint._delta import lower_thread_priority
 from checkpoint.errors import (
     CaptureError,
@@ -43,6 +42,7 @@ from checkpoint.errors import (
     MemoryBudgetExceeded,
     StorageFull,
 )
+from sdk._task import CheckpointSession, TaskContext
 
 if TYPE_CHECKING:
     from checkpoint import CheckpointManager, CommitInfo, Restored, TaskWriter

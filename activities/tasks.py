@@ -3,7 +3,7 @@
 ``run_task`` runs the user function in a task process of its own (``_pool`` /
 ``_child``); this side owns Temporal's: heartbeats, cancellation, the final
 checkpoint on shutdown, the result. Dependencies come in through the
-constructor: the settings and, optionally, a :class:`CheckpointProvider` that
+constructor: a :class:`TaskRuntime` (what they need of the worker's configuration) and, optionally, a :class:`CheckpointProvider` that
 deletes a task's or a job's checkpoint data and observes checkpoint events.
 """
 
@@ -14,12 +14,13 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from temporalio import activity
 
 from activities._ipc import InitSpec, RunSpec
 from activities._pool import AttemptEvents, ProcessPool
+from activities._runtime import TaskRuntime
 from activities.checkpointing import CheckpointObserver, previous_heartbeat
 from workflows.models import (
     CleanupJobInput,
@@ -28,9 +29,6 @@ from workflows.models import (
     TaskStarted,
     task_id_for,
 )
-
-if TYPE_CHECKING:
-    from worker_app.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +68,7 @@ class TaskActivities:
     Call ``close()`` when the worker stopped: it kills the warm task processes.
     """
 
-    def __init__(self, settings: Settings, checkpoints: CheckpointProvider | None = None,
+    def __init__(self, settings: TaskRuntime, checkpoints: CheckpointProvider | None = None,
                  *, max_tasks: int | None = None) -> None:
         self.settings = settings
         self.checkpoints = checkpoints
@@ -82,7 +80,7 @@ class TaskActivities:
         return [self.run_task, self.cleanup_task, self.cleanup_job]
 
     def _init_spec(self) -> InitSpec:
-        return InitSpec(sys_path=list(sys.path), settings=self.settings.model_dump(mode="json"),
+        return InitSpec(sys_path=list(sys.path), settings=self.settings.to_dict(),
                         memory_limit=self.settings.task_memory_limit)
 
     @activity.defn(name="run_task")

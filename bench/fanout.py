@@ -76,7 +76,7 @@ class BenchFanout:
 
 
 async def _baseline(client: Client, n: int) -> None:
-    from activities.codec import encode_value
+    from sdk._codec import encode_value
 
     payload = [encode_value(i) for i in range(n)]
     wid = f"baseline-{uuid.uuid4().hex[:8]}"
@@ -96,6 +96,7 @@ async def run(quick: bool) -> dict[str, Any]:
     from activities import TaskActivities
     from worker_app.dev import DEV_SERVER_ARGS, find_temporal_binary
     from worker_app.settings import Settings
+    from worker_app.worker import task_runtime
     from workflows import WORKFLOWS
 
     n = 2000 if quick else 10_000
@@ -111,7 +112,7 @@ async def run(quick: bool) -> dict[str, Any]:
             address = env.client.service_client.config.target_host
             settings = Settings(temporal_address=address, task_queue="bench", state_dir=Path(tmp))
             conn = await sdk.connect(settings=settings)
-            acts = TaskActivities(settings)
+            acts = TaskActivities(task_runtime(settings))
             # One worker, so both fan-outs get the same pollers and slots.
             worker = Worker(
                 conn.client,

@@ -5,11 +5,11 @@
     results = await map(train, items, checkpoint_interval=10.0)
 """
 
-from activities.context import TaskContext, current_task
 from sdk._connection import Connection, connect
 from sdk._jobs import JobHandle, map, run_map, submit
 from sdk._local import SimulatedInterruption, run_local
 from sdk._lookup import JobInfo, get_job, list_jobs
+from sdk._task import TaskContext, current_task
 from sdk.errors import JobCancelled, JobFailed, JobNotFound, TemporalUnreachable
 
 __all__ = [

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from temporalio.client import Client
 
-from worker_app.settings import Settings, load_settings
-from worker_app.temporal import connect_client
+from sdk._settings import ClientSettings, load_settings_of
+from sdk._temporal import connect_client
 
 
 @dataclass
@@ -17,7 +17,7 @@ class Connection:
     """A connected client plus the settings (task queue, …) jobs are submitted with."""
 
     client: Client
-    settings: Settings
+    settings: ClientSettings
 
 
 _default: Connection | None = None
@@ -60,7 +60,7 @@ async def connect(
     *,
     namespace: str | None = None,
     task_queue: str | None = None,
-    settings: Settings | None = None,
+    settings: ClientSettings | None = None,
 ) -> Connection:
     """Connect to Temporal and make it the default for ``map`` / ``submit``.
 
@@ -85,8 +85,8 @@ async def connect(
         overrides["namespace"] = namespace
     if task_queue is not None:
         overrides["task_queue"] = task_queue
-    base = settings or load_settings()
-    merged = load_settings(**{**base.model_dump(), **overrides}) if overrides else base
+    base = settings or load_settings_of(ClientSettings)
+    merged = load_settings_of(type(base), **{**base.model_dump(), **overrides}) if overrides else base
     conn = Connection(await connect_client(merged), merged)
     _register_release()
     _default = conn

@@ -12,7 +12,7 @@ from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError, CancelledError, TerminatedError
 from temporalio.service import RPCError
 
-from activities.codec import decode_value, encode_value
+from sdk._codec import decode_value, encode_value
 from sdk._connection import Connection, connect, default_connection
 from sdk._functions import function_path
 from sdk.errors import JobCancelled, JobFailed

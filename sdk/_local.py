@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from activities.context import CheckpointSession
+from sdk._task import CheckpointSession
 
 __all__ = ["SimulatedInterruption", "run_local"]
 
@@ -90,7 +90,7 @@ def _attempt(fn: Callable[..., Any], item: Any, manager: Any, job_id: str, task_
     import asyncio
 
     from activities.checkpointing import TaskCheckpointSession
-    from activities.context import TaskContext, bind, unbind
+    from sdk._task import TaskContext, bind, unbind
 
     ctx = TaskContext(job_id, task_id, index, attempt)
     if interval is not None:

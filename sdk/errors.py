@@ -6,13 +6,13 @@
     LookupError
     └── JobNotFound      get_job: no job of that id
     ConnectionError
-    └── TemporalUnreachable   (worker_app.temporal) nothing answered in time
+    └── TemporalUnreachable   (sdk._temporal) nothing answered in time
     ValueError                bad input at the SDK edge (job id, function, options)
 """
 
 from __future__ import annotations
 
-from worker_app.temporal import TemporalUnreachable
+from sdk._temporal import TemporalUnreachable
 
 
 class JobFailed(RuntimeError):

@@ -163,8 +163,8 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _gc(settings: Settings, grace: float) -> int:
+    from sdk._temporal import connect_client
     from worker_app.gc import collect
-    from worker_app.temporal import connect_client
     from worker_app.worker import open_manager
 
     manager = open_manager(settings)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from activities.context import current_task
+from sdk._task import current_task
 
 STEPS = 400
 STEP_SECONDS = 0.02  # make each model take ~8 s, so there is time to kill a worker

@@ -10,15 +10,14 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities import CheckpointProvider, CheckpointService, TaskActivities
+from activities import CheckpointProvider, CheckpointService, TaskActivities, TaskRuntime
+from sdk._temporal import connect_client
 from worker_app.settings import Settings
-from worker_app.temporal import connect_client
 from workflows import WORKFLOWS
 
 if TYPE_CHECKING:
@@ -33,26 +32,24 @@ SHUTDOWN_CANCEL_AFTER = 0.0
 EXTRA_ACTIVITY_SLOTS = 4
 
 
+def task_runtime(settings: Settings) -> TaskRuntime:
+    """What the activities and task processes need of ``settings`` (they import none)."""
+    assert settings.database_url is not None and settings.blob_url is not None
+    return TaskRuntime(
+        database_url=settings.database_url, blob_url=settings.blob_url,
+        s3_endpoint_url=settings.s3_endpoint_url, heartbeat_interval=settings.heartbeat_interval,
+        max_tasks=settings.max_tasks, task_stop_grace_seconds=settings.task_stop_grace_seconds,
+        task_memory_limit=settings.task_memory_limit,
+        shutdown_grace_seconds=settings.shutdown_grace_seconds,
+        checkpoint_memory_budget=settings.checkpoint_memory_budget,
+        db_size_limit=settings.db_size_limit, max_deltas_per_base=settings.max_deltas_per_base,
+        # The persist runs beside the task: leave the task a core of its own.
+        encode_threads=settings.checkpoint_encode_threads)
+
+
 def open_manager(settings: Settings) -> CheckpointManager:
     """The checkpoint manager (catalog + blob stores) that ``settings`` describe."""
-    from checkpoint import CheckpointManager, ManagerConfig
-
-    assert settings.database_url is not None and settings.blob_url is not None
-    if settings.database_url.startswith("sqlite:///"):
-        # a fresh state dir (or any new SQLite location) is created, as `dev` does
-        Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True,
-                                                                             exist_ok=True)
-    return CheckpointManager.from_urls(
-        settings.database_url,
-        settings.blob_url,
-        s3_endpoint_url=settings.s3_endpoint_url,
-        config=ManagerConfig(
-            db_size_limit=settings.db_size_limit,
-            max_deltas_per_base=settings.max_deltas_per_base,
-            # The persist runs beside the task: leave the task a core of its own.
-            encode_threads=settings.checkpoint_encode_threads,
-        ),
-    )
+    return task_runtime(settings).open_manager()
 
 
 def build_checkpoints(settings: Settings) -> CheckpointService:
@@ -96,7 +93,8 @@ def build_worker(
 
     It runs at most ``settings.max_tasks`` tasks at once, each in a process of its own.
     """
-    acts = TaskActivities(settings, checkpoints=checkpoints or build_checkpoints(settings))
+    acts = TaskActivities(task_runtime(settings),
+                          checkpoints=checkpoints or build_checkpoints(settings))
     return TaskWorker(client, settings, acts)
 
 

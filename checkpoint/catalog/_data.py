@@ -24,6 +24,7 @@ __all__ = [
     "delete_checkpoints",
     "delete_job_rows",
     "ensure_task",
+    "fence_tasks",
     "get_task",
     "job_tasks",
     "jobs_with_checkpoints",
@@ -82,6 +83,13 @@ def begin_attempt(s: Session, job_id: str, task_id: str, attempt: int) -> int:
         .returning(TaskRow.epoch)
     ).scalar_one()
     return int(epoch)
+
+
+def fence_tasks(s: Session, task_ids: Sequence[str]) -> None:
+    """Take the tasks from whatever attempt owns them: every later commit of it is fenced."""
+    if task_ids:
+        s.execute(update(TaskRow).where(TaskRow.task_id.in_(list(task_ids)))
+                  .values(epoch=TaskRow.epoch + 1, updated_at=utcnow()))
 
 
 def commit_checkpoint(s: Session, row: CheckpointRow, summary: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ option ``sqlite_begin="DEFERRED"`` (see :func:`read_engine`).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -25,6 +26,9 @@ def create_engine_for(url: str, **kwargs: Any) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)
         return create_engine(url, **kwargs)
+    if parsed.database not in (None, "", ":memory:"):
+        # a fresh state dir: the catalog file's directory is made, as the blob store's is
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     connect_args = dict(kwargs.pop("connect_args", {}))
     connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
     connect_args.setdefault("check_same_thread", False)

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from activities.checkpointing import TaskCheckpointSession
-from activities.context import TaskContext
 from checkpoint import CheckpointManager, ManagerConfig
+from sdk._task import TaskContext
 
 
 class Clock:

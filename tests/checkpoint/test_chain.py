@@ -18,6 +18,7 @@ from checkpoint import CheckpointManager, ManagerConfig
 from checkpoint._chain import ChainStore, TierRouter
 from checkpoint._delta import EncodedPart, encode
 from checkpoint.catalog import CheckpointRow
+from checkpoint.errors import Fenced
 from checkpoint.stores import FsStore, MemoryStore, SqlStore
 
 
@@ -177,3 +178,15 @@ def test_open_attempt_reads_once_and_continues_the_chain(manager: CheckpointMana
     info = _save(second.writer, state, 3)
     assert (info.kind, info.base_seq, info.seq) == ("delta", 1, 3)
     assert states_equal(manager.restore("job", "t").state, state) is True
+
+
+def test_a_zombie_cannot_commit_after_its_task_was_cleaned_up(manager: CheckpointManager) -> None:
+    """Found by the several-hosts test: a cut-off worker's attempt committed after cleanup."""
+    zombie = manager.open_attempt("job", "t").writer
+    state = make_state()
+    _save(zombie, state, 1)
+    manager.delete_task("t")            # the task's result was recorded elsewhere
+    mutate(state, 2)
+    with pytest.raises(Fenced):
+        zombie.save(zombie.capture(state))
+    assert all_blob_keys(manager) == [] and chain(manager, "t") == []

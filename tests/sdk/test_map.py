@@ -7,7 +7,7 @@ import pytest
 import tasks
 
 import sdk
-from activities.context import NotInTaskError
+from sdk._task import NotInTaskError
 
 
 async def test_map_square(worker: None) -> None:

@@ -21,7 +21,7 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from worker_app.payloads import build_data_converter
+from sdk._payloads import build_data_converter
 from worker_app.settings import Settings
 from workflows import WORKFLOWS
 

@@ -79,7 +79,7 @@ def _default_manager(settings: Any) -> Any:
 
 def _default_client_factory(settings: Any) -> ClientFactory:
     async def connect() -> Client:
-        from worker_app.temporal import connect_client  # TLS, API key, our data converter
+        from sdk._temporal import connect_client  # TLS, API key, our data converter
 
         return await connect_client(settings)
 

@@ -46,7 +46,7 @@ async def main(fmt: str) -> None:
 async def _record(conn: sdk.Connection, fmt: str) -> None:
     import tasks
 
-    from activities.codec import encode_value  # the SDK's own item encoding
+    from sdk._codec import encode_value  # the SDK's own item encoding
 
     client = conn.client
     jobs = {

@@ -28,7 +28,7 @@ from temporalio.converter import (
 )
 
 if TYPE_CHECKING:
-    from worker_app.settings import Settings
+    from sdk._settings import ClientSettings
 
 EXTERNAL_THRESHOLD = 256 * 1024
 
@@ -76,17 +76,17 @@ class LocalDirDriver(StorageDriver):
         return Payload.FromString(data)
 
 
-def build_storage_driver(settings: Settings) -> StorageDriver:
+def build_storage_driver(settings: ClientSettings) -> StorageDriver:
     """The driver for ``settings``: S3 for ``s3://`` blob URLs, else a local dir."""
     blob_url = settings.blob_url or ""
     if blob_url.startswith("s3://"):
-        from worker_app._s3payloads import build_s3_driver
+        from sdk._s3payloads import build_s3_driver
 
         return build_s3_driver(blob_url, settings.s3_endpoint_url)
     return LocalDirDriver(settings.payload_dir)
 
 
-def build_data_converter(settings: Settings) -> DataConverter:
+def build_data_converter(settings: ClientSettings) -> DataConverter:
     """The data converter every client and worker of a deployment must share."""
     storage = ExternalStorage(
         drivers=[build_storage_driver(settings)], payload_size_threshold=EXTERNAL_THRESHOLD

@@ -7,8 +7,8 @@ import asyncio
 from temporalio.client import Client
 from temporalio.service import TLSConfig
 
-from worker_app.payloads import build_data_converter
-from worker_app.settings import Settings
+from sdk._payloads import build_data_converter
+from sdk._settings import ClientSettings
 
 CONNECT_TIMEOUT = 5.0
 
@@ -17,7 +17,7 @@ class TemporalUnreachable(ConnectionError):
     """No Temporal server answered at the configured address."""
 
 
-def _tls(settings: Settings) -> TLSConfig | bool:
+def _tls(settings: ClientSettings) -> TLSConfig | bool:
     if settings.temporal_tls_cert and settings.temporal_tls_key:
         return TLSConfig(
             client_cert=settings.temporal_tls_cert.read_bytes(),
@@ -26,7 +26,7 @@ def _tls(settings: Settings) -> TLSConfig | bool:
     return settings.temporal_api_key is not None
 
 
-async def connect_client(settings: Settings, timeout: float = CONNECT_TIMEOUT) -> Client:
+async def connect_client(settings: ClientSettings, timeout: float = CONNECT_TIMEOUT) -> Client:
     """A client for ``settings``; :class:`TemporalUnreachable` within ``timeout`` s."""
     try:
         return await asyncio.wait_for(
