@@ -87,15 +87,21 @@ class TaskActivities:
     async def run_task(self, arg: RunTaskInput) -> str:
         """Run the user function on one item in a task process; return its pickled result."""
         info = activity.info()
+        hinted_seq, hinted_catalog = previous_heartbeat(info.heartbeat_details)
         spec = RunSpec(
             job_id=arg.job_id, task_id=task_id_for(arg.job_id, arg.index), index=arg.index,
             attempt=info.attempt, fn=arg.fn, payload=arg.payload,
             checkpoint_interval=arg.checkpoint_interval,
             checkpoint_every_steps=arg.checkpoint_every_steps,
             max_checkpoint_age=arg.max_checkpoint_age,
-            hinted_seq=previous_heartbeat(info.heartbeat_details)[0],
-            hinted_catalog=previous_heartbeat(info.heartbeat_details)[1])
-        attempt = _Attempt(spec, {"task_id": spec.task_id, "attempt": spec.attempt})
+            hinted_seq=hinted_seq, hinted_catalog=hinted_catalog)
+        # Until the task process reports its own, this attempt's heartbeats carry the last
+        # one's checkpoint and catalog: an attempt that fails before it checkpoints (a
+        # catalog mismatch, a crash) must not erase what the next one is checked against.
+        details = info.heartbeat_details
+        previous = details[0] if details and isinstance(details[0], dict) else {}
+        carried = {k: previous[k] for k in ("checkpoint", "catalog_id") if k in previous}
+        attempt = _Attempt(spec, {"task_id": spec.task_id, "attempt": spec.attempt, **carried})
         loop = asyncio.get_running_loop()
         interval = self.settings.heartbeat_interval
         # No heartbeat task at once: a task shorter than the first delay costs neither

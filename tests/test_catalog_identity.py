@@ -50,7 +50,14 @@ async def test_a_retry_on_another_catalog_fails_naming_both(
     job = await sdk.submit(ckpt_tasks.train_numpy, [cfg], checkpoint_interval=0.5,
                            heartbeat_timeout=2.0, max_attempts=3, job_id="catalog-mismatch")
     await wait_for(lambda: _commits(a_db) >= 2, timeout=60)
-    await asyncio_sleep(1.5)  # a heartbeat carrying the catalog id reaches Temporal
+    handle = conn.client.get_workflow_handle("catalog-mismatch")
+
+    async def heartbeat_names_the_catalog() -> bool:
+        desc = await handle.describe()
+        return any(b"catalog_id" in p.data for act in desc.raw_description.pending_activities
+                   for p in act.heartbeat_details.payloads)
+
+    await wait_for(heartbeat_names_the_catalog, timeout=60)
     first.kill()
     worker_process(CROWDCOMPUTE_DATABASE_URL=f"sqlite:///{b_db}",
                    CROWDCOMPUTE_BLOB_URL=(tmp_path / "b" / "blobs").as_uri())
@@ -60,12 +67,6 @@ async def test_a_retry_on_another_catalog_fails_naming_both(
     assert "refusing to restart the task from zero" in message
     assert _catalog_id(a_db) in message and _catalog_id(b_db) in message
     assert _commits(b_db) == 0   # nothing was computed again on the wrong catalog
-
-
-async def asyncio_sleep(seconds: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(seconds)
 
 
 def test_worker_creates_a_fresh_state_dir(settings: Settings, tmp_path: Path) -> None:
