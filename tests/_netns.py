@@ -38,8 +38,15 @@ def unavailable() -> str | None:
     """Why namespaces cannot be built here (None when they can)."""
     if os.geteuid() != 0:
         return "network namespaces need root (ip netns)"
-    if shutil.which("ip") is None:
-        return "the `ip` command (iproute2) is not installed"
+    for tool, package in (("ip", "iproute2"), ("setpriv", "util-linux")):
+        if shutil.which(tool) is None:
+            return f"the `{tool}` command ({package}) is not installed"
+    # Root without CAP_SYS_ADMIN / CAP_NET_ADMIN (an unprivileged container) cannot.
+    probe = f"cc-probe-{uuid.uuid4().hex[:8]}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True, timeout=30)
+    if made.returncode != 0:
+        return f"cannot create a network namespace: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True, timeout=30)
     return None
 
 

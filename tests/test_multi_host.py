@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import re
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,17 +46,42 @@ from worker_app.dev import DEV_SERVER_ARGS, find_temporal_binary
 from worker_app.settings import Settings
 from workflows.models import task_id_for
 
+
+def postgres_bin() -> Path | None:
+    """The directory of ``initdb`` and ``postgres``: the newest Debian one, else pg_config's."""
+    dirs = sorted(Path("/usr/lib/postgresql").glob("*/bin"),
+                  key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+    if shutil.which("pg_config"):
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
+        dirs.insert(0, Path(out.stdout.strip()))
+    found = [d for d in dirs if (d / "initdb").is_file() and (d / "postgres").is_file()]
+    return found[-1] if found else None
+
+
+def unavailable() -> str | None:
+    """Why this test cannot run here (None when it can)."""
+    why = _netns.unavailable()
+    if why is not None:
+        return why
+    if postgres_bin() is None:
+        return "PostgreSQL server binaries (initdb, postgres) are not installed"
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        return "no `postgres` user to run the PostgreSQL host as"
+    return None
+
+
+WHY_NOT = unavailable()
 pytestmark = [
     pytest.mark.timeout(300),
-    pytest.mark.skipif(_netns.unavailable() is not None, reason=str(_netns.unavailable())),
+    pytest.mark.skipif(WHY_NOT is not None, reason=str(WHY_NOT)),
 ]
-
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 BUCKET = "crowdcompute-hosts"
 PREFIX = "cc"
 TEMPORAL_PORT = 7233
 S3_PORT = 5000
-STEPS = 500
+STEPS = 800
 STEP = 0.05
 INTERVAL = 1.0
 HEARTBEAT_TIMEOUT = 3.0
@@ -110,13 +137,15 @@ def start_temporal(net: _netns.Network, logs: Path) -> str:
 def start_postgres(net: _netns.Network, logs: Path, data: Path) -> str:
     """A fresh cluster owned by the postgres user, trusting only the test subnet."""
     host = net.add_host("postgres")
+    pg_bin = postgres_bin()
+    assert pg_bin is not None
     os.chown(data, *_ids("postgres"))
     net.run(host, ["setpriv", "--reuid", "postgres", "--regid", "postgres", "--clear-groups",
-                   str(PG_BIN / "initdb"), "-D", str(data / "db"), "-U", "cc", "-A", "reject",
+                   str(pg_bin / "initdb"), "-D", str(data / "db"), "-U", "cc", "-A", "reject",
                    "-E", "UTF8", "--no-sync"])
     with (data / "db" / "pg_hba.conf").open("a") as hba:
         hba.write(f"host all cc {net.subnet} trust\n")
-    cmd = [str(PG_BIN / "postgres"), "-D", str(data / "db"), "-c", f"listen_addresses={host.address}",
+    cmd = [str(pg_bin / "postgres"), "-D", str(data / "db"), "-c", f"listen_addresses={host.address}",
            "-c", "unix_socket_directories=", "-c", "fsync=off", "-c", "max_connections=200"]
     proc = net.spawn(host, cmd, out=(logs / "postgres.log").open("ab"), user="postgres")
     wait_port(host.address, 5432, "postgres", proc)
@@ -142,8 +171,6 @@ def start_s3(net: _netns.Network, logs: Path) -> str:
 
 
 def _ids(user: str) -> tuple[int, int]:
-    import pwd
-
     entry = pwd.getpwnam(user)
     return entry.pw_uid, entry.pw_gid
 
@@ -375,7 +402,8 @@ async def test_job_spans_hosts_and_survives_a_cut_worker_link(cluster: Cluster,
     assert ckpt_keys, "no checkpoint blob ever reached S3"
     print(f"\nbefore the cut {before}; cut {victim}: its {len(cut)} tasks resumed on {survivor} "
           f"{resumed_after:.1f} s after the cut; {victim} ran {steps.steps_after(victim, healed_at)} "
-          "steps after its link came back")
+          f"steps after its link came back; final (attempt, host, start step): "
+          f"{ {t: max(steps.starts(t)) for t in cut} }")
 
     # Afterwards nothing of the job is left: no checkpoint rows, no objects.
     async def cleaned() -> bool:
