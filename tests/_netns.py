@@ -62,12 +62,11 @@ def ip(*args: str, netns: str | None = None) -> str:
 def free_subnet(rng: random.Random | None = None) -> ipaddress.IPv4Network:
     """A /24 of 10.0.0.0/8 that overlaps no route or address of the root namespace."""
     rng = rng or random.Random()
-    taken = [ipaddress.ip_network(word, strict=False)
+    taken = [ipaddress.IPv4Network(word, strict=False)
              for line in (ip("-4", "route", "show", "table", "all") + ip("-4", "-o", "addr")).splitlines()
              for word in line.split() if "/" in word and word[0].isdigit()]
-    taken += [ipaddress.ip_network("10.0.0.0/16")]  # the most common private ranges
     for _ in range(200):
-        net = ipaddress.ip_network(f"10.{rng.randint(160, 250)}.{rng.randint(0, 255)}.0/24")
+        net = ipaddress.IPv4Network(f"10.{rng.randint(160, 250)}.{rng.randint(0, 255)}.0/24")
         if not any(net.overlaps(t) for t in taken):
             return net
     raise NetnsError("no free 10.x.y.0/24 test subnet")

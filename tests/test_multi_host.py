@@ -8,7 +8,8 @@ link is cut mid-job. Its tasks time out (no heartbeats reach Temporal) and
 resume on the other host from their newest committed checkpoint; when the link
 comes back, the cut host's attempts are zombies whose later commits the catalog
 fences. The results are compared with an uninterrupted local run, and nothing
-of the job is left in the catalog or the bucket afterwards.
+the winning attempts (or earlier ones) committed is left in the catalog or the
+bucket afterwards (see docs/multi-host.md for what a late older attempt leaves).
 
 Which host ran a step is read from the kernel: the pid in the step log (see
 ``ckpt_tasks``) is resolved to its network namespace while it runs, so the test
@@ -371,13 +372,13 @@ async def test_job_spans_hosts_and_survives_a_cut_worker_link(cluster: Cluster,
         # Every task runs and has committed a checkpoint before the cut.
         await wait_for(lambda: len(steps.tasks()) == TASKS
                        and len(catalog.committed_tasks()) == TASKS, timeout=90)
-        before = {t: steps.hosts_of(t) for t in steps.tasks()}
-        assert all(len(hs) == 1 and hs[0] in WORKER_HOSTS for hs in before.values()), before
+        # Where each task's newest attempt runs.
+        before = {t: max(steps.starts(t))[1] for t in steps.tasks()}
+        assert set(before.values()) <= set(WORKER_HOSTS), before
         # Temporal hands the tasks to whichever poll it matches: usually both hosts get
         # some, but not always. Cut the busier host; the other then runs tasks anyway.
-        victim, survivor = sorted(WORKER_HOSTS, key=lambda h: -sum(hs == [h] for hs in
-                                                                    before.values()))
-        cut = sorted(t for t, hs in before.items() if hs == [victim])
+        victim, survivor = sorted(WORKER_HOSTS, key=lambda h: -list(before.values()).count(h))
+        cut = sorted(t for t, h in before.items() if h == victim)
         cut_attempt = {t: max(a for a, _h, _n in steps.starts(t)) for t in cut}
         epochs_before = await asyncio.to_thread(catalog.epochs)
 
