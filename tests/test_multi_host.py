@@ -196,6 +196,8 @@ def start_workers(net: _netns.Network, settings: Settings, logs: Path) -> dict[s
             "CROWDCOMPUTE_DB_SIZE_LIMIT": "1024",
             "CROWDCOMPUTE_HEARTBEAT_INTERVAL": "0.5",
             "CROWDCOMPUTE_SHUTDOWN_GRACE_SECONDS": "5",
+            # every task of the job fits on one host (task processes default to the cores)
+            "CROWDCOMPUTE_MAX_CONCURRENT_TASKS": "8",
         })
         if not outs:
             net.run(host, [exe, "db", "upgrade"], env=env)
