@@ -17,6 +17,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities import CheckpointProvider, CheckpointService, TaskActivities
+from worker_app.job_items import JobItemActivities, build_job_item_store
 from worker_app.settings import Settings
 from worker_app.temporal import connect_client
 from workflows import WORKFLOWS
@@ -76,7 +77,10 @@ def build_worker(
         client,
         task_queue=settings.task_queue,
         workflows=WORKFLOWS,
-        activities=acts.activities(),
+        activities=[
+            *acts.activities(),
+            *JobItemActivities(build_job_item_store(settings)).activities(),
+        ],
         max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
         # Final checkpoints are taken before shutdown starts (see ``serve``); what is
         # still running afterwards is cancelled at once so Temporal retries it.

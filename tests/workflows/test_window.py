@@ -1,0 +1,146 @@
+"""Jobs larger than one batch: items in the item store, a sliding window of
+batches, continue-as-new, results read back from the store, paged progress."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import tasks
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHistory
+
+import sdk
+from activities.codec import encode_value
+from sdk._jobs import start_job
+from worker_app.job_items import FsJobItemStore, build_job_item_store
+from workflows.models import TaskOptions
+
+MAX_EVENTS = 10_240
+_OPENED = EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED
+_CLOSED = {
+    EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_COMPLETED,
+    EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_FAILED,
+    EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_CANCELED,
+    EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_TERMINATED,
+    EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_TIMED_OUT,
+    EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_FAILED,
+}
+
+
+async def _runs(client: Client, job_id: str) -> list[WorkflowHistory]:
+    """Every run of ``job_id``, first to last (following continue-as-new back)."""
+    runs: list[WorkflowHistory] = []
+    run_id: str | None = None
+    while True:
+        history = await client.get_workflow_handle(job_id, run_id=run_id).fetch_history()
+        runs.insert(0, history)
+        start = history.events[0].workflow_execution_started_event_attributes
+        run_id = start.continued_execution_run_id or None
+        if run_id is None:
+            return runs
+
+
+def _most_in_flight(history: WorkflowHistory) -> int:
+    flying = most = 0
+    for event in history.events:
+        if event.event_type == _OPENED:
+            flying += 1
+            most = max(most, flying)
+        elif event.event_type in _CLOSED:
+            flying -= 1
+    return most
+
+
+def _children(history: WorkflowHistory) -> list[str]:
+    return [e.start_child_workflow_execution_initiated_event_attributes.workflow_id
+            for e in history.events if e.event_type == _OPENED]
+
+
+async def test_job_larger_than_window_runs_bounded_and_continues_as_new(
+    worker: None, conn: sdk.Connection, temporal_client: Client, state_dir: Path
+) -> None:
+    job_id = f"window-{uuid.uuid4().hex[:8]}"
+    items = list(range(95))  # ten batches of 10, the last one of 5
+    job = await start_job(conn, job_id, "tasks:square", [encode_value(i) for i in items],
+                          TaskOptions(), batch_size=10, window=3, batches_per_run=4)
+    assert await job.result() == [i * i for i in items]
+
+    runs = await _runs(temporal_client, job_id)
+    assert len(runs) == 3  # 4 + 4 + 2 batches
+    assert [_most_in_flight(h) for h in runs] == [3, 3, 2]
+    started = [wid for h in runs for wid in _children(h)]
+    assert started == [f"{job_id}--batch-{k}" for k in range(10)]
+    batch_events = [len((await temporal_client.get_workflow_handle(wid).fetch_history()).events)
+                    for wid in started]
+    assert max(len(h.events) for h in runs) < 200
+    assert max(batch_events) < 200
+    # The items went to the item store, once; no run's input carries them.
+    chunks = sorted(p.name for p in (state_dir / "payloads" / "jobs" / job_id / "items").iterdir())
+    assert chunks == sorted(str(k) for k in range(10))
+    for history in runs:
+        assert history.events[0].ByteSize() < 2_000
+    progress = await job.progress()
+    assert (progress.total, progress.counts["completed"], progress.tasks) == (95, 95, [])
+    assert [t.index for t in (await job.progress(batch=9)).tasks] == list(range(90, 95))
+
+
+async def test_failed_task_fails_a_windowed_job(worker: None, conn: sdk.Connection) -> None:
+    job = await start_job(conn, f"window-fail-{uuid.uuid4().hex[:8]}", "tasks:fail_always",
+                          [encode_value(i) for i in range(30)], TaskOptions(max_attempts=1),
+                          batch_size=10, window=2, batches_per_run=2)
+    with pytest.raises(sdk.JobFailed, match="fail_always|failed"):
+        await job.result()
+
+
+def test_item_store_round_trip(tmp_path: Path) -> None:
+    store = FsJobItemStore(tmp_path)
+    assert store.put_items("job-a", ["a", "b", "c"], 2) == 2
+    assert store.manifest("job-a") == {"count": 3, "chunk_size": 2}
+    assert store.get_chunk("job-a", "items", 1) == ["c"]
+    store.put_chunk("job-a", "results", 0, ["x", "y"])
+    store.put_chunk("job-a", "results", 1, ["z"])
+    assert store.read_results("job-a") == ["x", "y", "z"]
+    assert store.read_results("job-b") is None
+    store.delete_job("job-a")
+    assert store.manifest("job-a") is None
+
+
+async def test_progress_of_a_100000_task_job_answers_within_2s(
+    worker: None, conn: sdk.Connection
+) -> None:
+    n = 100_000
+    start = time.monotonic()
+    job = await sdk.submit(tasks.sleep_until_cancelled, [60.0] * n,
+                           job_id=f"progress-{uuid.uuid4().hex[:8]}")
+    submitted = time.monotonic() - start
+    try:
+        async def some_running() -> bool:
+            return (await job.progress()).counts.get("running", 0) > 0
+
+        from _helpers import wait_for
+
+        await wait_for(some_running, timeout=120, every=1.0)
+        timings = []
+        for _ in range(3):
+            t0 = time.monotonic()
+            progress = await job.progress()
+            timings.append(time.monotonic() - t0)
+        assert progress.total == n
+        assert sum(progress.counts.values()) == n
+        assert progress.tasks == []
+        assert max(timings) < 2.0, timings
+        t0 = time.monotonic()
+        page = await job.progress(batch=3)
+        timings.append(time.monotonic() - t0)
+        assert [t.index for t in page.tasks] == list(range(3000, 4000))
+        assert max(timings) < 2.0, timings
+        print(f"submitted {n} items in {submitted:.1f}s; progress queries {timings}")
+    finally:
+        await job.cancel()
+    with pytest.raises(sdk.JobCancelled):
+        await job.result()
+    assert build_job_item_store(conn.settings).manifest(job.job_id) == {
+        "count": n, "chunk_size": 1000}
