@@ -107,25 +107,32 @@ class JobHandle:
 
     async def _windowed_progress(self, top: JobProgress, batch: int | None) -> JobProgress:
         """Counts from the job plus its (few) batches in flight; tasks of ``batch`` only."""
-        parts = await asyncio.gather(*(self._batch_tasks(b) for b in top.batches))
+        parts = await asyncio.gather(*(self._batch_counts(b) for b in top.batches))
         counts = dict(top.counts)
         for part in parts:
-            for t in part:
-                if t.state != TASK_PENDING:
-                    counts[TASK_PENDING] -= 1
-                    counts[t.state] = counts.get(t.state, 0) + 1
+            for state, n in part.items():
+                if state != TASK_PENDING:
+                    counts[TASK_PENDING] -= n
+                    counts[state] = counts.get(state, 0) + n
         tasks: list[TaskProgress] = []
         if batch is not None:
-            tasks = await self._tasks_of_batch(top, batch, parts)
+            tasks = await self._tasks_of_batch(top, batch)
         return replace(top, counts=counts, tasks=tasks)
 
-    async def _tasks_of_batch(
-        self, top: JobProgress, batch: int, flying: list[list[TaskProgress]]
-    ) -> list[TaskProgress]:
+    async def _batch_counts(self, batch: BatchProgress) -> dict[str, int]:
+        """Tasks per state of a batch in flight (none known if it does not answer)."""
+        try:
+            child = self._conn.client.get_workflow_handle(batch.workflow_id)
+            counts: dict[str, int] = await child.query("counts", result_type=dict[str, int])
+        except RPCError:
+            return {}
+        return counts
+
+    async def _tasks_of_batch(self, top: JobProgress, batch: int) -> list[TaskProgress]:
         wid = batch_workflow_id(self.job_id, batch)
-        for b, part in zip(top.batches, flying):
+        for b in top.batches:
             if b.workflow_id == wid:
-                return part
+                return await self._batch_tasks(b)
         size = top.batch_size
         if batch < 0 or size <= 0 or batch * size >= top.total:
             raise ValueError(f"job {self.job_id} has no batch {batch}")

@@ -88,6 +88,11 @@ class BatchWorkflow(_RunsTasks):
             job_id=runner.job_id, total=len(runner.tasks), counts=runner.counts(), tasks=runner.tasks
         )
 
+    @workflow.query
+    def counts(self) -> dict[str, int]:
+        """Tasks per state, without the per-task list (a job's progress sums these)."""
+        return self._runner.counts() if self._runner is not None else {}
+
 
 @workflow.defn(name="JobWorkflow")
 class JobWorkflow(_RunsTasks):
