@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
 import tasks
 from _helpers import wait_for
+from _servers import moto_server
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
 
@@ -17,7 +20,8 @@ import sdk
 from activities.codec import encode_value
 from sdk._jobs import start_job
 from worker_app.job_items import FsJobItemStore, build_job_item_store
-from worker_app.worker import MAX_CONCURRENT_ACTIVITIES
+from worker_app.settings import Settings
+from worker_app.worker import MAX_CONCURRENT_ACTIVITIES, running_worker
 from workflows.models import TaskOptions
 
 MAX_EVENTS = 10_240
@@ -143,6 +147,9 @@ async def test_progress_of_a_100000_task_job_answers_within_2s(
         page = await job.progress(batch=3)
         timings.append(time.monotonic() - t0)
         assert [t.index for t in page.tasks] == list(range(3000, 4000))
+        later = await job.progress(batch=50)  # not started yet
+        assert {t.state for t in later.tasks} == {"pending"}
+        assert [later.tasks[0].index, len(later.tasks)] == [50_000, 1000]
         assert max(timings) < 2.0, timings
         print(f"submitted {n} items in {submitted:.1f}s; progress while starting {first}, "
               f"then {timings}")
@@ -152,3 +159,31 @@ async def test_progress_of_a_100000_task_job_answers_within_2s(
         await job.result()
     assert build_job_item_store(conn.settings).manifest(job.job_id) == {
         "count": n, "chunk_size": 1000}
+
+
+@pytest.fixture
+def s3_settings(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    with moto_server() as url:
+        boto3.client("s3", endpoint_url=url).create_bucket(Bucket="cc-items")
+        yield settings.model_copy(update={"blob_url": "s3://cc-items/cc", "s3_endpoint_url": url})
+
+
+async def test_windowed_job_keeps_items_and_results_in_s3(s3_settings: Settings) -> None:
+    conn = await sdk.connect(settings=s3_settings)
+    job_id = f"window-s3-{uuid.uuid4().hex[:8]}"
+    async with running_worker(s3_settings, conn.client):
+        job = await start_job(conn, job_id, "tasks:square", [encode_value(i) for i in range(25)],
+                              TaskOptions(), batch_size=10, window=2, batches_per_run=2)
+        assert await job.result() == [i * i for i in range(25)]
+    s3 = boto3.client("s3", endpoint_url=s3_settings.s3_endpoint_url)
+    listing = s3.list_objects_v2(Bucket="cc-items", Prefix=f"cc/payloads/jobs/{job_id}/")
+    names = sorted(o["Key"].removeprefix(f"cc/payloads/jobs/{job_id}/")
+                   for o in listing.get("Contents", []))
+    assert names == ["items/0", "items/1", "items/2", "manifest",
+                     "results/0", "results/1", "results/2"]
+    build_job_item_store(s3_settings).delete_job(job_id)
+    listing = s3.list_objects_v2(Bucket="cc-items", Prefix=f"cc/payloads/jobs/{job_id}/")
+    assert listing.get("KeyCount") == 0
