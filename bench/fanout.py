@@ -67,7 +67,7 @@ class BenchFanout:
     async def run(self, items: list[str]) -> list[str]:
         wid = workflow.info().workflow_id
         parts: dict[int, list[str]] = {}
-        flying: set[asyncio.Task[None]] = set()
+        flying: list[asyncio.Task[None]] = []
 
         async def chunk(i: int) -> None:
             parts[i] = await workflow.execute_child_workflow(
@@ -79,7 +79,7 @@ class BenchFanout:
                 done, flying = await workflow.wait(flying, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     task.result()
-            flying.add(asyncio.create_task(chunk(i)))
+            flying.append(asyncio.create_task(chunk(i)))
         await asyncio.gather(*flying)
         return [r for i in sorted(parts) for r in parts[i]]
 

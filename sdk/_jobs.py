@@ -76,8 +76,9 @@ class JobHandle:
                 batch's tasks. Smaller jobs list every task either way.
         """
         top: JobProgress = await self._handle.query(JobWorkflow.progress)
-        # A job with stored items lists only its batches in flight, no tasks.
-        if not top.tasks and top.total > sum(b.size for b in top.batches):
+        # A job with stored items (it names its batch size) lists only its
+        # batches in flight, no tasks.
+        if top.batch_size > 0:
             return await self._windowed_progress(top, batch)
         if not top.batches:
             return top
