@@ -15,10 +15,15 @@ def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench")
     p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     p.add_argument("--json", type=Path, help="write all results to this file")
+    p.add_argument("--tasks", type=int, help="tasks of the fanout benchmark")
     p.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
     args = p.parse_args()
     for mod in MODULES:
         importlib.import_module(mod)
+    if args.tasks:
+        import bench.fanout
+
+        bench.fanout.TASKS = args.tasks
     names = args.names or sorted(REGISTRY)
     results = {}
     for name in names:

@@ -1,10 +1,11 @@
 """Job fan-out: a CrowdCompute job of no-op tasks vs a hand-written Temporal fan-out.
 
 Both run on one dev server and one worker in the same process. The baseline is
-what one would write by hand: a parent workflow starting child workflows of
-1,000 activities each, every activity returning its input in the worker's event
-loop. Ours runs every task in a task process (one per core, kept warm between
-tasks), as a real worker does.
+what one would write by hand: a parent workflow keeping a sliding window of
+child workflows of 1,000 activities each in flight (as many as a CrowdCompute
+job keeps: ``DEFAULT_WINDOW``), every activity returning its input in the
+worker's event loop. Ours runs every task in a task process (one per core, kept
+warm between tasks), as a real worker does.
 
 A small warm-up job of each kind runs first (the first job on a fresh server
 and worker pays for start-up), then the timed jobs alternate — baseline, ours,
@@ -29,11 +30,14 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from bench import register
+from workflows.models import DEFAULT_WINDOW
 
 CHUNK = 1000
 WARMUP = 200
 # Activity slots of the shared worker (the baseline's in-loop activities need many).
 SLOTS = 200
+# ``python -m bench fanout --tasks N`` sets this (default: 10,000; 2,000 quick).
+TASKS: int | None = None
 
 
 def noop(x: Any) -> Any:
@@ -66,13 +70,22 @@ class BenchFanout:
     @workflow.run
     async def run(self, items: list[str]) -> list[str]:
         wid = workflow.info().workflow_id
-        parts = await asyncio.gather(
-            *(
-                workflow.execute_child_workflow(BenchChunk.run, items[i : i + CHUNK], id=f"{wid}-{i}")
-                for i in range(0, len(items), CHUNK)
+        parts: dict[int, list[str]] = {}
+        flying: list[asyncio.Task[None]] = []
+
+        async def chunk(i: int) -> None:
+            parts[i] = await workflow.execute_child_workflow(
+                BenchChunk.run, items[i : i + CHUNK], id=f"{wid}-{i}"
             )
-        )
-        return [r for part in parts for r in part]
+
+        for i in range(0, len(items), CHUNK):
+            if len(flying) >= DEFAULT_WINDOW:
+                done, flying = await workflow.wait(flying, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+            flying.append(asyncio.create_task(chunk(i)))
+        await asyncio.gather(*flying)
+        return [r for i in sorted(parts) for r in parts[i]]
 
 
 async def _baseline(client: Client, n: int) -> None:
@@ -94,12 +107,14 @@ async def _ours(n: int) -> None:
 async def run(quick: bool) -> dict[str, Any]:
     import sdk
     from activities import TaskActivities
+    from activities.job_items import JobItemActivities
+    from sdk._job_items import build_job_item_store
     from worker_app.dev import DEV_SERVER_ARGS, find_temporal_binary
     from worker_app.settings import Settings
     from worker_app.worker import task_runtime
     from workflows import WORKFLOWS
 
-    n = 2000 if quick else 10_000
+    n = TASKS or (2000 if quick else 10_000)
     order = ["baseline", "crowdcompute"]
     if quick:
         order = [*order, *reversed(order)]
@@ -118,7 +133,11 @@ async def run(quick: bool) -> dict[str, Any]:
                 conn.client,
                 task_queue="bench",
                 workflows=[*WORKFLOWS, BenchFanout, BenchChunk],
-                activities=[*acts.activities(), bench_noop],
+                activities=[
+                    *acts.activities(),
+                    *JobItemActivities(build_job_item_store(settings)).activities(),
+                    bench_noop,
+                ],
                 max_concurrent_activities=SLOTS,
             )
             jobs = {"baseline": lambda k: _baseline(conn.client, k), "crowdcompute": _ours}
@@ -149,3 +168,39 @@ async def run(quick: bool) -> dict[str, Any]:
         "ratio": round(ratio, 3),
         "load_average": round(load, 2),
     }
+
+
+@register("submit")
+async def run_submit(quick: bool) -> dict[str, Any]:
+    """Submit 1,000,000 small items (100,000 with --quick): the submit call's
+    wall time, then the time until the first task completed; the job is then
+    cancelled."""
+    import sdk
+    from worker_app.dev import DEV_SERVER_ARGS, find_temporal_binary
+    from worker_app.settings import Settings
+    from worker_app.worker import running_worker
+
+    n = TASKS or (100_000 if quick else 1_000_000)
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=find_temporal_binary(), dev_server_extra_args=DEV_SERVER_ARGS
+    )
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            address = env.client.service_client.config.target_host
+            settings = Settings(temporal_address=address, task_queue="bench", state_dir=Path(tmp))
+            conn = await sdk.connect(settings=settings)
+            async with running_worker(settings, conn.client):
+                t0 = time.monotonic()
+                job = await sdk.submit(noop, range(n))
+                submitted = time.monotonic() - t0
+                while (await job.progress()).counts.get("completed", 0) == 0:
+                    await asyncio.sleep(0.2)
+                first = time.monotonic() - t0 - submitted
+                await job.cancel()
+    finally:
+        await env.shutdown()
+    load = os.getloadavg()[0]
+    print(f"{n} items: submit {submitted:.1f}s, first task done {first:.1f}s later "
+          f"(load average {load:.1f})")
+    return {"items": n, "submit_s": round(submitted, 2), "first_task_after_s": round(first, 2),
+            "load_average": round(load, 2)}

@@ -15,14 +15,22 @@ from temporalio.service import RPCError
 from sdk._codec import decode_value, encode_value
 from sdk._connection import Connection, connect, default_connection
 from sdk._functions import function_path
+from sdk._job_items import build_job_item_store
 from sdk.errors import JobCancelled, JobFailed
 from workflows.job import JobWorkflow
 from workflows.models import (
+    BATCHES_PER_RUN,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_WINDOW,
     TASK_COMPLETED,
+    TASK_PENDING,
+    BatchProgress,
     JobInput,
     JobProgress,
     TaskOptions,
     TaskProgress,
+    batch_size_for,
+    batch_workflow_id,
     task_id_for,
     validate_job_id,
 )
@@ -53,34 +61,95 @@ class JobHandle:
                 raise JobCancelled(f"job {self.job_id} was {how}") from err
             msg = cause.message if isinstance(cause, ApplicationError) else str(cause)
             raise JobFailed(f"job {self.job_id} failed: {msg}") from err
+        if not encoded:
+            # A job with stored items returns nothing itself: its batches wrote
+            # their results to the item store.
+            store = build_job_item_store(self._conn.settings)
+            stored = await asyncio.to_thread(store.read_results, self.job_id)
+            encoded = stored or []
         return [decode_value(e) for e in encoded]
 
-    async def progress(self) -> JobProgress:
-        """Per-task state (pending / running / completed / failed) and attempts."""
+    async def progress(self, batch: int | None = None) -> JobProgress:
+        """Per-state counts of every task, and the state and attempt of tasks.
+
+        Args:
+            batch: of a job with stored items (larger than one batch), only
+                ``counts`` covers the whole job and ``tasks`` is empty unless
+                ``batch`` names one batch (0, 1, ...): then it lists that
+                batch's tasks. Smaller jobs list every task either way.
+        """
         top: JobProgress = await self._handle.query(JobWorkflow.progress)
+        # A job with stored items (it names its batch size) lists only its
+        # batches in flight, no tasks.
+        if top.batch_size > 0:
+            return await self._windowed_progress(top, batch)
         if not top.batches:
             return top
         tasks: list[TaskProgress] = []
-        for batch in top.batches:
-            part = None
-            if batch.state != TASK_COMPLETED:
-                try:
-                    child = self._conn.client.get_workflow_handle(batch.workflow_id)
-                    part = await child.query("progress", result_type=JobProgress)
-                except RPCError:
-                    part = None
-            if part is not None and part.tasks:
-                tasks.extend(part.tasks)
-                continue
-            state = TASK_COMPLETED if batch.state == TASK_COMPLETED else "pending"
-            tasks.extend(
-                TaskProgress(i, task_id_for(self.job_id, i), state, int(state == TASK_COMPLETED))
-                for i in range(batch.offset, batch.offset + batch.size)
-            )
+        for b in top.batches:
+            tasks.extend(await self._batch_tasks(b))
         counts: dict[str, int] = {k: 0 for k in top.counts}
         for t in tasks:
             counts[t.state] = counts.get(t.state, 0) + 1
         return replace(top, counts=counts, tasks=tasks)
+
+    async def _batch_tasks(self, batch: BatchProgress) -> list[TaskProgress]:
+        """The tasks of one batch: its own query while it runs, else from its state."""
+        if batch.state != TASK_COMPLETED:
+            try:
+                child = self._conn.client.get_workflow_handle(batch.workflow_id)
+                part = await child.query("progress", result_type=JobProgress)
+            except RPCError:
+                part = None
+            if part is not None and part.tasks:
+                return list(part.tasks)
+        state = TASK_COMPLETED if batch.state == TASK_COMPLETED else TASK_PENDING
+        return [
+            TaskProgress(i, task_id_for(self.job_id, i), state, int(state == TASK_COMPLETED))
+            for i in range(batch.offset, batch.offset + batch.size)
+        ]
+
+    async def _windowed_progress(self, top: JobProgress, batch: int | None) -> JobProgress:
+        """Counts from the job plus its (few) batches in flight; tasks of ``batch`` only."""
+        parts = await asyncio.gather(*(self._batch_counts(b) for b in top.batches))
+        counts = dict(top.counts)
+        for part in parts:
+            for state, n in part.items():
+                if state != TASK_PENDING:
+                    counts[TASK_PENDING] -= n
+                    counts[state] = counts.get(state, 0) + n
+        tasks: list[TaskProgress] = []
+        if batch is not None:
+            tasks = await self._tasks_of_batch(top, batch)
+        return replace(top, counts=counts, tasks=tasks)
+
+    async def _batch_counts(self, batch: BatchProgress) -> dict[str, int]:
+        """Tasks per state of a batch in flight (none known if it does not answer)."""
+        try:
+            child = self._conn.client.get_workflow_handle(batch.workflow_id)
+            counts: dict[str, int] = await child.query("counts", result_type=dict[str, int])
+        except RPCError:
+            return {}
+        return counts
+
+    async def _tasks_of_batch(self, top: JobProgress, batch: int) -> list[TaskProgress]:
+        wid = batch_workflow_id(self.job_id, batch)
+        for b in top.batches:
+            if b.workflow_id == wid:
+                return await self._batch_tasks(b)
+        size = top.batch_size
+        if batch < 0 or size <= 0 or batch * size >= top.total:
+            raise ValueError(f"job {self.job_id} has no batch {batch}")
+        # Batches start in order: one not in flight before the last one in flight
+        # has finished, one after it has not started.
+        last = max((b.offset for b in top.batches), default=-1)
+        done = batch * size < last if top.batches else top.counts.get(TASK_COMPLETED) == top.total
+        state = TASK_COMPLETED if done else TASK_PENDING
+        stop = min(top.total, (batch + 1) * size)
+        return [
+            TaskProgress(i, task_id_for(self.job_id, i), state, int(state == TASK_COMPLETED))
+            for i in range(batch * size, stop)
+        ]
 
     async def cancel(self) -> None:
         """Cancel the job and its running tasks."""
@@ -160,11 +229,35 @@ async def submit(
     job_id = validate_job_id(job_id) if job_id is not None else f"job-{uuid.uuid4().hex[:16]}"
     encoded = _encode_items(items)
     conn = await default_connection()
+    return await start_job(conn, job_id, path, encoded, options)
+
+
+async def start_job(
+    conn: Connection,
+    job_id: str,
+    fn: str,
+    encoded: list[str],
+    options: TaskOptions,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    window: int = DEFAULT_WINDOW,
+    batches_per_run: int = BATCHES_PER_RUN,
+) -> JobHandle:
+    """Start ``JobWorkflow``; items of a job larger than one batch go to the item store.
+
+    A small job keeps its items in the workflow input (today's path, readable in
+    the Temporal UI); a larger one writes them once, in chunks of its batch size,
+    and passes only their count.
+    """
+    size = batch_size_for(batch_size, options)
+    arg = JobInput(job_id=job_id, fn=fn, items=encoded, options=options, batch_size=batch_size,
+                   window=window, batches_per_run=batches_per_run)
+    if len(encoded) > size:
+        store = build_job_item_store(conn.settings)
+        await asyncio.to_thread(store.put_items, job_id, encoded, size)
+        arg = replace(arg, items=[], item_count=len(encoded))
     handle = await conn.client.start_workflow(
-        JobWorkflow.run,
-        JobInput(job_id=job_id, fn=path, items=encoded, options=options),
-        id=job_id,
-        task_queue=conn.settings.task_queue,
+        JobWorkflow.run, arg, id=job_id, task_queue=conn.settings.task_queue
     )
     return JobHandle(job_id, handle, conn)
 

@@ -7,15 +7,17 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities import CheckpointProvider, CheckpointService, TaskActivities, TaskRuntime
+from activities.job_items import JobItemActivities
+from sdk._job_items import build_job_item_store
 from sdk._temporal import connect_client
 from worker_app.settings import Settings
 from workflows import WORKFLOWS
@@ -66,12 +68,13 @@ def build_checkpoints(settings: Settings) -> CheckpointService:
 class TaskWorker(Worker):
     """A Temporal worker whose shutdown also ends its task processes."""
 
-    def __init__(self, client: Client, settings: Settings, acts: TaskActivities) -> None:
+    def __init__(self, client: Client, settings: Settings, acts: TaskActivities,
+                 extra_activities: Sequence[Callable[..., Any]] = ()) -> None:
         super().__init__(
             client,
             task_queue=settings.task_queue,
             workflows=WORKFLOWS,
-            activities=acts.activities(),
+            activities=[*acts.activities(), *extra_activities],
             max_concurrent_activities=acts.pool.size + EXTRA_ACTIVITY_SLOTS,
             # Final checkpoints are taken before shutdown starts (see ``serve``); what is
             # still running afterwards is cancelled at once so Temporal retries it.
@@ -91,11 +94,13 @@ def build_worker(
 ) -> TaskWorker:
     """A Temporal worker for ``settings.task_queue`` (not yet running).
 
-    It runs at most ``settings.max_tasks`` tasks at once, each in a process of its own.
+    It runs at most ``settings.max_tasks`` tasks at once, each in a process of its own,
+    and reads / writes the stored items and results of large jobs.
     """
     acts = TaskActivities(task_runtime(settings),
                           checkpoints=checkpoints or build_checkpoints(settings))
-    return TaskWorker(client, settings, acts)
+    items = JobItemActivities(build_job_item_store(settings))
+    return TaskWorker(client, settings, acts, extra_activities=items.activities())
 
 
 @asynccontextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import timedelta
 
 from temporalio import workflow
@@ -17,15 +18,17 @@ from workflows.models import (
     TASK_RUNNING,
     BatchInput,
     BatchProgress,
+    ChunkRef,
+    ChunkResults,
     CleanupJobInput,
     JobInput,
     JobProgress,
     TaskStarted,
+    batch_size_for,
     batch_workflow_id,
 )
 
-# With a cleanup activity per task the history grows by ~3 events per task more.
-CHECKPOINTED_BATCH_SIZE = 400
+ITEM_STORE_TIMEOUT = timedelta(minutes=5)
 
 
 class _RunsTasks:
@@ -60,8 +63,21 @@ class BatchWorkflow(_RunsTasks):
 
     @workflow.run
     async def run(self, arg: BatchInput) -> list[str]:
-        runner = TaskRunner(arg.job_id, arg.fn, arg.items, arg.offset, arg.options)
-        return await self._start_runner(runner).run()
+        if arg.chunk < 0:
+            runner = TaskRunner(arg.job_id, arg.fn, arg.items, arg.offset, arg.options)
+            return await self._start_runner(runner).run()
+        ref = ChunkRef(job_id=arg.job_id, chunk=arg.chunk)
+        items: list[str] = await workflow.execute_activity(
+            "read_job_items", ref, result_type=list[str], start_to_close_timeout=ITEM_STORE_TIMEOUT
+        )
+        runner = TaskRunner(arg.job_id, arg.fn, items, arg.offset, arg.options)
+        results = await self._start_runner(runner).run()
+        await workflow.execute_activity(
+            "write_job_results",
+            ChunkResults(job_id=arg.job_id, chunk=arg.chunk, results=results),
+            start_to_close_timeout=ITEM_STORE_TIMEOUT,
+        )
+        return []
 
     @workflow.query
     def progress(self) -> JobProgress:
@@ -72,6 +88,11 @@ class BatchWorkflow(_RunsTasks):
             job_id=runner.job_id, total=len(runner.tasks), counts=runner.counts(), tasks=runner.tasks
         )
 
+    @workflow.query
+    def counts(self) -> dict[str, int]:
+        """Tasks per state, without the per-task list (a job's progress sums these)."""
+        return self._runner.counts() if self._runner is not None else {}
+
 
 @workflow.defn(name="JobWorkflow")
 class JobWorkflow(_RunsTasks):
@@ -81,26 +102,73 @@ class JobWorkflow(_RunsTasks):
         super().__init__()
         self._input: JobInput | None = None
         self._batches: list[BatchProgress] = []
+        # Tasks of finished batches, this run's and (carried) earlier runs'.
+        self._completed = 0
+        self._continuing = False
 
     @workflow.run
     async def run(self, arg: JobInput) -> list[str]:
         self._input = arg
+        self._completed = arg.completed
         try:
-            size = self._batch_size(arg)
+            size = batch_size_for(arg.batch_size, arg.options)
+            if arg.item_count > 0:
+                return await self._run_window(arg, size)
             if len(arg.items) <= size:
                 runner = TaskRunner(arg.job_id, arg.fn, arg.items, 0, arg.options)
                 return await self._start_runner(runner).run()
             return await self._run_batches(arg, size)
         finally:
-            if arg.options.checkpoint_interval is not None:
+            # A run that continues as new hands the job on; the last run cleans up.
+            if arg.options.checkpoint_interval is not None and not self._continuing:
                 await self._cleanup_job(arg.job_id)
 
-    @staticmethod
-    def _batch_size(arg: JobInput) -> int:
-        size = max(1, arg.batch_size)
-        if arg.options.checkpoint_interval is not None:
-            size = min(size, CHECKPOINTED_BATCH_SIZE)
-        return size
+    async def _run_window(self, arg: JobInput, size: int) -> list[str]:
+        """Batches of stored items, at most ``arg.window`` in flight.
+
+        After starting ``arg.batches_per_run`` batches (or when Temporal
+        suggests it) the run lets its batches finish and continues as new, so
+        no history grows with the job. Results stay in the item store.
+        """
+        chunks = -(-arg.item_count // size)
+        next_chunk, started = arg.next_batch, 0
+        flying: dict[int, asyncio.Future[None]] = {}
+        try:
+            while True:
+                while (next_chunk < chunks and len(flying) < max(1, arg.window)
+                       and started < max(1, arg.batches_per_run)
+                       and not workflow.info().is_continue_as_new_suggested()):
+                    batch = BatchProgress(
+                        batch_workflow_id(arg.job_id, next_chunk),
+                        next_chunk * size,
+                        min(size, arg.item_count - next_chunk * size),
+                    )
+                    self._batches.append(batch)
+                    flying[next_chunk] = start_observed(self._run_stored_batch(arg, batch, next_chunk))
+                    next_chunk, started = next_chunk + 1, started + 1
+                if not flying:
+                    break
+                await workflow.wait(list(flying.values()), return_when=asyncio.FIRST_COMPLETED)
+                for chunk in [c for c, f in flying.items() if f.done()]:
+                    flying.pop(chunk).result()  # the first failure stops the job
+        except BaseException:
+            await cancel_in_waves(list(flying.values()))
+            raise
+        if next_chunk < chunks:
+            self._continuing = True
+            workflow.continue_as_new(
+                replace(arg, next_batch=next_chunk, completed=self._completed)
+            )
+        return []
+
+    async def _run_stored_batch(self, arg: JobInput, batch: BatchProgress, chunk: int) -> None:
+        child = BatchInput(
+            job_id=arg.job_id, fn=arg.fn, items=[], offset=batch.offset, options=arg.options,
+            chunk=chunk,
+        )
+        await self._execute_batch(batch, child)
+        self._completed += batch.size
+        self._batches.remove(batch)
 
     async def _run_batches(self, arg: JobInput, size: int) -> list[str]:
         starts = range(0, len(arg.items), size)
@@ -124,6 +192,9 @@ class JobWorkflow(_RunsTasks):
             offset=batch.offset,
             options=arg.options,
         )
+        return await self._execute_batch(batch, child)
+
+    async def _execute_batch(self, batch: BatchProgress, child: BatchInput) -> list[str]:
         batch.state = TASK_RUNNING
         try:
             result: list[str] = await workflow.execute_child_workflow(
@@ -157,6 +228,12 @@ class JobWorkflow(_RunsTasks):
             runner = self._runner
             return JobProgress(arg.job_id, len(runner.tasks), runner.counts(), runner.tasks)
         counts = {TASK_PENDING: 0, TASK_RUNNING: 0, TASK_COMPLETED: 0, TASK_FAILED: 0}
+        if arg.item_count > 0:
+            # Only the batches in flight are listed; the counts cover the whole job.
+            counts[TASK_COMPLETED] = self._completed
+            counts[TASK_PENDING] = arg.item_count - self._completed
+            size = batch_size_for(arg.batch_size, arg.options)
+            return JobProgress(arg.job_id, arg.item_count, counts, [], list(self._batches), size)
         for b in self._batches:
             counts[TASK_COMPLETED if b.state == TASK_COMPLETED else TASK_PENDING] += b.size
         return JobProgress(arg.job_id, len(arg.items), counts, [], self._batches)

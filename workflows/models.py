@@ -17,6 +17,14 @@ JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 # this size, which keeps each history near 4,000 events (< 10,240) and pending
 # activities well under Temporal's 2,000 per workflow.
 DEFAULT_BATCH_SIZE = 1000
+# With a cleanup activity per task the history grows by ~3 events per task more.
+CHECKPOINTED_BATCH_SIZE = 400
+# A job whose items are in the item store keeps at most this many batches in
+# flight (a sliding window) and continues as new after starting this many, so
+# its own history stays near 1,000 events and each workflow task handles a few
+# child events, at any job size.
+DEFAULT_WINDOW = 10
+BATCHES_PER_RUN = 100
 
 TASK_PENDING = "pending"
 TASK_RUNNING = "running"
@@ -45,6 +53,14 @@ def batch_workflow_id(job_id: str, batch: int) -> str:
     return f"{job_id}--batch-{batch}"
 
 
+def batch_size_for(batch_size: int, options: TaskOptions) -> int:
+    """Tasks per batch workflow of a job (checkpointed jobs run smaller batches)."""
+    size = max(1, batch_size)
+    if options.checkpoint_interval is not None:
+        size = min(size, CHECKPOINTED_BATCH_SIZE)
+    return size
+
+
 @dataclass
 class TaskOptions:
     """Per-task execution options, identical for every task of a job."""
@@ -65,6 +81,14 @@ class JobInput:
     items: list[str]
     options: TaskOptions = field(default_factory=TaskOptions)
     batch_size: int = DEFAULT_BATCH_SIZE
+    # > 0: the items are in the job item store (``items`` is empty), in chunks
+    # of ``batch_size``; batches read their chunk and write their results there.
+    item_count: int = 0
+    window: int = DEFAULT_WINDOW
+    batches_per_run: int = BATCHES_PER_RUN
+    # Carried across continue-as-new: the next batch to start, tasks completed.
+    next_batch: int = 0
+    completed: int = 0
 
 
 @dataclass
@@ -76,6 +100,26 @@ class BatchInput:
     items: list[str]
     offset: int = 0
     options: TaskOptions = field(default_factory=TaskOptions)
+    # >= 0: ``items`` is empty; read chunk ``chunk`` from the job item store and
+    # write the results there (the batch then returns an empty list).
+    chunk: int = -1
+
+
+@dataclass
+class ChunkRef:
+    """Input of the ``read_job_items`` activity: chunk ``chunk`` of a job's items."""
+
+    job_id: str
+    chunk: int
+
+
+@dataclass
+class ChunkResults:
+    """Input of the ``write_job_results`` activity: the results of one chunk."""
+
+    job_id: str
+    chunk: int
+    results: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -142,7 +186,8 @@ class JobProgress:
 
     ``tasks`` lists the tasks this workflow runs itself. A large job runs its
     tasks in child batches instead: ``batches`` names them (query each for its
-    tasks; ``JobHandle.progress()`` merges them).
+    tasks; ``JobHandle.progress()`` merges them). A job whose items are in the
+    item store lists only its batches in flight; ``counts`` covers every task.
     """
 
     job_id: str
@@ -150,3 +195,5 @@ class JobProgress:
     counts: dict[str, int] = field(default_factory=dict)
     tasks: list[TaskProgress] = field(default_factory=list)
     batches: list[BatchProgress] = field(default_factory=list)
+    # Tasks per batch (batch k holds tasks k*batch_size ..), for a stored job.
+    batch_size: int = 0

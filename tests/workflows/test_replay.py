@@ -26,7 +26,8 @@ from worker_app.settings import Settings
 from workflows import WORKFLOWS
 
 HERE = Path(__file__).resolve().parent / "histories"
-HISTORIES = sorted(HERE.glob("v1-*.json")) + sorted(HERE.glob("old-*.json.gz"))
+HISTORIES = (sorted(HERE.glob("v1-*.json")) + sorted(HERE.glob("old-*.json.gz"))
+             + sorted(HERE.glob("v2-*.json.gz")))
 
 
 def _name(path: Path) -> str:
@@ -44,6 +45,8 @@ def test_histories_of_every_shape_are_recorded() -> None:
     for shape in ("plain", "checkpointed", "failed", "batched", "batched--batch-0", "cancelled"):
         assert f"v1-{shape}" in names
     assert len([n for n in names if n.startswith("old-")]) == 10
+    for shape in ("windowed-run0", "windowed-run1", "windowed-run2", "windowed--batch-0"):
+        assert f"v2-{shape}" in names
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=_name)

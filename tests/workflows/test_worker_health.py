@@ -29,8 +29,9 @@ from temporalio.worker import Replayer
 import sdk
 from workflows import WORKFLOWS
 from workflows._runner import CANCEL_IN_WAVES_PATCH
+from workflows.models import DEFAULT_WINDOW
 
-# Thirty batch children of 1,000 tasks.
+# Thirty batch children of 1,000 tasks, at most a window of them in flight.
 BIG_JOB = 30_000
 BATCHES = BIG_JOB // 1000
 STOPPED_WITHIN = 120.0
@@ -41,20 +42,22 @@ EXIT_WITHIN = 30.0
 async def _stop_big_job(client: Client, how: str) -> None:
     job = await sdk.submit(tasks.noop, range(BIG_JOB), job_id=f"big-{how}")
     handle = client.get_workflow_handle(job.job_id)
-    last = client.get_workflow_handle(f"{job.job_id}--batch-{BATCHES - 1}")
+    last = client.get_workflow_handle(f"{job.job_id}--batch-{DEFAULT_WINDOW - 1}")
 
-    async def all_batches_started() -> bool:
+    async def window_started() -> bool:
+        # The window's last batch read its items and scheduled its first tasks.
         try:
-            await last.describe()
+            history = await last.fetch_history()
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 return False
             raise
-        return True
+        scheduled = EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        return sum(e.event_type == scheduled for e in history.events) > 1
 
-    # Stop while the batches still schedule their waves of tasks: the stop
-    # then cancels up to 750 tasks of each batch that no gather watches.
-    await wait_for(all_batches_started, timeout=60, every=0.1)
+    # Stop while the window's batches still schedule their waves of tasks: the
+    # stop then cancels up to 750 tasks of each batch that no gather watches.
+    await wait_for(window_started, timeout=60, every=0.1)
     if how == "cancel":
         await handle.cancel()
     else:
@@ -112,7 +115,7 @@ async def test_worker_healthy_after_stopping_a_large_job(
 async def _cancelled_batch_replays(client: Client, job_id: str) -> None:
     """A batch that the stop cancelled did so in waves (the patch is recorded),
     and its history replays with the same workflows."""
-    for k in range(BATCHES):
+    for k in reversed(range(DEFAULT_WINDOW)):  # the last started was scheduling
         handle = client.get_workflow_handle(f"{job_id}--batch-{k}")
         try:
             status = (await handle.describe()).status

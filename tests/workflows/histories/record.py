@@ -2,7 +2,8 @@
 
 Starts a dev server and an in-process worker, runs one job of each shape and
 writes each workflow's history as JSON beside this file, named
-``<format>-<shape>[--batch-k].json``. Histories recorded by earlier versions
+``<format>-<shape>[--batch-k].json``; ``HISTORY_SHAPE=windowed`` records only
+a job of stored items (its runs and a batch, gzipped). Histories recorded by earlier versions
 of the workflows are kept: the replay test checks that today's code still
 replays every one of them.
 """
@@ -38,7 +39,10 @@ async def main(fmt: str) -> None:
                                 task_queue="record", state_dir=Path(state), heartbeat_interval=0.5)
             conn = await sdk.connect(settings=settings)
             async with running_worker(settings, conn.client):
-                await _record(conn, fmt)
+                if os.environ.get("HISTORY_SHAPE") == "windowed":
+                    await record_windowed(conn, fmt)
+                else:
+                    await _record(conn, fmt)
     finally:
         await env.shutdown()
 
@@ -81,6 +85,36 @@ async def _record(conn: sdk.Connection, fmt: str) -> None:
     except Exception:
         pass
     await _save(client, f"{fmt}-cancelled")
+
+
+async def record_windowed(conn: sdk.Connection, fmt: str) -> None:
+    """A job of stored items in a window of batches: each run of the job (it
+    continues as new twice) and one batch, gzipped as ``<fmt>-windowed-run<k>``."""
+    import gzip
+
+    from activities.codec import encode_value
+
+    from sdk._jobs import start_job
+
+    job_id = f"{fmt}-windowed"
+    job = await start_job(conn, job_id, "tasks:square", [encode_value(i) for i in range(25)],
+                          TaskOptions(), batch_size=5, window=2, batches_per_run=2)
+    await job.result()
+    client = conn.client
+    run_id: str | None = None
+    runs = []
+    while True:
+        history = await client.get_workflow_handle(job_id, run_id=run_id).fetch_history()
+        runs.insert(0, history)
+        start = history.events[0].workflow_execution_started_event_attributes
+        run_id = start.continued_execution_run_id or None
+        if run_id is None:
+            break
+    batch = await client.get_workflow_handle(f"{job_id}--batch-0").fetch_history()
+    for name, history in [*((f"{job_id}-run{k}", h) for k, h in enumerate(runs)),
+                          (f"{job_id}--batch-0", batch)]:
+        (HERE / f"{name}.json.gz").write_bytes(gzip.compress(history.to_json().encode()))
+        print(f"recorded {name}: {len(history.events)} events")
 
 
 async def _save(client: object, workflow_id: str) -> None:

@@ -1,0 +1,171 @@
+"""The job item store: a large job's items and results, outside Temporal payloads.
+
+The client writes a job's encoded items once, in chunks of the job's batch
+size, before it starts the job; each batch workflow reads its own chunk through
+the ``read_job_items`` activity and writes its results with
+``write_job_results``; the client reads the results back when the job is done.
+Workflows never touch the store themselves (they do no I/O).
+
+Layout, below the payload store (``<state dir>/payloads`` on the embedded
+stack, ``s3://bucket/<prefix>/payloads/`` at scale)::
+
+    jobs/<job id>/manifest          {"count": N, "chunk_size": S}
+    jobs/<job id>/items/<k>         chunk k: one base64 item per line
+    jobs/<job id>/results/<k>       the results of chunk k, the same way
+
+Base64 has no newlines, so a chunk is its lines joined with ``\\n``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from workflows.models import validate_job_id
+
+if TYPE_CHECKING:
+    from sdk._settings import ClientSettings
+
+ITEMS = "items"
+RESULTS = "results"
+
+
+class JobItemsMissing(LookupError):
+    """A chunk (or the manifest) of a job is not in the item store."""
+
+
+class JobItemStore(ABC):
+    """Whole objects by key below one root; keys are ``jobs/<job id>/...``."""
+
+    @abstractmethod
+    def _put(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def _get(self, key: str) -> bytes:
+        """The object at ``key``; :class:`JobItemsMissing` if there is none."""
+
+    @abstractmethod
+    def delete_job(self, job_id: str) -> None:
+        """Remove everything stored for ``job_id`` (nothing if there is none)."""
+
+    def put_items(self, job_id: str, items: Sequence[str], chunk_size: int) -> int:
+        """Store ``items`` in chunks of ``chunk_size``; return the number of chunks."""
+        validate_job_id(job_id)
+        chunks = 0
+        for start in range(0, len(items), chunk_size):
+            self.put_chunk(job_id, ITEMS, chunks, items[start : start + chunk_size])
+            chunks += 1
+        # Written last: a job whose manifest exists has all of its chunks.
+        manifest = {"count": len(items), "chunk_size": chunk_size}
+        self._put(f"jobs/{job_id}/manifest", json.dumps(manifest).encode())
+        return chunks
+
+    def manifest(self, job_id: str) -> dict[str, int] | None:
+        """``{"count", "chunk_size"}`` of a stored job, None if it has no items here."""
+        validate_job_id(job_id)
+        try:
+            data = self._get(f"jobs/{job_id}/manifest")
+        except JobItemsMissing:
+            return None
+        out: dict[str, int] = json.loads(data)
+        return out
+
+    def put_chunk(self, job_id: str, kind: str, chunk: int, lines: Sequence[str]) -> None:
+        self._put(self._key(job_id, kind, chunk), "\n".join(lines).encode("ascii"))
+
+    def get_chunk(self, job_id: str, kind: str, chunk: int) -> list[str]:
+        data = self._get(self._key(job_id, kind, chunk)).decode("ascii")
+        return data.split("\n") if data else []
+
+    def read_results(self, job_id: str) -> list[str] | None:
+        """Every result of a stored job in input order; None if it has no items here."""
+        manifest = self.manifest(job_id)
+        if manifest is None:
+            return None
+        count, size = manifest["count"], manifest["chunk_size"]
+        out: list[str] = []
+        for chunk in range(-(-count // size)):
+            out.extend(self.get_chunk(job_id, RESULTS, chunk))
+        return out
+
+    @staticmethod
+    def _key(job_id: str, kind: str, chunk: int) -> str:
+        validate_job_id(job_id)
+        if kind not in (ITEMS, RESULTS) or chunk < 0:
+            raise ValueError(f"bad chunk {kind}/{chunk} of job {job_id}")
+        return f"jobs/{job_id}/{kind}/{chunk}"
+
+
+class FsJobItemStore(JobItemStore):
+    """Files below one directory, written via temp + fsync + rename."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _put(self, key: str, data: bytes) -> None:
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    def _get(self, key: str) -> bytes:
+        try:
+            return (self.root / key).read_bytes()
+        except FileNotFoundError:
+            raise JobItemsMissing(f"{key} is not in the job item store {self.root}") from None
+
+    def delete_job(self, job_id: str) -> None:
+        validate_job_id(job_id)
+        shutil.rmtree(self.root / "jobs" / job_id, ignore_errors=True)
+
+
+class S3JobItemStore(JobItemStore):
+    """Objects below ``<prefix>payloads/`` of one bucket (boto3, imported here only)."""
+
+    def __init__(self, bucket: str, prefix: str, endpoint_url: str | None = None) -> None:
+        import boto3
+
+        self._s3: Any = boto3.client("s3", endpoint_url=endpoint_url)
+        self.bucket = bucket
+        self.prefix = prefix
+
+    def _put(self, key: str, data: bytes) -> None:
+        self._s3.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
+
+    def _get(self, key: str) -> bytes:
+        try:
+            resp = self._s3.get_object(Bucket=self.bucket, Key=self.prefix + key)
+        except self._s3.exceptions.NoSuchKey:
+            raise JobItemsMissing(f"s3://{self.bucket}/{self.prefix}{key} does not exist") from None
+        data: bytes = resp["Body"].read()
+        return data
+
+    def delete_job(self, job_id: str) -> None:
+        validate_job_id(job_id)
+        pages = self._s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=f"{self.prefix}jobs/{job_id}/"
+        )
+        for page in pages:
+            keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+            if keys:
+                self._s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
+
+
+def build_job_item_store(settings: ClientSettings) -> JobItemStore:
+    """The store next to the payload store of ``settings`` (S3 for ``s3://`` blob URLs)."""
+    blob_url = settings.blob_url or ""
+    if blob_url.startswith("s3://"):
+        bucket, _, prefix = blob_url[len("s3://") :].partition("/")
+        prefix = f"{prefix.strip('/')}/payloads/" if prefix.strip("/") else "payloads/"
+        return S3JobItemStore(bucket, prefix, settings.s3_endpoint_url)
+    return FsJobItemStore(settings.payload_dir)
