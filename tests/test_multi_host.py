@@ -396,8 +396,17 @@ async def test_job_spans_hosts_and_survives_a_cut_worker_link(cluster: Cluster,
         net.set_link(net.hosts[victim], up=True)
         healed_at = time.monotonic()
         results = await asyncio.wait_for(job.result(), 180)
-        # The zombies noticed: their next commit after the link came back was fenced.
-        await wait_for(lambda: fenced(cluster.worker_output(victim)) >= set(cut), timeout=60)
+        # The zombies stop once their host is back: fenced at their next commit, or
+        # stopped by their worker when a heartbeat tells it the attempt is gone (each
+        # task runs in a process of its own that the worker kills; DESIGN.md §3a).
+        async def victim_stopped() -> bool:
+            ran = steps.steps_after(victim, healed_at)
+            await asyncio.sleep(5.0)
+            steps.poll()
+            return steps.steps_after(victim, healed_at) == ran
+
+        await wait_for(victim_stopped, timeout=90, every=0.5)
+        stopped_after = time.monotonic() - healed_at
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
@@ -427,7 +436,9 @@ async def test_job_spans_hosts_and_survives_a_cut_worker_link(cluster: Cluster,
     assert ckpt_keys, "no checkpoint blob ever reached S3"
     print(f"\nbefore the cut {before}; cut {victim}: its {len(cut)} tasks resumed on {survivor} "
           f"{resumed_after:.1f} s after the cut; {victim} ran {steps.steps_after(victim, healed_at)} "
-          f"steps after its link came back; final (attempt, host, start step): "
+          f"steps after its link came back and stopped within {stopped_after:.0f} s "
+          f"({len(fenced(cluster.worker_output(victim)) & set(cut))} fenced at a commit); "
+          f"final (attempt, host, start step): "
           f"{ {t: max(steps.starts(t)) for t in cut} }")
 
     # Afterwards: once every attempt anywhere has ended (the zombies finish their

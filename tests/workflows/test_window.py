@@ -13,15 +13,15 @@ import pytest
 import tasks
 from _helpers import wait_for
 from _servers import moto_server
-from activities.codec import encode_value
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
 
 import sdk
+from sdk._codec import encode_value
 from sdk._job_items import FsJobItemStore, build_job_item_store
 from sdk._jobs import start_job
 from worker_app.settings import Settings
-from worker_app.worker import MAX_CONCURRENT_ACTIVITIES, running_worker
+from worker_app.worker import running_worker
 from workflows.models import TaskOptions
 
 MAX_EVENTS = 10_240
@@ -115,7 +115,7 @@ def test_item_store_round_trip(tmp_path: Path) -> None:
 
 
 async def test_progress_of_a_100000_task_job_answers_within_2s(
-    worker: None, conn: sdk.Connection
+    worker: None, conn: sdk.Connection, settings: Settings
 ) -> None:
     n = 100_000
     start = time.monotonic()
@@ -126,12 +126,12 @@ async def test_progress_of_a_100000_task_job_answers_within_2s(
         first: list[float] = []
 
         async def slots_full() -> bool:
-            # Measured once the first waves are scheduled and every activity
-            # slot of the worker runs a task: the steady state of a big job.
+            # Measured once the first waves are scheduled and every task process
+            # of the worker runs a task: the steady state of a big job.
             t0 = time.monotonic()
             running = (await job.progress()).counts.get("running", 0)
             first.append(time.monotonic() - t0)
-            return running == MAX_CONCURRENT_ACTIVITIES
+            return running == settings.max_tasks
 
         await wait_for(slots_full, timeout=120, every=1.0)
         timings = []

@@ -92,8 +92,7 @@ async def record_windowed(conn: sdk.Connection, fmt: str) -> None:
     continues as new twice) and one batch, gzipped as ``<fmt>-windowed-run<k>``."""
     import gzip
 
-    from activities.codec import encode_value
-
+    from sdk._codec import encode_value
     from sdk._jobs import start_job
 
     job_id = f"{fmt}-windowed"
