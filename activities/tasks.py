@@ -161,6 +161,8 @@ class TaskActivities:
 
     async def _signal_started(self, spec: RunSpec) -> None:
         info = activity.info()
+        if info.workflow_id is None:  # not started by a workflow: nobody to tell
+            return
         try:
             handle = activity.client().get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id)
             await handle.signal("task_started", TaskStarted(index=spec.index, attempt=spec.attempt))

@@ -49,7 +49,8 @@ def _compressor(level: int, threads: int) -> zstandard.ZstdCompressor:
     key = (level, threads)
     if key not in cache:
         cache[key] = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
-    return cache[key]
+    compressor: zstandard.ZstdCompressor = cache[key]
+    return compressor
 
 
 def shuffle(data: Any, itemsize: int) -> np.ndarray:

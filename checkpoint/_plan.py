@@ -92,8 +92,10 @@ class Plan:
 def xor(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a ^ b`` of two flat ``uint8`` arrays of one length (by words when it can)."""
     if a.nbytes % 8 == 0:
-        return np.bitwise_xor(a.view(np.uint64), b.view(np.uint64)).view(np.uint8)
-    return np.bitwise_xor(a, b)
+        words: np.ndarray = np.bitwise_xor(a.view(np.uint64), b.view(np.uint64))
+        return words.view(np.uint8)
+    out: np.ndarray = np.bitwise_xor(a, b)
+    return out
 
 
 def _word(nbytes: int) -> type[np.unsignedinteger[Any]]:

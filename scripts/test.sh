@@ -19,4 +19,5 @@ export CROWDCOMPUTE_TEST_POSTGRES_URL=${CROWDCOMPUTE_TEST_POSTGRES_URL:-postgres
 bash scripts/start-postgres.sh
 
 .venv/bin/ruff check --quiet .
+.venv/bin/mypy --strict checkpoint workflows sdk activities worker_app
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -100,7 +100,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if cmd == "db":
         import checkpoint
 
-        checkpoint.upgrade_database(settings.database_url)  # type: ignore[attr-defined]
+        assert settings.database_url is not None  # Settings fills it in
+        checkpoint.upgrade_database(settings.database_url)
         print(f"database at {settings.database_url} is up to date")
         return 0
     if cmd == "api":

@@ -163,11 +163,13 @@ def _sources(settings: Any, manager: Any, client: Any) -> tuple[Any, Any]:
     from worker_app.api.app import _default_client_factory, _default_manager
 
     manager = manager if manager is not None else _default_manager(settings)
+    factory: Callable[[], Awaitable[Any]]
     if client is not None:
 
-        async def factory() -> Any:
+        async def fixed() -> Any:
             return client
 
+        factory = fixed
     else:
         factory = _default_client_factory(settings)
     return CatalogReader(manager), JobStatusSource(factory)

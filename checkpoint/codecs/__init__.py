@@ -82,7 +82,7 @@ def codec_for(name: str) -> ArrayCodec:
         module = _MODULES[name]
     except KeyError:
         raise ValueError(f"unknown array codec {name!r}") from None
-    codec: ArrayCodec = importlib.import_module(f"{__name__}.{module}")  # type: ignore[assignment]
+    codec: ArrayCodec = importlib.import_module(f"{__name__}.{module}")
     return codec
 
 
@@ -126,7 +126,7 @@ def convert(obj: object) -> object:
     """
     if type(obj) in _NEVER_ARRAY:
         return obj
-    kind = generic.framework_kind(type(obj))
+    kind = generic.framework_kind(type(obj))  # type: ignore[arg-type]  # classes hash
     if kind == "state_dict":
         return obj.state_dict()  # type: ignore[attr-defined]
     if kind == "keras_weights":

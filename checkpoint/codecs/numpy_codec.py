@@ -32,8 +32,10 @@ def dtype_from_token(token: Any) -> np.dtype[Any]:
     if isinstance(token, str) and token.startswith("ml_dtypes:"):
         import ml_dtypes
 
-        return np.dtype(getattr(ml_dtypes, token.partition(":")[2]))
-    return np.lib.format.descr_to_dtype(token)
+        dtype: np.dtype[Any] = np.dtype(getattr(ml_dtypes, token.partition(":")[2]))
+    else:
+        dtype = np.lib.format.descr_to_dtype(token)
+    return dtype
 
 
 def describe(obj: np.ndarray) -> dict[str, Any]:

@@ -86,7 +86,8 @@ async def get_job(job_id: JobId, request: Request) -> JobCheckpoints:
     summary="Checkpoint details of one task: head, chain, age, attempt, epoch",
 )
 async def get_task(task_id: TaskId, request: Request) -> TaskDetail:
-    detail = await run_in_threadpool(request.app.state.reader.task_detail, task_id)
+    detail: TaskDetail | None = await run_in_threadpool(request.app.state.reader.task_detail,
+                                                        task_id)
     if detail is None:
         raise _not_found("task", task_id)
     return detail
@@ -101,7 +102,7 @@ async def get_task(task_id: TaskId, request: Request) -> TaskDetail:
 )
 async def get_storage_info(task_id: TaskId, request: Request) -> StorageInfo:
     state = request.app.state
-    info = await run_in_threadpool(
+    info: StorageInfo | None = await run_in_threadpool(
         state.reader.storage_info,
         task_id,
         object_store=state.object_store,
