@@ -19,14 +19,13 @@ Base64 has no newlines, so a chunk is its lines joined with ``\\n``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sdk._files import write_atomic
 from workflows.models import validate_job_id
 
 if TYPE_CHECKING:
@@ -109,14 +108,7 @@ class FsJobItemStore(JobItemStore):
         self.root = Path(root)
 
     def _put(self, key: str, data: bytes) -> None:
-        path = self.root / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_atomic(self.root / key, data)
 
     def _get(self, key: str) -> bytes:
         try:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +24,8 @@ from temporalio.converter import (
     StorageDriverRetrieveContext,
     StorageDriverStoreContext,
 )
+
+from sdk._files import write_atomic
 
 if TYPE_CHECKING:
     from sdk._settings import ClientSettings
@@ -57,13 +57,7 @@ class LocalDirDriver(StorageDriver):
         digest = hashlib.sha256(data).hexdigest()
         path = self.root / digest[:2] / digest
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{digest}.{uuid.uuid4().hex}.tmp")
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            write_atomic(path, data)
         return StorageDriverClaim(claim_data={"sha256": digest})
 
     def _get(self, claim: StorageDriverClaim) -> Payload:
