@@ -15,7 +15,8 @@ Call order for one attempt of one task:
    :meth:`commit` (one fenced transaction). When the outcome of a commit is
    unknown, :meth:`row_committed` tells whether it landed. After a base
    committed, :meth:`retire_before` drops the older chains (best effort).
-4. Cleanup at any time: :meth:`delete_rows`, :meth:`delete_refs`,
+4. Cleanup at any time: :meth:`delete_task_rows` (fences the task), :meth:`delete_rows`,
+   :meth:`delete_refs`,
    :meth:`delete_prefix`.
 """
 
@@ -232,6 +233,23 @@ class ChainStore:
                 self.tiers.store_for(ref.tier).delete(ref.key)
             except Exception as exc:
                 log.warning("CheckpointManager: could not delete blob %r: %s", ref.key, exc)
+
+    def delete_task_rows(self, task_id: str) -> None:
+        """Every committed row of the task, then their blobs; the task is fenced.
+
+        One transaction takes the task from whatever attempt owns it, reads its rows
+        and deletes them: a commit either landed before (and is deleted) or is
+        rejected; nothing is fenced if the deletion fails.
+        """
+        try:
+            with Session(self.engine, expire_on_commit=False) as s, s.begin():
+                cat.fence_tasks(s, [task_id])
+                rows = cat.chain_rows(s, task_id)
+                cat.delete_checkpoints(s, task_id, [r.seq for r in rows])
+                cat.clear_chain(s, task_id)
+        except SQLAlchemyError as exc:
+            raise translate_error(exc, f"deleting checkpoints of task {task_id!r}") from exc
+        self.delete_refs(PartRef.from_json(p) for r in rows for p in r.parts)
 
     def delete_rows(self, task_id: str, rows: Sequence[CheckpointRow], *, clear: bool) -> None:
         """Delete these rows (and with ``clear`` the task's chain summary), then their blobs."""

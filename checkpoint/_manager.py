@@ -184,17 +184,15 @@ class CheckpointManager:
     def delete_task(self, task_id: str) -> None:
         """Delete the task's checkpoint rows and blobs; its summary counters stay.
 
-        The task is fenced first: a zombie attempt still running (its worker was cut
-        off, say) can commit nothing after its task's data was deleted.
+        The deletion fences the task: a zombie attempt still running (its worker was
+        cut off, say) can commit nothing after its task's data was deleted.
         """
         validate_id(task_id, "task id")
-        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+        with Session(self._reader, expire_on_commit=False) as s, s.begin():
             task = cat.get_task(s, task_id)
-            if task is not None:
-                cat.fence_tasks(s, [task_id])
         if task is None:
             return
-        self.chain.delete_rows(task_id, self.chain.rows(task_id), clear=True)
+        self.chain.delete_task_rows(task_id)
         self.chain.delete_prefix(task_prefix(self.config.key_prefix, task.job_id, task_id))
         log.info("CheckpointManager: deleted checkpoints of task %r", task_id)
 

@@ -75,7 +75,7 @@ POINTS: dict[str, Point] = {
     "attempt: epoch taken, nothing read": Point("ChainStore.begin_attempt", "return", 3,
                                                 "committed", actions=["save"] * 3 + ["reopen", "save"]),
     "delete_task: rows deleted, no blob yet": Point("ChainStore.delete_refs", "call", 6, "none",
-                                                    within="ChainStore.delete_rows",
+                                                    within="ChainStore.delete_task_rows",
                                                     actions=["save"] * 6 + ["delete"]),
     "delete_task: between two blob deletes": Point("FsStore.delete", "call", 6, "none", nth=2,
                                                    within="CheckpointManager.delete_task",
