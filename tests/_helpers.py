@@ -10,7 +10,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHistory
 
 from worker_app.settings import Settings
 
@@ -100,3 +100,16 @@ async def job_histories(client: Client, job_id: str) -> dict[str, object]:
                 attrs = event.child_workflow_execution_started_event_attributes
                 todo.append(attrs.workflow_execution.workflow_id)
     return out
+
+
+async def job_runs(client: Client, job_id: str) -> list[WorkflowHistory]:
+    """Every run of ``job_id``, first to last (following continue-as-new back)."""
+    runs: list[WorkflowHistory] = []
+    run_id: str | None = None
+    while True:
+        history = await client.get_workflow_handle(job_id, run_id=run_id).fetch_history()
+        runs.insert(0, history)
+        start = history.events[0].workflow_execution_started_event_attributes
+        run_id = start.continued_execution_run_id or None
+        if run_id is None:
+            return runs

@@ -40,13 +40,19 @@ def healthy(port: int) -> bool:
         return False
 
 
-def test_dev_runs_a_job_serves_the_api_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+def _start_dev(tmp_path: Path) -> tuple[subprocess.Popen[str], Path, tuple[int, int, int]]:
+    """`crowdcompute dev` with two workers on free ports; (process, state dir, ports)."""
     port, ui, api = free_port(), free_port(), free_port()
     state = tmp_path / "state"
     proc = subprocess.Popen(
         [EXE, "dev", "--state-dir", str(state), "--port", str(port), "--ui-port", str(ui),
          "--api-port", str(api), "--workers", "2"],
         env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, state, (port, ui, api)
+
+
+def test_dev_runs_a_job_serves_the_api_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    proc, state, (port, ui, api) = _start_dev(tmp_path)
     try:
         wait_until(lambda: port_in_use(port) and healthy(api))
         job = subprocess.run(
@@ -122,12 +128,7 @@ def test_dev_restarts_a_worker_that_died_and_the_job_completes(tmp_path: Path) -
     import re
     import threading
 
-    port, ui, api = free_port(), free_port(), free_port()
-    state = tmp_path / "state"
-    proc = subprocess.Popen(
-        [EXE, "dev", "--state-dir", str(state), "--port", str(port), "--ui-port", str(ui),
-         "--api-port", str(api), "--workers", "2"],
-        env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, state, (port, ui, api) = _start_dev(tmp_path)
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import boto3
 import pytest
 import tasks
-from _helpers import wait_for
+from _helpers import job_runs, wait_for
 from _servers import moto_server
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
@@ -34,19 +34,6 @@ _CLOSED = {
     EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_TIMED_OUT,
     EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_FAILED,
 }
-
-
-async def _runs(client: Client, job_id: str) -> list[WorkflowHistory]:
-    """Every run of ``job_id``, first to last (following continue-as-new back)."""
-    runs: list[WorkflowHistory] = []
-    run_id: str | None = None
-    while True:
-        history = await client.get_workflow_handle(job_id, run_id=run_id).fetch_history()
-        runs.insert(0, history)
-        start = history.events[0].workflow_execution_started_event_attributes
-        run_id = start.continued_execution_run_id or None
-        if run_id is None:
-            return runs
 
 
 def _most_in_flight(history: WorkflowHistory) -> int:
@@ -74,7 +61,7 @@ async def test_job_larger_than_window_runs_bounded_and_continues_as_new(
                           TaskOptions(), batch_size=10, window=3, batches_per_run=4)
     assert await job.result() == [i * i for i in items]
 
-    runs = await _runs(temporal_client, job_id)
+    runs = await job_runs(temporal_client, job_id)
     assert len(runs) == 3  # 4 + 4 + 2 batches
     assert [_most_in_flight(h) for h in runs] == [3, 3, 2]
     started = [wid for h in runs for wid in _children(h)]

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parents[2]), str(HERE.parents[1] / "task_modules")]
+sys.path[:0] = [str(HERE.parents[2]), str(HERE.parents[1]), str(HERE.parents[1] / "task_modules")]
 
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
@@ -99,16 +99,10 @@ async def record_windowed(conn: sdk.Connection, fmt: str) -> None:
     job = await start_job(conn, job_id, "tasks:square", [encode_value(i) for i in range(25)],
                           TaskOptions(), batch_size=5, window=2, batches_per_run=2)
     await job.result()
+    from _helpers import job_runs
+
     client = conn.client
-    run_id: str | None = None
-    runs = []
-    while True:
-        history = await client.get_workflow_handle(job_id, run_id=run_id).fetch_history()
-        runs.insert(0, history)
-        start = history.events[0].workflow_execution_started_event_attributes
-        run_id = start.continued_execution_run_id or None
-        if run_id is None:
-            break
+    runs = await job_runs(client, job_id)
     batch = await client.get_workflow_handle(f"{job_id}--batch-0").fetch_history()
     for name, history in [*((f"{job_id}-run{k}", h) for k, h in enumerate(runs)),
                           (f"{job_id}--batch-0", batch)]:
