@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,8 +51,22 @@ class JobItemStore(ABC):
         """The object at ``key``; :class:`JobItemsMissing` if there is none."""
 
     @abstractmethod
+    def _delete_prefix(self, prefix: str) -> None:
+        """Remove every object whose key starts with ``prefix`` (a folder: ends in ``/``)."""
+
+    @abstractmethod
+    def job_ages(self) -> dict[str, float]:
+        """Every job with something stored: seconds since its newest write, per job id."""
+
     def delete_job(self, job_id: str) -> None:
         """Remove everything stored for ``job_id`` (nothing if there is none)."""
+        validate_job_id(job_id)
+        self._delete_prefix(f"jobs/{job_id}/")
+
+    def delete_items(self, job_id: str) -> None:
+        """Remove the items of ``job_id`` but keep its manifest and results."""
+        validate_job_id(job_id)
+        self._delete_prefix(f"jobs/{job_id}/{ITEMS}/")
 
     def put_items(self, job_id: str, items: Sequence[str], chunk_size: int) -> int:
         """Store ``items`` in chunks of ``chunk_size``; return the number of chunks."""
@@ -116,9 +131,20 @@ class FsJobItemStore(JobItemStore):
         except FileNotFoundError:
             raise JobItemsMissing(f"{key} is not in the job item store {self.root}") from None
 
-    def delete_job(self, job_id: str) -> None:
-        validate_job_id(job_id)
-        shutil.rmtree(self.root / "jobs" / job_id, ignore_errors=True)
+    def _delete_prefix(self, prefix: str) -> None:
+        shutil.rmtree(self.root / prefix, ignore_errors=True)
+
+    def job_ages(self) -> dict[str, float]:
+        now, out = time.time(), {}
+        jobs = self.root / "jobs"
+        for job in (jobs.iterdir() if jobs.is_dir() else ()):
+            try:
+                newest = max((p.stat().st_mtime for p in job.rglob("*")),
+                             default=job.stat().st_mtime)
+            except FileNotFoundError:  # deleted while we looked
+                continue
+            out[job.name] = max(0.0, now - newest)
+        return out
 
 
 class S3JobItemStore(JobItemStore):
@@ -142,15 +168,26 @@ class S3JobItemStore(JobItemStore):
         data: bytes = resp["Body"].read()
         return data
 
-    def delete_job(self, job_id: str) -> None:
-        validate_job_id(job_id)
+    def _objects(self, prefix: str) -> Any:
         pages = self._s3.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=f"{self.prefix}jobs/{job_id}/"
-        )
+            Bucket=self.bucket, Prefix=self.prefix + prefix)
         for page in pages:
-            keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
-            if keys:
-                self._s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
+            yield from page.get("Contents", [])
+
+    def _delete_prefix(self, prefix: str) -> None:
+        keys = [{"Key": obj["Key"]} for obj in self._objects(prefix)]
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes 1,000 keys a call
+            self._s3.delete_objects(Bucket=self.bucket,
+                                    Delete={"Objects": keys[start : start + 1000]})
+
+    def job_ages(self) -> dict[str, float]:
+        now, newest = time.time(), dict[str, float]()
+        base = len(self.prefix + "jobs/")
+        for obj in self._objects("jobs/"):
+            job_id = obj["Key"][base:].partition("/")[0]
+            stamp = obj["LastModified"].timestamp()
+            newest[job_id] = max(stamp, newest.get(job_id, stamp))
+        return {job: max(0.0, now - t) for job, t in newest.items()}
 
 
 def build_job_item_store(settings: ClientSettings) -> JobItemStore:

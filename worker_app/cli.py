@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("job_id")
     st.add_argument("--watch", action="store_true")
     sub.add_parser("demo", help="run the demo job (starts the embedded stack if needed)")
-    gc = sub.add_parser("gc", help="sweep checkpoint data left by terminated jobs")
+    gc = sub.add_parser("gc", help="sweep checkpoint data left by terminated jobs and "
+                                     "the stored items of finished jobs")
     gc.add_argument("--grace", type=float, default=3600.0,
                     help="keep unreferenced blobs younger than this many seconds (default 3600)")
     db = sub.add_parser("db", help="database maintenance")
@@ -164,16 +165,22 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _gc(settings: Settings, grace: float) -> int:
+    from sdk._job_items import build_job_item_store
     from sdk._temporal import connect_client
     from worker_app.gc import collect
     from worker_app.worker import open_manager
 
     manager = open_manager(settings)
-    report = await collect(manager, await connect_client(settings), grace)
+    report = await collect(manager, await connect_client(settings), grace,
+                           build_job_item_store(settings))
     print(f"checked {report.jobs_checked} job(s) with checkpoint data; deleted "
           f"{len(report.jobs_deleted)} that are not running"
           + (f" ({', '.join(report.jobs_deleted)})" if report.jobs_deleted else "")
           + f"; removed {report.orphans_removed} orphaned blob(s) and unfinished write(s)")
+    print(f"job item store: deleted the items of {len(report.items_trimmed)} finished job(s)"
+          + (f" ({', '.join(report.items_trimmed)})" if report.items_trimmed else "")
+          + f" and everything of {len(report.items_deleted)} job(s) Temporal no longer knows"
+          + (f" ({', '.join(report.items_deleted)})" if report.items_deleted else ""))
     return 0
 
 

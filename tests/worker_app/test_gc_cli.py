@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tasks
 from _helpers import worker_env
 
@@ -49,3 +50,41 @@ async def test_gc_deletes_data_of_jobs_that_are_not_running(settings: Settings,
     assert (blobs_before, blobs_after) == (3, 1)
     await running.cancel()
     del terminated
+
+
+async def test_gc_trims_the_job_item_store(settings: Settings, conn: sdk.Connection,
+                                           worker: None) -> None:
+    from sdk._job_items import ITEMS, RESULTS, JobItemsMissing, build_job_item_store
+    from worker_app.gc import collect_job_items
+
+    store = build_job_item_store(settings)
+    done = await sdk.submit(tasks.square, [3], job_id="items-done")
+    assert await done.result() == [9]
+    # A big job that keeps running: its items are still being read.
+    running = await sdk.submit(tasks.sleep_until_cancelled, [60.0] * 1001,
+                               job_id="items-running")
+    assert store.manifest("items-running") == {"count": 1001, "chunk_size": 1000}
+    # A finished job's entry (as a stored job leaves it), and one Temporal never knew.
+    for job_id in ("items-done", "items-unknown"):
+        store.put_items(job_id, ["a", "b"], 1)
+        store.put_chunk(job_id, RESULTS, 0, ["r0"])
+        store.put_chunk(job_id, RESULTS, 1, ["r1"])
+
+    # Within the grace period nothing goes: a client writes items before it starts a job.
+    assert await collect_job_items(store, conn.client, grace_seconds=3600) == ([], [])
+    assert store.get_chunk("items-unknown", ITEMS, 0) == ["a"]
+
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("crowdcompute")), "gc", "--grace", "0"],
+        env=worker_env(settings), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert ("job item store: deleted the items of 1 finished job(s) (items-done) and "
+            "everything of 1 job(s) Temporal no longer knows (items-unknown)") in out.stdout
+    assert store.read_results("items-done") == ["r0", "r1"]  # result() still works
+    with pytest.raises(JobItemsMissing):
+        store.get_chunk("items-done", ITEMS, 0)
+    assert store.manifest("items-unknown") is None
+    assert store.get_chunk("items-running", ITEMS, 1) == [store.get_chunk(
+        "items-running", ITEMS, 0)[0]]
+    assert sorted(store.job_ages()) == ["items-done", "items-running"]
+    await running.cancel()

@@ -171,6 +171,12 @@ async def test_windowed_job_keeps_items_and_results_in_s3(s3_settings: Settings)
                    for o in listing.get("Contents", []))
     assert names == ["items/0", "items/1", "items/2", "manifest",
                      "results/0", "results/1", "results/2"]
-    build_job_item_store(s3_settings).delete_job(job_id)
+    store = build_job_item_store(s3_settings)
+    ages = store.job_ages()
+    assert list(ages) == [job_id] and 0 <= ages[job_id] < 600
+    store.delete_items(job_id)  # what `crowdcompute gc` does once the job is closed
+    assert store.read_results(job_id) == [encode_value(i * i) for i in range(25)]
+    assert store.manifest(job_id) == {"count": 25, "chunk_size": 10}
+    store.delete_job(job_id)
     listing = s3.list_objects_v2(Bucket="cc-items", Prefix=f"cc/payloads/jobs/{job_id}/")
     assert listing.get("KeyCount") == 0
