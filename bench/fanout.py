@@ -204,3 +204,65 @@ async def run_submit(quick: bool) -> dict[str, Any]:
           f"(load average {load:.1f})")
     return {"items": n, "submit_s": round(submitted, 2), "first_task_after_s": round(first, 2),
             "load_average": round(load, 2)}
+
+
+def sleep_for(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+async def _timed(call: Any) -> float:
+    t0 = time.monotonic()
+    await call
+    return time.monotonic() - t0
+
+
+@register("progress")
+async def run_progress(quick: bool) -> dict[str, Any]:
+    """``JobHandle.progress()`` of a 100,000-task job (20,000 with --quick) whose
+    tasks sleep, from the submit on: while the first batches start (the first
+    20 s) and once every task process runs a task, then a page of one batch's
+    tasks. The baseline, measured alongside each call, is a plain ``describe``
+    of the job's workflow: one server round trip."""
+    import sdk
+    from worker_app.dev import DEV_SERVER_ARGS, find_temporal_binary
+    from worker_app.settings import Settings
+    from worker_app.worker import running_worker
+
+    n = TASKS or (20_000 if quick else 100_000)
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=find_temporal_binary(), dev_server_extra_args=DEV_SERVER_ARGS
+    )
+    ours: dict[str, list[float]] = {"starting": [], "steady": [], "page": []}
+    base: list[float] = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            address = env.client.service_client.config.target_host
+            settings = Settings(temporal_address=address, task_queue="bench", state_dir=Path(tmp))
+            conn = await sdk.connect(settings=settings)
+            async with running_worker(settings, conn.client):
+                job = await sdk.submit(sleep_for, [600.0] * n)
+                handle = conn.client.get_workflow_handle(job.job_id)
+                t0 = time.monotonic()
+                while time.monotonic() - t0 < 20:
+                    ours["starting"].append(await _timed(job.progress()))
+                    base.append(await _timed(handle.describe()))
+                    await asyncio.sleep(0.5)
+                for _ in range(10):
+                    ours["steady"].append(await _timed(job.progress()))
+                    base.append(await _timed(handle.describe()))
+                for k in range(3):
+                    ours["page"].append(await _timed(job.progress(batch=k)))
+                await job.cancel()
+    finally:
+        await env.shutdown()
+    load = os.getloadavg()[0]
+    worst = {k: round(max(v), 3) for k, v in ours.items()}
+    base_worst = max(base)
+    print(f"progress() of a {n}-task job: worst {worst['starting']:.2f}s while starting, "
+          f"{worst['steady']:.2f}s steady, {worst['page']:.2f}s for a page; describe "
+          f"worst {base_worst:.2f}s (load average {load:.1f}; goal <= 2 s)")
+    return {"tasks": n, "worst_s": worst,
+            "median_s": {k: round(sorted(v)[len(v) // 2], 3) for k, v in ours.items()},
+            "describe_worst_s": round(base_worst, 3),
+            "worst_vs_describe": round(max(worst.values()) / base_worst, 2),
+            "load_average": round(load, 2)}

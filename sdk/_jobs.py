@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 from temporalio.client import WorkflowFailureError, WorkflowHandle
@@ -37,6 +38,11 @@ from workflows.models import (
 
 # Seconds: "checkpoint by steps only" (ten years, longer than any task runs).
 STEPS_ONLY_INTERVAL = 10 * 365 * 86400.0
+# How long progress() waits for each batch in flight to answer. A batch whose
+# worker is busy scheduling its first waves can take many seconds to answer a
+# query; its tasks then count as the job sees them (pending) and
+# ``JobProgress.unanswered`` says how many batches that was.
+BATCH_QUERY_TIMEOUT = timedelta(seconds=1)
 
 
 class JobHandle:
@@ -98,7 +104,8 @@ class JobHandle:
         if batch.state != TASK_COMPLETED:
             try:
                 child = self._conn.client.get_workflow_handle(batch.workflow_id)
-                part = await child.query("progress", result_type=JobProgress)
+                part = await child.query("progress", result_type=JobProgress,
+                                         rpc_timeout=BATCH_QUERY_TIMEOUT * 2)
             except RPCError:
                 part = None
             if part is not None and part.tasks:
@@ -114,22 +121,24 @@ class JobHandle:
         parts = await asyncio.gather(*(self._batch_counts(b) for b in top.batches))
         counts = dict(top.counts)
         for part in parts:
-            for state, n in part.items():
+            for state, n in (part or {}).items():
                 if state != TASK_PENDING:
                     counts[TASK_PENDING] -= n
                     counts[state] = counts.get(state, 0) + n
         tasks: list[TaskProgress] = []
         if batch is not None:
             tasks = await self._tasks_of_batch(top, batch)
-        return replace(top, counts=counts, tasks=tasks)
+        return replace(top, counts=counts, tasks=tasks,
+                       unanswered=sum(1 for p in parts if p is None))
 
-    async def _batch_counts(self, batch: BatchProgress) -> dict[str, int]:
-        """Tasks per state of a batch in flight (none known if it does not answer)."""
+    async def _batch_counts(self, batch: BatchProgress) -> dict[str, int] | None:
+        """Tasks per state of a batch in flight; None if it does not answer in time."""
         try:
             child = self._conn.client.get_workflow_handle(batch.workflow_id)
-            counts: dict[str, int] = await child.query("counts", result_type=dict[str, int])
+            counts: dict[str, int] = await child.query(
+                "counts", result_type=dict[str, int], rpc_timeout=BATCH_QUERY_TIMEOUT)
         except RPCError:
-            return {}
+            return None
         return counts
 
     async def _tasks_of_batch(self, top: JobProgress, batch: int) -> list[TaskProgress]:

@@ -197,3 +197,6 @@ class JobProgress:
     batches: list[BatchProgress] = field(default_factory=list)
     # Tasks per batch (batch k holds tasks k*batch_size ..), for a stored job.
     batch_size: int = 0
+    # Set by ``JobHandle.progress()``: batches in flight that did not answer in
+    # time (a worker busy starting them); their tasks are counted as pending.
+    unanswered: int = 0
