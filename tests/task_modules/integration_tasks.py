@@ -1,0 +1,102 @@
+"""Training tasks for the framework-integration tests (``tests/sdk/test_integrations_*``).
+
+Each trains a tiny model with Dropout and AdamW through a framework's own loop with
+the CrowdCompute callback. ``cfg["kills"]`` lists, per attempt, the batch after which
+that attempt SIGKILLs its own task process, once one of its checkpoints has
+committed (a kill at a named point; the worker sees its task process die and Temporal
+retries the task). Every attempt appends ``attempt resumed_epoch resumed_step`` (or
+``attempt - -``) to ``cfg["log"]`` when it starts, so a test knows where it resumed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import numpy as np
+
+from sdk import current_task
+
+BATCHES = 8     # per epoch
+BATCH = 8
+EPOCHS = 3
+SLOW = 0.03     # seconds per batch: a checkpoint commits before the next is due
+
+
+def log_start(cfg: dict[str, Any], resumed: tuple[int, int] | None) -> None:
+    words = ("-", "-") if resumed is None else resumed
+    with open(cfg["log"], "a") as f:
+        f.write(f"{current_task().attempt} {words[0]} {words[1]}\n")
+
+
+def after_batch(cfg: dict[str, Any], done: int) -> None:
+    """Called after the ``done``-th batch (counted over all epochs) of an attempt."""
+    time.sleep(SLOW)
+    ctx = current_task()
+    kills = cfg["kills"]
+    if ctx.attempt > len(kills) or done < kills[ctx.attempt - 1]:
+        return
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:   # die only once this attempt committed one
+        ref = ctx.heartbeat_details().get("checkpoint", {})
+        if ref and not ref.get("restored"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(0.02)
+    raise RuntimeError("no checkpoint committed within 30 s")
+
+
+def data(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((BATCHES * BATCH, 6)).astype("float32")
+    y = (x @ rng.standard_normal((6, 1)) + 0.1 * rng.standard_normal((len(x), 1))).astype("float32")
+    return x, y
+
+
+# -- Keras ---------------------------------------------------------------------------------
+
+def keras_fit(cfg: dict[str, Any]) -> dict[str, Any]:
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import keras
+    import tensorflow as tf
+
+    from sdk.integrations.keras import CrowdComputeCallback
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(cfg["seed"])
+    tf.config.experimental.enable_op_determinism()
+    x, y = data(cfg["seed"])
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dropout(0.3), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.AdamW(0.01), loss="mse")
+    cb = CrowdComputeCallback()
+
+    class Probe(keras.callbacks.Callback):  # after cb: sees where it resumed
+        def on_train_begin(self, logs: Any = None) -> None:
+            log_start(cfg, cb.resumed_from)
+
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            after_batch(cfg, self.epoch * BATCHES + batch + 1)
+
+    fit: dict[str, Any] = {"epochs": EPOCHS, "callbacks": [cb, Probe()], "verbose": 0}
+    if cfg["input"] == "dataset":
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=cfg["seed"])
+        history = model.fit(ds.batch(BATCH), **fit)
+    elif cfg["input"] == "numpy":
+        history = model.fit(x, y, batch_size=BATCH, shuffle=True, **fit)
+    else:
+        def batches() -> Any:
+            rng = np.random.default_rng(cfg["seed"] + 1)   # its own RNG, not the global one
+            while True:
+                idx = rng.integers(0, len(x), BATCH)
+                yield x[idx], y[idx]
+
+        history = model.fit(batches(), steps_per_epoch=BATCHES, **fit)
+    return {"variables": [v.numpy() for v in model.variables],
+            "optimizer": [v.numpy() for v in model.optimizer.variables],
+            "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+            "resumed_from": cb.resumed_from, "attempt": current_task().attempt}
