@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from sdk._task import current_task
+from sdk.integrations._common import task as _task
 
 __all__ = ["CrowdComputeCallback"]
 
@@ -150,15 +150,6 @@ def _build() -> Any:
             return min(100.0, 100.0 * done / (int(epochs) * int(steps)))
 
     return CrowdComputeCallback
-
-
-def _task() -> Any:
-    from sdk._task import NotInTaskError
-
-    try:
-        return current_task()
-    except NotInTaskError:
-        return None
 
 
 def _values(variables: Any) -> list[Any]:

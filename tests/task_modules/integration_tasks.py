@@ -100,3 +100,93 @@ def keras_fit(cfg: dict[str, Any]) -> dict[str, Any]:
             "optimizer": [v.numpy() for v in model.optimizer.variables],
             "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
             "resumed_from": cb.resumed_from, "attempt": current_task().attempt}
+
+
+# -- Lightning -------------------------------------------------------------------------------
+
+def lightning_fit(cfg: dict[str, Any]) -> dict[str, Any]:
+    import lightning.pytorch as pl
+    import torch
+
+    from sdk.integrations.lightning import CrowdComputeCallback
+    from sdk.integrations.torch import ResumableDataLoader
+
+    pl.seed_everything(cfg["seed"], verbose=False)
+    x, y = data(cfg["seed"])
+    dataset = torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+
+    class Net(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(),
+                                           torch.nn.Dropout(0.3), torch.nn.Linear(16, 1))
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            xb, yb = batch
+            return torch.nn.functional.mse_loss(self.net(xb), yb)
+
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.AdamW(self.parameters(), lr=0.01)
+            return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)]
+
+    cb = CrowdComputeCallback()
+
+    class Probe(pl.Callback):
+        def on_train_start(self, trainer: Any, module: Any) -> None:
+            log_start(cfg, cb.resumed_from)
+
+        def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any,
+                               batch_idx: int) -> None:
+            after_batch(cfg, trainer.current_epoch * BATCHES + batch_idx + 1)
+
+    model = Net()
+    trainer = pl.Trainer(max_epochs=EPOCHS, accelerator="cpu", devices=1, deterministic=True,
+                         callbacks=[cb, Probe()], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, ResumableDataLoader(dataset, batch_size=BATCH, shuffle=True))
+    opt = trainer.optimizers[0].state_dict()
+    return {"params": [p.detach().numpy().copy() for p in model.parameters()],
+            "optimizer": [t.numpy().copy() for s in opt["state"].values() for t in s.values()],
+            "lr": trainer.lr_scheduler_configs[0].scheduler.get_last_lr(),
+            "global_step": trainer.global_step,
+            "resumed_from": cb.resumed_from, "attempt": current_task().attempt}
+
+
+# -- a plain PyTorch loop ----------------------------------------------------------------------
+
+def torch_loop(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The recipe of docs/integrations.md: state dicts plus the loader's position."""
+    import torch
+
+    from sdk.integrations.torch import ResumableDataLoader
+
+    torch.manual_seed(cfg["seed"])
+    x, y = data(cfg["seed"])
+    dataset = torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Dropout(0.3),
+                                torch.nn.Linear(16, 1))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    loader = ResumableDataLoader(dataset, batch_size=BATCH, shuffle=True,
+                                 num_workers=cfg.get("workers", 0))
+    ctx = current_task()
+    state = ctx.restore()
+    start, resumed = 0, None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        loader.load_state_dict(state["loader"])
+        start, resumed = state["epoch"], (state["epoch"], state["loader"]["consumed"])
+    log_start(cfg, resumed)
+    for epoch in range(start, EPOCHS):
+        for xb, yb in loader:
+            loss = torch.nn.functional.mse_loss(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            ctx.checkpoint(lambda epoch=epoch: {"model": model.state_dict(), "opt": opt.state_dict(),
+                                                "loader": loader.state_dict(), "epoch": epoch})
+            after_batch(cfg, epoch * BATCHES + loader.state_dict()["consumed"])
+    return {"params": [p.detach().numpy().copy() for p in model.parameters()],
+            "optimizer": [t.numpy().copy() for s in opt.state_dict()["state"].values()
+                          for t in s.values()],
+            "resumed_from": resumed, "attempt": ctx.attempt}
