@@ -31,7 +31,7 @@ def test_import_sdk_is_light() -> None:
     assert out.stdout.strip() == "[]"
 
 
-INTEGRATIONS = ("keras", "lightning", "torch")
+INTEGRATIONS = ("keras", "lightning", "transformers", "torch")
 
 
 def test_integration_modules_load_no_framework_until_their_callback_is_used() -> None:

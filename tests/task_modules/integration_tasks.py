@@ -190,3 +190,43 @@ def torch_loop(cfg: dict[str, Any]) -> dict[str, Any]:
             "optimizer": [t.numpy().copy() for s in opt.state_dict()["state"].values()
                           for t in s.values()],
             "resumed_from": resumed, "attempt": ctx.attempt}
+
+
+# -- Hugging Face Trainer --------------------------------------------------------------------
+
+def hf_train(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A 2-layer GPT-2 from a config (nothing downloaded) on synthetic token sequences."""
+    import torch
+    import transformers as hf
+
+    from sdk.integrations.transformers import CrowdComputeCallback
+
+    hf.set_seed(cfg["seed"])
+    rng = np.random.default_rng(cfg["seed"])
+    tokens = torch.from_numpy(rng.integers(0, 32, (BATCHES * BATCH, 12)))
+    dataset = [{"input_ids": t, "labels": t} for t in tokens]
+    config = hf.GPT2Config(vocab_size=32, n_positions=12, n_embd=16, n_layer=2, n_head=2,
+                           bos_token_id=0, eos_token_id=0, resid_pdrop=0.2, embd_pdrop=0.2, attn_pdrop=0.2)
+    model = hf.GPT2LMHeadModel(config)
+    args = hf.TrainingArguments(
+        output_dir=str(cfg["out"]), num_train_epochs=EPOCHS, per_device_train_batch_size=BATCH,
+        learning_rate=5e-3, weight_decay=0.01, optim="adamw_torch", lr_scheduler_type="linear",
+        seed=cfg["seed"], save_strategy="no", logging_strategy="no", report_to="none",
+        disable_tqdm=True, use_cpu=True, dataloader_num_workers=0)
+    cb = CrowdComputeCallback()
+
+    class Probe(hf.TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            step = cb.resumed_from
+            log_start(cfg, None if step is None else (step // BATCHES, step % BATCHES))
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            after_batch(cfg, state.global_step)
+
+    trainer = hf.Trainer(model=model, args=args, train_dataset=dataset, callbacks=[cb, Probe()])
+    trainer.train(resume_from_checkpoint=cb.resume_from_checkpoint(trainer))
+    opt = trainer.optimizer.state_dict()
+    return {"params": [p.detach().numpy().copy() for p in model.parameters()],
+            "optimizer": [t.numpy().copy() for s in opt["state"].values() for t in s.values()],
+            "lr": trainer.lr_scheduler.get_last_lr(), "global_step": trainer.state.global_step,
+            "resumed_from": cb.resumed_from, "attempt": current_task().attempt}
