@@ -12,7 +12,7 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # CPU torch first, pinned, so no extra can pull a CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[torch,tensorflow,s3,postgres,test]"
+.venv/bin/python -m pip install -q -e ".[torch,tensorflow,keras,lightning,transformers,s3,postgres,test]"
 
 # PostgreSQL for the PostgreSQL catalog path: a real local server.
 export CROWDCOMPUTE_TEST_POSTGRES_URL=${CROWDCOMPUTE_TEST_POSTGRES_URL:-postgresql+psycopg://cc:cc@127.0.0.1:5432/cc_test}

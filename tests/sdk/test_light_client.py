@@ -13,6 +13,7 @@ from worker_app.settings import Settings
 
 HEAVY = ("numpy", "zstandard", "sqlalchemy", "checkpoint", "activities", "worker_app", "torch",
          "tensorflow", "boto3")
+FRAMEWORKS = ("keras", "lightning", "pytorch_lightning", "transformers", "accelerate")
 SCRIPT = f"""
 import sys
 import sdk
@@ -25,6 +26,18 @@ print("HEAVY", before, after)
 
 def test_import_sdk_is_light() -> None:
     code = f"import sys, sdk; print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+INTEGRATIONS = ("keras", "lightning", "transformers", "torch")
+
+
+def test_integration_modules_load_no_framework_until_their_callback_is_used() -> None:
+    imports = ", ".join(f"sdk.integrations.{name}" for name in INTEGRATIONS)
+    code = (f"import sys, {imports}; "
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY + FRAMEWORKS!r}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
