@@ -17,6 +17,10 @@ worker side (``CheckpointHandler``):
   prefix and skipped; earlier checkpoints stay valid.
 * On attempt start the session takes a new fencing epoch and restores the
   newest committed checkpoint; a zombie attempt's later commits are fenced.
+* ``checkpoint_files(path)`` adds a directory to every later capture: its
+  changed files are read in the same pause as the state and committed with it.
+  Restored files go to a temporary directory of the attempt
+  (``restore_files()``), removed when the session closes.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import functools
 import logging
 import os
 import pickle
+import shutil
+import tempfile
 import threading
 import time
 import types
@@ -46,6 +52,7 @@ from sdk._task import CheckpointSession, TaskContext
 
 if TYPE_CHECKING:
     from checkpoint import CheckpointManager, CommitInfo, Restored, TaskWriter
+    from checkpoint._files import FileCapture
 
 log = logging.getLogger("crowdcompute.checkpoint_handler")
 
@@ -130,6 +137,8 @@ class TaskCheckpointSession(CheckpointSession):
         self._poller = ThreadPoolExecutor(1, thread_name_prefix=f"ckpt-poll-{ctx.task_id}")
         self._poll: Future[None] | None = None
         self._last_poll = 0.0
+        self._files_root: str | None = None
+        self._restore_dir: str | None = None
 
     # -- attempt start -------------------------------------------------------------------
 
@@ -150,9 +159,12 @@ class TaskCheckpointSession(CheckpointSession):
                 f"{hinted_catalog}; refusing to restart the task from zero. Point "
                 "CROWDCOMPUTE_DATABASE_URL (or an absolute CROWDCOMPUTE_STATE_DIR) of every worker "
                 "at the same catalog.")
+        self._restore_dir = tempfile.mkdtemp(prefix="crowdcompute-files-")
         attempt = self.manager.open_attempt(ctx.job_id, ctx.task_id, ctx.attempt,
-                                            max_age=self.max_age)
+                                            max_age=self.max_age, files_dir=self._restore_dir)
         self.epoch, self.restored, self._writer = attempt.epoch, attempt.restored, attempt.writer
+        if self.restored is None or self.restored.files_dir is None:
+            self._remove_restore_dir()
         if self.restored is not None:
             self.observer.restored(self.restored.truncated)
             log.info("CheckpointHandler: task %s attempt %d resumes from checkpoint seq %d "
@@ -179,6 +191,19 @@ class TaskCheckpointSession(CheckpointSession):
             _rng.restore(pickle.loads(state[RNG_KEY]))  # noqa: S301 - hash-checked, ours
             return state["state"]
         return state
+
+    def restore_files(self) -> str | None:
+        return self.restored.files_dir if self.restored is not None else None
+
+    def checkpoint_files(self, path: str) -> None:
+        if not os.path.isdir(path):
+            raise NotADirectoryError(f"checkpoint_files: {path!r} is not a directory")
+        self._files_root = os.path.abspath(path)
+
+    def _remove_restore_dir(self) -> None:
+        if self._restore_dir is not None:
+            shutil.rmtree(self._restore_dir, ignore_errors=True)
+            self._restore_dir = None
 
     @property
     def fenced(self) -> bool:
@@ -221,6 +246,7 @@ class TaskCheckpointSession(CheckpointSession):
 
                 state = {RNG_KEY: pickle.dumps(_rng.capture(), protocol=5), "state": state}
             snapshot = self._writer.capture(state, max_bytes=self.memory_budget)
+            files = self._capture_files(snapshot)
         except MemoryBudgetExceeded as exc:
             log.error("CheckpointHandler: task %s checkpoint skipped, state exceeds the memory "
                       "budget: %s", self.ctx.task_id, exc)
@@ -239,8 +265,22 @@ class TaskCheckpointSession(CheckpointSession):
         captured = time.perf_counter()
         self.observer.captured(captured - started)
         self._inflight = self._persister.submit(self._persist, snapshot, progress_percent, final,
-                                                (started, captured))
+                                                (started, captured), files)
         return True
+
+    def _capture_files(self, snapshot: Any) -> FileCapture | None:
+        """The registered directory, read in the same pause as ``snapshot`` (released on error)."""
+        assert self._writer is not None
+        if self._files_root is None:
+            return None
+        try:
+            return self._writer.capture_files(self._files_root, max_bytes=self.memory_budget)
+        except OSError as exc:
+            self._writer.pool.release(snapshot)
+            raise CaptureError(f"cannot read {self._files_root!r}: {exc}") from exc
+        except BaseException:
+            self._writer.pool.release(snapshot)
+            raise
 
     def flush(self, timeout: float | None = None) -> CommitInfo | None:
         """Wait for the checkpoint being persisted: what it committed, None if it failed."""
@@ -248,12 +288,13 @@ class TaskCheckpointSession(CheckpointSession):
         return inflight.result(timeout) if inflight is not None else None
 
     def _persist(self, snapshot: Any, progress_percent: float | None, final: bool,
-                 capture: tuple[float, float]) -> CommitInfo | None:
-        """Encode, store and commit ``snapshot``; ``capture`` is when its capture began and ended."""
+                 capture: tuple[float, float], files: FileCapture | None = None
+                 ) -> CommitInfo | None:
+        """Encode, store and commit ``snapshot`` (and ``files``); ``capture``: when it was taken."""
         assert self._writer is not None
         info: CommitInfo | None = None
         try:
-            info = self._writer.save(snapshot, progress_percent=progress_percent)
+            info = self._writer.save(snapshot, progress_percent=progress_percent, files=files)
         except Fenced as exc:
             self._fenced = True
             self.observer.fenced()
@@ -329,6 +370,7 @@ class TaskCheckpointSession(CheckpointSession):
             # no commit of this attempt can land afterwards.
             await asyncio.wrap_future(inflight)
         self._final_done.set()
+        self._remove_restore_dir()
         # The executors are left to the garbage collector rather than shut down: a
         # cancelled attempt's thread may still call checkpoint(), and its commits
         # must go through the fence (and be rejected) rather than crash the thread.

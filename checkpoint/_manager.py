@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -84,20 +86,21 @@ class CheckpointManager:
     # -- attempts -----------------------------------------------------------------------
 
     def open_attempt(self, job_id: str, task_id: str, attempt: int = 1, *,
-                     max_age: float | None = 3600.0) -> Attempt:
+                     max_age: float | None = 3600.0, files_dir: str | None = None) -> Attempt:
         """Start an attempt: a new fencing epoch, the newest consistent state, a writer.
 
         From the moment the epoch is taken every commit of an older attempt is
         fenced. The committed rows are read once, in the same transaction; the
         restore follows :meth:`restore`'s rules, and the writer continues the
         restored chain when it is the task's newest and complete, else its
-        first save is a new base.
+        first save is a new base. ``files_dir``: an empty directory the restored
+        link's files are written to (see :meth:`restore`).
         """
         validate_id(job_id, "job id")
         validate_id(task_id, "task id")
         epoch, head_seq, rows = self.chain.begin_attempt(job_id, task_id, attempt)
         log.info("CheckpointManager: task %r attempt %d owns epoch %d", task_id, attempt, epoch)
-        restored, links = self._restore_rows(job_id, task_id, rows, max_age)
+        restored, links = self._restore_rows(job_id, task_id, rows, max_age, files_dir)
         head = _chain_head(restored, links, head_seq)
         writer = TaskWriter(self.chain, self.config, job_id, task_id, epoch,
                             next_seq=head_seq + 1, head=head)
@@ -105,21 +108,26 @@ class CheckpointManager:
 
     # -- restore ------------------------------------------------------------------------
 
-    def restore(self, job_id: str, task_id: str, *,
-                max_age: float | None = 3600.0) -> Restored | None:
+    def restore(self, job_id: str, task_id: str, *, max_age: float | None = 3600.0,
+                files_dir: str | None = None) -> Restored | None:
         """Rebuild the newest consistent state of the task, or None (takes no epoch).
 
         Every blob's size and SHA-256 are checked before anything is decoded.
         The chain stops at the first missing or corrupt link (the result is
         then ``truncated``). A checkpoint older than ``max_age`` seconds is
-        deleted and None returned.
+        deleted and None returned. With ``files_dir`` the files committed with
+        the restored link are written there (``Restored.files_dir``); a link
+        whose files fail their checks is unusable as a whole, so the state and
+        the files always come from the same checkpoint.
         """
         validate_id(job_id, "job id")
         validate_id(task_id, "task id")
-        return self._restore_rows(job_id, task_id, self.chain.rows(task_id), max_age)[0]
+        return self._restore_rows(job_id, task_id, self.chain.rows(task_id), max_age,
+                                  files_dir)[0]
 
     def _restore_rows(self, job_id: str, task_id: str, rows: list[CheckpointRow],
-                      max_age: float | None) -> tuple[Restored | None, list[CheckpointRow]]:
+                      max_age: float | None, files_dir: str | None = None,
+                      ) -> tuple[Restored | None, list[CheckpointRow]]:
         """The restored state and the links it was built from (base first)."""
         if not rows:
             return None, []
@@ -134,12 +142,37 @@ class CheckpointManager:
         for n, base in enumerate(reversed(bases)):
             links = [base] + [r for r in rows if r.kind == "delta" and r.base_seq == base.seq
                               and r.seq > base.seq]
-            restored, applied = self._restore_chain(job_id, task_id, links, newest_chain=n == 0)
+            cut = False
+            while links:
+                restored, applied = self._restore_chain(job_id, task_id, links,
+                                                        newest_chain=n == 0)
+                if restored is None or self._restore_files(restored, applied[-1], files_dir):
+                    break
+                links, cut = applied[:-1], True  # the files of that link are unusable: so is it
+            else:
+                restored = None
             if restored is not None:
+                restored.truncated = restored.truncated or cut
                 return restored, applied
         log.warning("CheckpointManager: task %r has no usable checkpoint; starting from scratch",
                     task_id)
         return None, []
+
+    def _restore_files(self, restored: Restored, link: CheckpointRow,
+                       files_dir: str | None) -> bool:
+        """Write the link's files to ``files_dir``; False when they fail their checks."""
+        if link.files is None or files_dir is None:
+            return True
+        try:
+            self.chain.restore_files(restored.task_id, link.seq, link.files, files_dir)
+        except (CorruptCheckpoint, BlobNotFound) as exc:
+            log.warning("CheckpointManager: task %r seq %d: its files are unusable (%s); "
+                        "restoring the last consistent checkpoint before it", restored.task_id,
+                        link.seq, exc)
+            _empty(files_dir)
+            return False
+        restored.files_dir = files_dir
+        return True
 
     def _restore_chain(self, job_id: str, task_id: str, links: list[CheckpointRow],
                        newest_chain: bool) -> tuple[Restored | None, list[CheckpointRow]]:
@@ -286,6 +319,15 @@ def _chain_head(restored: Restored | None, links: list[CheckpointRow],
         return None
     ref = _link_ref(links[-1])
     if restored.truncated or restored.seq != head_seq or links[0].kind != "base":
-        return ChainHead(restored.snapshot, ref, None)
+        return ChainHead(restored.snapshot, ref, None, files=links[-1].files)
     return ChainHead(restored.snapshot, ref, link_summary(links[0]),
-                     tuple(link_summary(r) for r in links[1:]))
+                     tuple(link_summary(r) for r in links[1:]), files=links[-1].files)
+
+
+def _empty(directory: str) -> None:
+    """Remove what a failed restore wrote into ``directory`` (the directory stays)."""
+    for entry in os.scandir(directory):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            os.unlink(entry.path)

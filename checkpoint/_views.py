@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from ._files import chunk_refs
 from ._records import PartRef
 from .catalog import CheckpointRow, TaskRow, utcnow
 
@@ -31,6 +32,7 @@ class ChainLinkView:
     stored_bytes: int
     codecs: tuple[str, ...]
     parts: int
+    files: int = 0             # files committed with this state (file checkpoints)
 
 
 @dataclass(frozen=True)
@@ -63,9 +65,9 @@ class TaskView:
 class BlobView:
     """One stored blob of a task, where it lives and its sizes."""
 
-    seq: int
+    seq: int                   # a file chunk: the oldest live checkpoint naming it
     part: int
-    kind: str
+    kind: str                  # "base" | "delta" | "file" (a chunk, listed once however many name it)
     key: str
     tier: str                  # "sql" | "object"
     location: str
@@ -89,8 +91,8 @@ class StorageView:
     @classmethod
     def of(cls, task_id: str, db_size_limit: int, rows: Sequence[CheckpointRow],
            locate: Callable[[PartRef], str]) -> StorageView:
-        blobs = tuple(_blob(r, i, PartRef.from_json(p), locate)
-                      for r in rows for i, p in enumerate(r.parts))
+        blobs = tuple(_blob(r.seq, i, r.kind, PartRef.from_json(p), locate)
+                      for r in rows for i, p in enumerate(r.parts)) + _chunks(rows, locate)
         by_tier = {"sql": 0, "object": 0}
         for b in blobs:
             by_tier[b.tier] = by_tier.get(b.tier, 0) + b.stored_bytes
@@ -98,15 +100,27 @@ class StorageView:
                    sum(b.stored_bytes for b in blobs), by_tier)
 
 
-def _blob(row: CheckpointRow, part: int, ref: PartRef, locate: Callable[[PartRef], str]) -> BlobView:
-    return BlobView(row.seq, part, row.kind, ref.key, ref.tier, locate(ref), ref.size,
+def _blob(seq: int, part: int, kind: str, ref: PartRef,
+          locate: Callable[[PartRef], str]) -> BlobView:
+    return BlobView(seq, part, kind, ref.key, ref.tier, locate(ref), ref.size,
                     ref.raw_size, ref.codec, ref.sha256)
+
+
+def _chunks(rows: Sequence[CheckpointRow], locate: Callable[[PartRef], str]) -> tuple[BlobView, ...]:
+    """Each stored file chunk once, however many checkpoints name it."""
+    seen: dict[str, BlobView] = {}
+    for r in rows:
+        for ref in chunk_refs(r.files).values():
+            if ref.key not in seen:
+                seen[ref.key] = _blob(r.seq, len(seen), "file", ref, locate)
+    return tuple(seen.values())
 
 
 def link_view(row: CheckpointRow) -> ChainLinkView:
     return ChainLinkView(row.seq, row.kind, row.base_seq, row.epoch, row.created_at,
                          row.progress_percent, row.raw_bytes, row.stored_bytes,
-                         tuple(sorted({p["codec"] for p in row.parts})), len(row.parts))
+                         tuple(sorted({p["codec"] for p in row.parts})), len(row.parts),
+                         len(row.files["files"]) if row.files else 0)
 
 
 def task_view(t: TaskRow, stored_bytes: int, chain: Sequence[CheckpointRow] = ()) -> TaskView:

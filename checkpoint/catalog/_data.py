@@ -168,8 +168,10 @@ def delete_job_rows(s: Session, job_id: str, *, forget: bool) -> None:
 def referenced_keys(s: Session) -> set[str]:
     """Every blob key that a committed checkpoint row names."""
     keys: set[str] = set()
-    for parts in s.scalars(select(CheckpointRow.parts)):
+    for parts, files in s.execute(select(CheckpointRow.parts, CheckpointRow.files)):
         keys.update(p["key"] for p in parts)
+        if files:
+            keys.update(p["key"] for p in files["chunks"].values())
     return keys
 
 

@@ -84,6 +84,8 @@ class CheckpointRow(Base):
     stored_bytes: Mapped[int] = mapped_column(Integer)
     # [{key, tier: "sql"|"object", size, raw_size, sha256, codec}]
     parts: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # the directory's files committed with this state (checkpoint/_files.py), or None
+    files: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, default=None)
 
 
 class CatalogRow(Base):

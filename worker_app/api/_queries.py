@@ -53,6 +53,7 @@ def _link(link: Any) -> ChainLink:
         epoch=link.epoch,
         codecs=list(link.codecs),
         parts=link.parts,
+        files=link.files,
         raw_size=link.raw_bytes,
         stored_size=link.stored_bytes,
         progress_percent=link.progress_percent,

@@ -81,6 +81,7 @@ class ChainLink(_Model):
     epoch: int | None = Field(default=None, ge=0)
     codecs: list[str] = Field(default_factory=list, description="Encodings of its blobs.")
     parts: int = Field(default=0, ge=0, description="Number of blobs.")
+    files: int = Field(default=0, ge=0, description="Files committed with this checkpoint.")
     raw_size: int | None = Field(default=None, ge=0, description="Bytes before compression.")
     stored_size: int = Field(ge=0, description="Bytes after compression.")
     progress_percent: float | None = None
@@ -117,7 +118,9 @@ class TaskDetail(_Model):
 class BlobLocation(_Model):
     seq: int = Field(ge=0)
     part: int = Field(default=0, ge=0)
-    kind: Literal["base", "delta"]
+    kind: Literal["base", "delta", "file"] = Field(
+        description="`file`: a chunk of the task's checkpointed files, listed once however "
+                    "many checkpoints name it.")
     tier: Tier
     key: str = Field(description="Blob key (ids percent-encoded).")
     location: str | None = Field(
