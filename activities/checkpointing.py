@@ -21,6 +21,12 @@ worker side (``CheckpointHandler``):
   changed files are read in the same pause as the state and committed with it.
   Restored files go to a temporary directory of the attempt
   (``restore_files()``), removed when the session closes.
+* ``keep="final"``: when the task succeeds, the state offered to its last
+  ``checkpoint()`` call is captured if that call did not capture, committed,
+  and the task is marked kept, so the cleanup activities leave it. With
+  ``warm_start_from=JOB``, an attempt with nothing of its own to restore starts
+  from the kept final checkpoint of the same index in ``JOB`` (state, RNG
+  states and files); none kept is a non-retryable ``WarmStartNotFound``.
 """
 
 from __future__ import annotations
@@ -115,7 +121,8 @@ class TaskCheckpointSession(CheckpointSession):
                  max_age: float | None, memory_budget: int | None,
                  observer: CheckpointObserver | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 every_steps: int | None = None) -> None:
+                 every_steps: int | None = None, keep: str = "none",
+                 warm_start_from: str | None = None) -> None:
         self.manager, self.ctx = manager, ctx
         self.interval, self.max_age, self.memory_budget = interval, max_age, memory_budget
         self.every_steps = every_steps
@@ -139,6 +146,10 @@ class TaskCheckpointSession(CheckpointSession):
         self._last_poll = 0.0
         self._files_root: str | None = None
         self._restore_dir: str | None = None
+        self.keep, self.warm_start_from = keep, warm_start_from
+        self.warm_started = False
+        # the last checkpoint() call's arguments while that call captured nothing
+        self._uncaptured: tuple[Any, float | None, bool] | None = None
 
     # -- attempt start -------------------------------------------------------------------
 
@@ -163,6 +174,8 @@ class TaskCheckpointSession(CheckpointSession):
         attempt = self.manager.open_attempt(ctx.job_id, ctx.task_id, ctx.attempt,
                                             max_age=self.max_age, files_dir=self._restore_dir)
         self.epoch, self.restored, self._writer = attempt.epoch, attempt.restored, attempt.writer
+        if self.restored is None and self.warm_start_from is not None:
+            self._warm_start(self.warm_start_from)
         if self.restored is None or self.restored.files_dir is None:
             self._remove_restore_dir()
         if self.restored is not None:
@@ -178,6 +191,24 @@ class TaskCheckpointSession(CheckpointSession):
                         "but the newest restorable one is seq %d", ctx.task_id, hinted_seq,
                         restored_seq)
         self._last_capture = self.clock()
+
+    def _warm_start(self, job_id: str) -> None:
+        """Start from the kept final checkpoint of this index in ``job_id``, or fail."""
+        from temporalio.exceptions import ApplicationError
+
+        from workflows.models import task_id_for
+
+        source = task_id_for(job_id, self.ctx.index)
+        self.restored = self.manager.restore_kept(source, files_dir=self._restore_dir)
+        if self.restored is None:
+            self._remove_restore_dir()
+            raise ApplicationError(
+                f"task {self.ctx.task_id}: warm_start_from={job_id!r} but task {source} kept no "
+                "final checkpoint (was that job run with keep='final', and did its task "
+                f"{self.ctx.index} complete?)", type="WarmStartNotFound", non_retryable=True)
+        self.warm_started = True
+        log.info("CheckpointHandler: task %s starts from the kept final checkpoint of %s "
+                 "(seq %d)", self.ctx.task_id, source, self.restored.seq)
 
     # -- in-task API ---------------------------------------------------------------------
 
@@ -226,6 +257,7 @@ class TaskCheckpointSession(CheckpointSession):
                    rng: bool = True) -> bool:
         now = self.clock()
         self._steps += 1
+        self._uncaptured = (state, progress_percent, rng)
         if not self._forced.is_set() and not self._due(now, steps_ahead=0):
             return False
         if self._fenced or self._writer is None:
@@ -233,6 +265,7 @@ class TaskCheckpointSession(CheckpointSession):
         if self._inflight is not None and not self._inflight.done():
             self.observer.skipped("coalesced")
             return False
+        self._uncaptured = None
         final = self._final_requested
         self._forced.clear()
         self._last_capture = now
@@ -369,8 +402,29 @@ class TaskCheckpointSession(CheckpointSession):
             # The result may only be recorded (and the checkpoints cleaned up) once
             # no commit of this attempt can land afterwards.
             await asyncio.wrap_future(inflight)
+        if succeeded and self.keep == "final":
+            await asyncio.to_thread(self._keep_final)
         self._final_done.set()
         self._remove_restore_dir()
+
+    def _keep_final(self) -> None:
+        """Commit the last offered state if its call did not capture it; mark the task kept."""
+        if self._uncaptured is not None and not self._fenced:
+            state, progress, rng = self._uncaptured
+            self._forced.set()
+            if self.checkpoint(state, progress, rng=rng) and self.flush() is None:
+                log.warning("CheckpointHandler: task %s: its final checkpoint was not stored; "
+                            "the newest committed one is kept", self.ctx.task_id)
+        # nothing of its own to keep: it never committed, and what it restored is not its own
+        if self._fenced or self.last_commit is None and (self.restored is None
+                                                         or self.warm_started):
+            return
+        try:
+            if self.manager.mark_kept(self.ctx.task_id, self.epoch):
+                log.info("CheckpointHandler: task %s keeps its final checkpoint", self.ctx.task_id)
+        except Exception as exc:
+            log.warning("CheckpointHandler: task %s: could not mark its checkpoint kept: %s",
+                        self.ctx.task_id, exc)
         # The executors are left to the garbage collector rather than shut down: a
         # cancelled attempt's thread may still call checkpoint(), and its commits
         # must go through the fence (and be rejected) rather than crash the thread.

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -214,36 +215,81 @@ class CheckpointManager:
 
     # -- deletion -----------------------------------------------------------------------
 
-    def delete_task(self, task_id: str) -> None:
+    def delete_task(self, task_id: str, *, kept: bool = False) -> None:
         """Delete the task's checkpoint rows and blobs; its summary counters stay.
 
         The deletion fences the task: a zombie attempt still running (its worker was
-        cut off, say) can commit nothing after its task's data was deleted.
+        cut off, say) can commit nothing after its task's data was deleted. A kept
+        task (``keep="final"``) is left alone unless ``kept=True``.
         """
         validate_id(task_id, "task id")
         with Session(self._reader, expire_on_commit=False) as s, s.begin():
             task = cat.get_task(s, task_id)
         if task is None:
             return
+        if task.kept_at is not None and not kept:
+            log.info("CheckpointManager: task %r keeps its final checkpoint", task_id)
+            return
         self.chain.delete_task_rows(task_id)
         self.chain.delete_prefix(task_prefix(self.config.key_prefix, task.job_id, task_id))
+        if kept:
+            with Session(self.engine) as s, s.begin():
+                cat.release_kept(s, task_id)
         log.info("CheckpointManager: deleted checkpoints of task %r", task_id)
 
     def delete_job(self, job_id: str, *, forget: bool = False) -> None:
-        """Delete the checkpoint data of every task of the job.
+        """Delete the checkpoint data of every task of the job but the kept ones.
 
         With ``forget=True`` the task rows (summary counters) go as well.
         """
         validate_id(job_id, "job id")
         with Session(self._reader, expire_on_commit=False) as s, s.begin():
-            task_ids = [t.task_id for t in cat.job_tasks(s, job_id)]
-        for task_id in task_ids:
-            self.delete_task(task_id)
+            tasks = list(cat.job_tasks(s, job_id))
+        for task in tasks:
+            self.delete_task(task.task_id)
         with Session(self.engine, expire_on_commit=False) as s, s.begin():
             cat.delete_job_rows(s, job_id, forget=forget)
-        self.chain.delete_prefix(job_prefix(self.config.key_prefix, job_id))
+        if not any(t.kept_at is not None for t in tasks):
+            self.chain.delete_prefix(job_prefix(self.config.key_prefix, job_id))
         log.info("CheckpointManager: deleted checkpoints of job %r (%d tasks)", job_id,
-                 len(task_ids))
+                 len(tasks))
+
+    # -- kept final checkpoints (keep="final") ---------------------------------------------
+
+    def mark_kept(self, task_id: str, epoch: int) -> bool:
+        """Keep the task's checkpoints after it completes; False when ``epoch`` was fenced."""
+        validate_id(task_id, "task id")
+        with Session(self.engine) as s, s.begin():
+            return cat.mark_kept(s, task_id, epoch, utcnow())
+
+    def kept_tasks(self, job_id: str | None = None) -> list[TaskView]:
+        """Tasks whose final checkpoint is kept (of one job, or all), by task id."""
+        if job_id is not None:
+            validate_id(job_id, "job id")
+        with Session(self._reader, expire_on_commit=False) as s, s.begin():
+            views = []
+            for t in cat.kept_tasks(s, job_id=job_id):
+                rows = cat.chain_rows(s, t.task_id)
+                views.append(task_view(t, sum(r.stored_bytes for r in rows), rows))
+            return views
+
+    def restore_kept(self, task_id: str, *, files_dir: str | None = None) -> Restored | None:
+        """The kept final checkpoint of ``task_id`` (state and files), or None if none is kept."""
+        validate_id(task_id, "task id")
+        with Session(self._reader, expire_on_commit=False) as s, s.begin():
+            task = cat.get_task(s, task_id)
+        if task is None or task.kept_at is None:
+            return None
+        return self.restore(task.job_id, task_id, max_age=None, files_dir=files_dir)
+
+    def delete_kept(self, older_than_seconds: float) -> list[str]:
+        """Delete the kept checkpoints kept longer than ``older_than_seconds``; their task ids."""
+        cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+        with Session(self._reader, expire_on_commit=False) as s, s.begin():
+            task_ids = [t.task_id for t in cat.kept_tasks(s, kept_before=cutoff)]
+        for task_id in task_ids:
+            self.delete_task(task_id, kept=True)
+        return task_ids
 
     def sweep_orphans(self, grace_seconds: float | None = None) -> int:
         """Delete blobs no committed checkpoint names, older than the grace period."""

@@ -54,6 +54,7 @@ class TaskView:
     force_requested_at: datetime | None
     storage_full_since: datetime | None
     chain: tuple[ChainLinkView, ...] = ()
+    kept_at: datetime | None = None   # set while its final checkpoint is kept (keep="final")
 
     @property
     def age_seconds(self) -> float | None:
@@ -131,4 +132,4 @@ def task_view(t: TaskRow, stored_bytes: int, chain: Sequence[CheckpointRow] = ()
         base_checkpoint_size=t.base_checkpoint_size, stored_bytes=stored_bytes,
         checkpoint_storage_path=t.checkpoint_storage_path,
         force_requested_at=t.force_requested_at, storage_full_since=t.storage_full_since,
-        chain=tuple(link_view(r) for r in chain))
+        chain=tuple(link_view(r) for r in chain), kept_at=t.kept_at)

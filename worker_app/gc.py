@@ -5,7 +5,9 @@ and one when the job ends). A workflow that was terminated, timed out or lost
 its worker for good never runs those, so this sweep asks Temporal about every
 job that still has checkpoint data and deletes the data of each job that is no
 longer running (or that Temporal does not know), then removes orphaned blobs
-(written but never committed) older than the grace period.
+(written but never committed) older than the grace period. Final checkpoints
+kept with ``keep="final"`` stay until ``--older-than DAYS`` deletes those kept
+longer than that.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class GcReport:
     jobs_checked: int
     jobs_deleted: tuple[str, ...]
     orphans_removed: int
+    kept_deleted: tuple[str, ...] = ()
 
 
 def jobs_with_checkpoints(manager: CheckpointManager) -> list[str]:
@@ -46,8 +49,15 @@ async def _is_running(client: Client, job_id: str) -> bool:
     return desc.status == WorkflowExecutionStatus.RUNNING
 
 
-async def collect(manager: CheckpointManager, client: Client, grace_seconds: float) -> GcReport:
-    """Delete the checkpoint data of jobs that are not running; sweep orphans."""
+async def collect(manager: CheckpointManager, client: Client, grace_seconds: float,
+                  older_than_days: float | None = None) -> GcReport:
+    """Delete the checkpoint data of jobs that are not running; sweep orphans.
+
+    With ``older_than_days`` the kept final checkpoints kept longer than that go too.
+    """
+    kept: list[str] = []
+    if older_than_days is not None:
+        kept = await asyncio.to_thread(manager.delete_kept, older_than_days * 86400.0)
     job_ids = await asyncio.to_thread(jobs_with_checkpoints, manager)
     deleted = []
     for job_id in job_ids:
@@ -58,4 +68,4 @@ async def collect(manager: CheckpointManager, client: Client, grace_seconds: flo
     log.info("CheckpointManager: gc checked %d jobs, deleted %d, removed %d orphaned blobs "
              "and unfinished writes",
              len(job_ids), len(deleted), orphans)
-    return GcReport(len(job_ids), tuple(deleted), orphans)
+    return GcReport(len(job_ids), tuple(deleted), orphans, tuple(kept))

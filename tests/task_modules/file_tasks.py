@@ -67,3 +67,23 @@ def rewrite_files(cfg: dict[str, Any]) -> dict[str, Any]:
         ctx.checkpoint(state)
     state["final"] = digests(work)
     return state
+
+
+def count_up(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Counts ``cfg["steps"]`` steps further than where it starts (a kept checkpoint of an
+    earlier job, with ``warm_start_from``), writing ``count.txt`` into a checkpointed
+    directory. Returns where it started, what ``restore_files()`` held and where it ended."""
+    ctx = current_task()
+    state = ctx.restore()
+    restored = ctx.restore_files()
+    start = dict(state) if state is not None else None
+    files = digests(Path(restored)) if restored is not None else None
+    state = state or {"n": 0}
+    work = Path(cfg["workdir"]) / f"{ctx.job_id}-{ctx.index}-{ctx.attempt}"
+    work.mkdir(parents=True)
+    ctx.checkpoint_files(work)
+    for _ in range(cfg["steps"]):
+        state["n"] += 1
+        (work / "count.txt").write_text(f"{state['n']}\n")
+        ctx.checkpoint(state)
+    return {"start": start, "files": files, "end": state["n"]}

@@ -19,6 +19,8 @@ __all__ = [
     "Health",
     "JobCheckpoints",
     "JobStatus",
+    "KeptCheckpoint",
+    "KeptCheckpoints",
     "StorageInfo",
     "StorageTotals",
     "TaskDetail",
@@ -72,6 +74,22 @@ class JobCheckpoints(_Model):
     total_checkpoints_taken: int = Field(ge=0)
     total_bytes_stored: int = Field(default=0, ge=0)
     tasks: list[TaskSummary]
+
+
+class KeptCheckpoint(_Model):
+    """A completed task's final checkpoint kept with ``keep="final"``."""
+
+    task_id: str
+    job_id: str
+    kept_at: datetime = Field(description="When the task completed and its checkpoint was kept.")
+    seq: int | None = Field(default=None, ge=0, description="The kept (newest) checkpoint.")
+    progress_percent: float = Field(ge=0, le=100)
+    files: int = Field(default=0, ge=0, description="Files kept with it.")
+    bytes_stored: int = Field(default=0, ge=0, description="Stored bytes of its chain.")
+
+
+class KeptCheckpoints(_Model):
+    kept: list[KeptCheckpoint]
 
 
 class ChainLink(_Model):
