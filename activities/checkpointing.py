@@ -257,7 +257,8 @@ class TaskCheckpointSession(CheckpointSession):
                    rng: bool = True) -> bool:
         now = self.clock()
         self._steps += 1
-        self._uncaptured = (state, progress_percent, rng)
+        if self.keep == "final":
+            self._uncaptured = (state, progress_percent, rng)
         if not self._forced.is_set() and not self._due(now, steps_ahead=0):
             return False
         if self._fenced or self._writer is None:

@@ -18,7 +18,7 @@ from ._delta import LinkRef, decode, reuse_buffers
 from ._ids import job_prefix, task_prefix, validate_id
 from ._records import ManagerConfig, Restored
 from ._snapshot import Snapshot
-from ._views import StorageView, TaskView, task_view
+from ._views import StorageView, TaskView, live_bytes, task_view
 from ._writer import ChainHead, TaskWriter, link_summary
 from .catalog import CheckpointRow, read_engine, utcnow
 from .errors import BlobNotFound, CorruptCheckpoint
@@ -270,7 +270,7 @@ class CheckpointManager:
             views = []
             for t in cat.kept_tasks(s, job_id=job_id):
                 rows = cat.chain_rows(s, t.task_id)
-                views.append(task_view(t, sum(r.stored_bytes for r in rows), rows))
+                views.append(task_view(t, live_bytes(rows), rows))
             return views
 
     def restore_kept(self, task_id: str, *, files_dir: str | None = None) -> Restored | None:
@@ -340,7 +340,7 @@ class CheckpointManager:
             if task is None:
                 return None
             rows = cat.chain_rows(s, task_id)
-            return task_view(task, sum(r.stored_bytes for r in rows), rows)
+            return task_view(task, live_bytes(rows), rows)
 
     def storage_view(self, task_id: str) -> StorageView | None:
         """Where each blob of the task lives, with sizes and totals; None if unknown."""

@@ -15,7 +15,8 @@ from ._files import chunk_refs
 from ._records import PartRef
 from .catalog import CheckpointRow, TaskRow, utcnow
 
-__all__ = ["BlobView", "ChainLinkView", "StorageView", "TaskView", "link_view", "task_view"]
+__all__ = ["BlobView", "ChainLinkView", "StorageView", "TaskView", "link_view", "live_bytes",
+           "task_view"]
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,12 @@ def _chunks(rows: Sequence[CheckpointRow], locate: Callable[[PartRef], str]) -> 
             if ref.key not in seen:
                 seen[ref.key] = _blob(r.seq, len(seen), "file", ref, locate)
     return tuple(seen.values())
+
+
+def live_bytes(rows: Sequence[CheckpointRow]) -> int:
+    """Stored bytes of these rows: their parts, and each file chunk they name once."""
+    chunks = {ref.key: ref.size for r in rows for ref in chunk_refs(r.files).values()}
+    return sum(r.stored_bytes for r in rows) + sum(chunks.values())
 
 
 def link_view(row: CheckpointRow) -> ChainLinkView:

@@ -159,8 +159,10 @@ def stored_bytes_by_task(s: Session, job_id: str) -> dict[str, int]:
 
 
 def jobs_with_checkpoints(s: Session) -> list[str]:
-    """Ids of jobs that still hold committed checkpoint rows."""
-    return sorted(s.scalars(select(CheckpointRow.job_id).distinct()))
+    """Ids of jobs that still hold committed checkpoint rows (of tasks that are not kept)."""
+    kept = select(TaskRow.task_id).where(TaskRow.kept_at.is_not(None))
+    return sorted(s.scalars(select(CheckpointRow.job_id)
+                            .where(CheckpointRow.task_id.not_in(kept)).distinct()))
 
 
 def delete_job_rows(s: Session, job_id: str, *, forget: bool) -> None:

@@ -80,6 +80,13 @@ def test_unchanged_chunks_are_stored_once_and_files_restore_exactly(manager, tmp
     new = [b for b in blobs if b.seq == 2]
     assert second.file_bytes == sum(b.stored_bytes for b in new)
     assert len(new) == 3
+    view, task = manager.storage_view("t"), manager.task_view("t")
+    assert view is not None and task is not None
+    # both views count each chunk once: the parts of both rows and 13 chunks
+    assert task.stored_bytes == view.stored_bytes == (
+        sum(b.stored_bytes for b in view.blobs if b.kind != "file")
+        + sum(b.stored_bytes for b in blobs))
+    assert [link.files for link in task.chain] == [3, 4]
 
     out = tmp_path / "restored"
     out.mkdir()

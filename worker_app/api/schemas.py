@@ -59,7 +59,9 @@ class TaskSummary(_Model):
     attempt: int | None = Field(default=None, ge=0)
     epoch: int | None = Field(default=None, ge=0)
     status: str | None = Field(default=None, description="Task status as recorded in the catalog.")
-    bytes_stored: int = Field(default=0, ge=0, description="Stored bytes of the live chain.")
+    bytes_stored: int = Field(default=0, ge=0, description=(
+        "Stored bytes of the live chain's state blobs (its file chunks are counted in the "
+        "task's detail and storage-info)."))
     storage_full_since: datetime | None = Field(
         default=None, description="Set while the task's saves find no room for a new base."
     )
@@ -85,7 +87,8 @@ class KeptCheckpoint(_Model):
     seq: int | None = Field(default=None, ge=0, description="The kept (newest) checkpoint.")
     progress_percent: float = Field(ge=0, le=100)
     files: int = Field(default=0, ge=0, description="Files kept with it.")
-    bytes_stored: int = Field(default=0, ge=0, description="Stored bytes of its chain.")
+    bytes_stored: int = Field(default=0, ge=0,
+                              description="Stored bytes of its chain, file chunks included.")
 
 
 class KeptCheckpoints(_Model):
@@ -120,7 +123,8 @@ class TaskDetail(_Model):
         default=None, description="Age of the newest committed checkpoint."
     )
     base_checkpoint_size: int | None = Field(default=None, ge=0)
-    bytes_stored: int = Field(default=0, ge=0)
+    bytes_stored: int = Field(default=0, ge=0, description=(
+        "Stored bytes of the live chain: its blobs, and each file chunk once."))
     checkpoint_storage_path: str | None = Field(
         default=None, description="Object-store directory of the task's blobs, or 'sql'."
     )
