@@ -93,6 +93,10 @@ def _sig(st: os.stat_result) -> StatSig:
 def _walk(root: str) -> Iterator[tuple[str, str]]:
     """(relative POSIX path, absolute path) of every regular file under ``root``, sorted."""
     for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            if os.path.islink(os.path.join(dirpath, name)):
+                raise CaptureError(f"checkpoint_files: {os.path.join(dirpath, name)!r} is a "
+                                   "symbolic link")
         dirnames.sort()
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)

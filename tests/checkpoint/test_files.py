@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from ckpt_helpers import all_blob_keys, build_manager, chain
 
-from checkpoint import CheckpointManager, Fenced
+from checkpoint import CaptureError, CheckpointManager, Fenced
 from checkpoint._files import chunk_keys, chunk_refs
 from checkpoint._records import PartRef
 
@@ -224,3 +224,14 @@ def _rewrite(manager: CheckpointManager, ref: PartRef, data: bytes) -> None:
 
 def _read(manager: CheckpointManager, ref: PartRef) -> bytes:
     return manager.tiers.store_for(ref.tier).get(ref.key)
+
+
+@pytest.mark.parametrize("link", ["file", "dir"])
+def test_symbolic_links_are_refused(manager, tmp_path, link: str) -> None:
+    root = tmp_path / "out"
+    write(root, {"a.txt": b"a", "sub/b.txt": b"b"})
+    target = root / ("a.txt" if link == "file" else "sub")
+    (root / "link").symlink_to(target)
+    writer = manager.open_attempt("job", "t").writer
+    with pytest.raises(CaptureError, match="symbolic link|not a regular file"):
+        writer.capture_files(str(root))
