@@ -204,7 +204,8 @@ class ChildProcess:
         session = TaskCheckpointSession(
             svc.manager, ctx, interval=spec.checkpoint_interval,
             every_steps=spec.checkpoint_every_steps, max_age=spec.max_checkpoint_age,
-            memory_budget=svc.memory_budget, observer=svc.observer)
+            memory_budget=svc.memory_budget, observer=svc.observer, keep=spec.keep,
+            warm_start_from=spec.warm_start_from)
         session.start(spec.hinted_seq, spec.hinted_catalog)
         return session
 

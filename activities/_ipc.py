@@ -48,6 +48,8 @@ class RunSpec:
     max_checkpoint_age: float | None = None
     hinted_seq: int | None = None
     hinted_catalog: str | None = None
+    keep: str = "none"
+    warm_start_from: str | None = None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,16 @@ worker side (``CheckpointHandler``):
   prefix and skipped; earlier checkpoints stay valid.
 * On attempt start the session takes a new fencing epoch and restores the
   newest committed checkpoint; a zombie attempt's later commits are fenced.
+* ``checkpoint_files(path)`` adds a directory to every later capture: its
+  changed files are read in the same pause as the state and committed with it.
+  Restored files go to a temporary directory of the attempt
+  (``restore_files()``), removed when the session closes.
+* ``keep="final"``: when the task succeeds, the state offered to its last
+  ``checkpoint()`` call is captured if that call did not capture, committed,
+  and the task is marked kept, so the cleanup activities leave it. With
+  ``warm_start_from=JOB``, an attempt with nothing of its own to restore starts
+  from the kept final checkpoint of the same index in ``JOB`` (state, RNG
+  states and files); none kept is a non-retryable ``WarmStartNotFound``.
 """
 
 from __future__ import annotations
@@ -26,6 +36,8 @@ import functools
 import logging
 import os
 import pickle
+import shutil
+import tempfile
 import threading
 import time
 import types
@@ -46,6 +58,7 @@ from sdk._task import CheckpointSession, TaskContext
 
 if TYPE_CHECKING:
     from checkpoint import CheckpointManager, CommitInfo, Restored, TaskWriter
+    from checkpoint._files import FileCapture
 
 log = logging.getLogger("crowdcompute.checkpoint_handler")
 
@@ -108,7 +121,8 @@ class TaskCheckpointSession(CheckpointSession):
                  max_age: float | None, memory_budget: int | None,
                  observer: CheckpointObserver | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 every_steps: int | None = None) -> None:
+                 every_steps: int | None = None, keep: str = "none",
+                 warm_start_from: str | None = None) -> None:
         self.manager, self.ctx = manager, ctx
         self.interval, self.max_age, self.memory_budget = interval, max_age, memory_budget
         self.every_steps = every_steps
@@ -130,6 +144,12 @@ class TaskCheckpointSession(CheckpointSession):
         self._poller = ThreadPoolExecutor(1, thread_name_prefix=f"ckpt-poll-{ctx.task_id}")
         self._poll: Future[None] | None = None
         self._last_poll = 0.0
+        self._files_root: str | None = None
+        self._restore_dir: str | None = None
+        self.keep, self.warm_start_from = keep, warm_start_from
+        self.warm_started = False
+        # the last checkpoint() call's arguments while that call captured nothing
+        self._uncaptured: tuple[Any, float | None, bool] | None = None
 
     # -- attempt start -------------------------------------------------------------------
 
@@ -150,9 +170,14 @@ class TaskCheckpointSession(CheckpointSession):
                 f"{hinted_catalog}; refusing to restart the task from zero. Point "
                 "CROWDCOMPUTE_DATABASE_URL (or an absolute CROWDCOMPUTE_STATE_DIR) of every worker "
                 "at the same catalog.")
+        self._restore_dir = tempfile.mkdtemp(prefix="crowdcompute-files-")
         attempt = self.manager.open_attempt(ctx.job_id, ctx.task_id, ctx.attempt,
-                                            max_age=self.max_age)
+                                            max_age=self.max_age, files_dir=self._restore_dir)
         self.epoch, self.restored, self._writer = attempt.epoch, attempt.restored, attempt.writer
+        if self.restored is None and self.warm_start_from is not None:
+            self._warm_start(self.warm_start_from)
+        if self.restored is None or self.restored.files_dir is None:
+            self._remove_restore_dir()
         if self.restored is not None:
             self.observer.restored(self.restored.truncated)
             log.info("CheckpointHandler: task %s attempt %d resumes from checkpoint seq %d "
@@ -167,6 +192,24 @@ class TaskCheckpointSession(CheckpointSession):
                         restored_seq)
         self._last_capture = self.clock()
 
+    def _warm_start(self, job_id: str) -> None:
+        """Start from the kept final checkpoint of this index in ``job_id``, or fail."""
+        from temporalio.exceptions import ApplicationError
+
+        from workflows.models import task_id_for
+
+        source = task_id_for(job_id, self.ctx.index)
+        self.restored = self.manager.restore_kept(source, files_dir=self._restore_dir)
+        if self.restored is None:
+            self._remove_restore_dir()
+            raise ApplicationError(
+                f"task {self.ctx.task_id}: warm_start_from={job_id!r} but task {source} kept no "
+                "final checkpoint (was that job run with keep='final', and did its task "
+                f"{self.ctx.index} complete?)", type="WarmStartNotFound", non_retryable=True)
+        self.warm_started = True
+        log.info("CheckpointHandler: task %s starts from the kept final checkpoint of %s "
+                 "(seq %d)", self.ctx.task_id, source, self.restored.seq)
+
     # -- in-task API ---------------------------------------------------------------------
 
     def restore(self) -> Any | None:
@@ -179,6 +222,19 @@ class TaskCheckpointSession(CheckpointSession):
             _rng.restore(pickle.loads(state[RNG_KEY]))  # noqa: S301 - hash-checked, ours
             return state["state"]
         return state
+
+    def restore_files(self) -> str | None:
+        return self.restored.files_dir if self.restored is not None else None
+
+    def checkpoint_files(self, path: str) -> None:
+        if not os.path.isdir(path):
+            raise NotADirectoryError(f"checkpoint_files: {path!r} is not a directory")
+        self._files_root = os.path.abspath(path)
+
+    def _remove_restore_dir(self) -> None:
+        if self._restore_dir is not None:
+            shutil.rmtree(self._restore_dir, ignore_errors=True)
+            self._restore_dir = None
 
     @property
     def fenced(self) -> bool:
@@ -201,6 +257,8 @@ class TaskCheckpointSession(CheckpointSession):
                    rng: bool = True) -> bool:
         now = self.clock()
         self._steps += 1
+        if self.keep == "final":
+            self._uncaptured = (state, progress_percent, rng)
         if not self._forced.is_set() and not self._due(now, steps_ahead=0):
             return False
         if self._fenced or self._writer is None:
@@ -208,6 +266,7 @@ class TaskCheckpointSession(CheckpointSession):
         if self._inflight is not None and not self._inflight.done():
             self.observer.skipped("coalesced")
             return False
+        self._uncaptured = None
         final = self._final_requested
         self._forced.clear()
         self._last_capture = now
@@ -221,6 +280,7 @@ class TaskCheckpointSession(CheckpointSession):
 
                 state = {RNG_KEY: pickle.dumps(_rng.capture(), protocol=5), "state": state}
             snapshot = self._writer.capture(state, max_bytes=self.memory_budget)
+            files = self._capture_files(snapshot)
         except MemoryBudgetExceeded as exc:
             log.error("CheckpointHandler: task %s checkpoint skipped, state exceeds the memory "
                       "budget: %s", self.ctx.task_id, exc)
@@ -239,8 +299,22 @@ class TaskCheckpointSession(CheckpointSession):
         captured = time.perf_counter()
         self.observer.captured(captured - started)
         self._inflight = self._persister.submit(self._persist, snapshot, progress_percent, final,
-                                                (started, captured))
+                                                (started, captured), files)
         return True
+
+    def _capture_files(self, snapshot: Any) -> FileCapture | None:
+        """The registered directory, read in the same pause as ``snapshot`` (released on error)."""
+        assert self._writer is not None
+        if self._files_root is None:
+            return None
+        try:
+            return self._writer.capture_files(self._files_root, max_bytes=self.memory_budget)
+        except OSError as exc:
+            self._writer.pool.release(snapshot)
+            raise CaptureError(f"cannot read {self._files_root!r}: {exc}") from exc
+        except BaseException:
+            self._writer.pool.release(snapshot)
+            raise
 
     def flush(self, timeout: float | None = None) -> CommitInfo | None:
         """Wait for the checkpoint being persisted: what it committed, None if it failed."""
@@ -248,12 +322,13 @@ class TaskCheckpointSession(CheckpointSession):
         return inflight.result(timeout) if inflight is not None else None
 
     def _persist(self, snapshot: Any, progress_percent: float | None, final: bool,
-                 capture: tuple[float, float]) -> CommitInfo | None:
-        """Encode, store and commit ``snapshot``; ``capture`` is when its capture began and ended."""
+                 capture: tuple[float, float], files: FileCapture | None = None
+                 ) -> CommitInfo | None:
+        """Encode, store and commit ``snapshot`` (and ``files``); ``capture``: when it was taken."""
         assert self._writer is not None
         info: CommitInfo | None = None
         try:
-            info = self._writer.save(snapshot, progress_percent=progress_percent)
+            info = self._writer.save(snapshot, progress_percent=progress_percent, files=files)
         except Fenced as exc:
             self._fenced = True
             self.observer.fenced()
@@ -328,7 +403,29 @@ class TaskCheckpointSession(CheckpointSession):
             # The result may only be recorded (and the checkpoints cleaned up) once
             # no commit of this attempt can land afterwards.
             await asyncio.wrap_future(inflight)
+        if succeeded and self.keep == "final":
+            await asyncio.to_thread(self._keep_final)
         self._final_done.set()
+        self._remove_restore_dir()
+
+    def _keep_final(self) -> None:
+        """Commit the last offered state if its call did not capture it; mark the task kept."""
+        if self._uncaptured is not None and not self._fenced:
+            state, progress, rng = self._uncaptured
+            self._forced.set()
+            if self.checkpoint(state, progress, rng=rng) and self.flush() is None:
+                log.warning("CheckpointHandler: task %s: its final checkpoint was not stored; "
+                            "the newest committed one is kept", self.ctx.task_id)
+        # nothing of its own to keep: it never committed, and what it restored is not its own
+        if self._fenced or self.last_commit is None and (self.restored is None
+                                                         or self.warm_started):
+            return
+        try:
+            if self.manager.mark_kept(self.ctx.task_id, self.epoch):
+                log.info("CheckpointHandler: task %s keeps its final checkpoint", self.ctx.task_id)
+        except Exception as exc:
+            log.warning("CheckpointHandler: task %s: could not mark its checkpoint kept: %s",
+                        self.ctx.task_id, exc)
         # The executors are left to the garbage collector rather than shut down: a
         # cancelled attempt's thread may still call checkpoint(), and its commits
         # must go through the fence (and be rejected) rather than crash the thread.

@@ -94,7 +94,8 @@ class TaskActivities:
             checkpoint_interval=arg.checkpoint_interval,
             checkpoint_every_steps=arg.checkpoint_every_steps,
             max_checkpoint_age=arg.max_checkpoint_age,
-            hinted_seq=hinted_seq, hinted_catalog=hinted_catalog)
+            hinted_seq=hinted_seq, hinted_catalog=hinted_catalog, keep=arg.keep,
+            warm_start_from=arg.warm_start_from)
         # Until the task process reports its own, this attempt's heartbeats carry the last
         # one's checkpoint and catalog: an attempt that fails before it checkpoints (a
         # catalog mismatch, a crash) must not erase what the next one is checked against.

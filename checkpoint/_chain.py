@@ -11,8 +11,11 @@ Call order for one attempt of one task:
    committed rows in the same transaction (the only read of them).
 2. :meth:`fetch_verified` fetches the blobs of the links to restore; every
    blob's size and SHA-256 are checked before anything is decoded.
-3. Per save: :meth:`put_parts` (create-only puts, each verified), then
-   :meth:`commit` (one fenced transaction). When the outcome of a commit is
+   :meth:`restore_files` writes the files of the restored link, each chunk
+   checked the same way (and its raw bytes against their content hash).
+3. Per save: :meth:`put_parts` (create-only puts, each verified) and, when the
+   save carries files, :meth:`put_chunks` for the chunks not stored yet, then
+   :meth:`commit` (one fenced transaction: the state and its files together). When the outcome of a commit is
    unknown, :meth:`row_committed` tells whether it landed. After a base
    committed, :meth:`retire_before` drops the older chains (best effort).
 4. Cleanup at any time: :meth:`delete_task_rows` (fences the task), :meth:`delete_rows`,
@@ -34,8 +37,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from . import catalog as cat
+from ._compress import decompress
 from ._delta import EncodedPart
-from ._ids import blob_key
+from ._files import Manifest, chunk_refs, unreferenced_chunks, write_tree
+from ._ids import blob_key, chunk_key
 from ._records import PartRef
 from .catalog import CheckpointRow, read_engine, translate_error, utcnow
 from .errors import (
@@ -170,6 +175,63 @@ class ChainStore:
             raise
         return written
 
+    def put_chunks(self, job_id: str, task_id: str, epoch: int, seq: int,
+                   chunks: dict[str, EncodedPart]) -> dict[str, PartRef]:
+        """Store new file chunks (by raw SHA-256) under create-only keys of this save; their refs.
+
+        Same rules as :meth:`put_parts`: each chunk goes to the tier its stored
+        size selects, is checked to exist, and on any failure what was written
+        is deleted and the error raised.
+        """
+        written: dict[str, PartRef] = {}
+        try:
+            for sha, part in chunks.items():
+                data = part.data
+                ref = PartRef(chunk_key(self.key_prefix, job_id, task_id, epoch, seq, sha),
+                              self.tiers.tier_for(len(data)), len(data), int(part.raw_size),
+                              hashlib.sha256(data).hexdigest(), str(part.codec))
+                self.tiers.store_for(ref.tier).put(ref.key, data)
+                written[sha] = ref
+            for ref in written.values():
+                if not self.tiers.store_for(ref.tier).exists(ref.key):
+                    raise StorageError(f"CheckpointManager: chunk {ref.key!r} missing right after write")
+        except BaseException:
+            self.delete_refs(written.values())
+            raise
+        return written
+
+    def restore_files(self, task_id: str, seq: int, files: Manifest, dest: str) -> None:
+        """Write the files of checkpoint ``seq`` under ``dest``, every chunk verified first.
+
+        A chunk's stored blob must match its size and SHA-256 before it is
+        decompressed, and the raw bytes must match the content hash the
+        manifest names them by. Raises CorruptCheckpoint / BlobNotFound (the
+        caller then restores an older link), other StorageErrors as they come.
+        """
+        refs = chunk_refs(files)
+        cache: dict[str, bytes] = {}
+
+        def chunk(sha: str) -> bytes:
+            if sha in cache:
+                return cache[sha]
+            ref = refs.get(sha)
+            if ref is None:
+                raise CorruptCheckpoint(f"file manifest of task {task_id!r} seq {seq} names "
+                                        f"chunk {sha} without a blob")
+            data = self.tiers.store_for(ref.tier).get(ref.key)
+            if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.sha256:
+                raise CorruptCheckpoint(f"chunk {ref.key!r} of task {task_id!r} seq {seq} fails "
+                                        f"its SHA-256 check")
+            raw = bytes(decompress(data, ref.codec, raw_size=ref.raw_size))
+            if hashlib.sha256(raw).hexdigest() != sha:
+                raise CorruptCheckpoint(f"chunk {ref.key!r} of task {task_id!r} seq {seq} does "
+                                        f"not hold the content it is named by")
+            if len(cache) < 4:  # a chunk repeated in several files is fetched once
+                cache[sha] = raw
+            return raw
+
+        write_tree(dest, files, chunk)
+
     def commit(self, row: CheckpointRow, task_fields: dict[str, Any]) -> None:
         """Insert ``row`` and update the task's summary, fenced by ``row.epoch``.
 
@@ -203,13 +265,14 @@ class ChainStore:
         """
         try:
             with Session(self.engine, expire_on_commit=False) as s, s.begin():
-                old = [r for r in cat.chain_rows(s, task_id) if r.seq < seq]
+                rows = cat.chain_rows(s, task_id)
+                old = [r for r in rows if r.seq < seq]
                 cat.delete_checkpoints(s, task_id, [r.seq for r in old])
         except Exception as exc:
             log.warning("CheckpointManager: could not retire the chains of task %r before base seq %d"
                         " (retried after the next commit): %s", task_id, seq, exc)
             return False
-        self.delete_refs(PartRef.from_json(p) for r in old for p in r.parts)
+        self.delete_refs(_freed(old, [r for r in rows if r.seq >= seq]))
         if old:
             log.info("CheckpointManager: compacted task %r: dropped %d checkpoints before base "
                      "seq %d", task_id, len(old), seq)
@@ -249,18 +312,20 @@ class ChainStore:
                 cat.clear_chain(s, task_id)
         except SQLAlchemyError as exc:
             raise translate_error(exc, f"deleting checkpoints of task {task_id!r}") from exc
-        self.delete_refs(PartRef.from_json(p) for r in rows for p in r.parts)
+        self.delete_refs(_freed(rows, []))
 
     def delete_rows(self, task_id: str, rows: Sequence[CheckpointRow], *, clear: bool) -> None:
         """Delete these rows (and with ``clear`` the task's chain summary), then their blobs."""
+        seqs = {r.seq for r in rows}
         try:
             with Session(self.engine, expire_on_commit=False) as s, s.begin():
-                cat.delete_checkpoints(s, task_id, [r.seq for r in rows])
+                kept = [r for r in cat.chain_rows(s, task_id) if r.seq not in seqs]
+                cat.delete_checkpoints(s, task_id, sorted(seqs))
                 if clear:
                     cat.clear_chain(s, task_id)
         except SQLAlchemyError as exc:
             raise translate_error(exc, f"deleting checkpoints of task {task_id!r}") from exc
-        self.delete_refs(PartRef.from_json(p) for r in rows for p in r.parts)
+        self.delete_refs(_freed(rows, kept))
 
     def delete_prefix(self, prefix: str) -> int:
         """Everything under ``prefix`` in both tiers: blobs committed or not, unfinished
@@ -273,3 +338,9 @@ class ChainStore:
             if ref.tier == "object":
                 return self.tiers.objects.describe(ref.key).rsplit("/", 1)[0]
         return "sql"
+
+
+def _freed(dropped: Sequence[CheckpointRow], kept: Sequence[CheckpointRow]) -> list[PartRef]:
+    """The blobs deleting ``dropped`` frees: their parts, and their file chunks no kept row names."""
+    parts = [PartRef.from_json(p) for r in dropped for p in r.parts]
+    return parts + unreferenced_chunks((r.files for r in dropped), (r.files for r in kept))

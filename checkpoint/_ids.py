@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 from .errors import InvalidId
 
-__all__ = ["MAX_ID_LENGTH", "blob_key", "encode_id", "job_prefix", "task_prefix", "validate_id"]
+__all__ = ["MAX_ID_LENGTH", "blob_key", "chunk_key", "encode_id", "job_prefix", "task_prefix", "validate_id"]
 
 MAX_ID_LENGTH = 255
 
@@ -49,3 +49,10 @@ def task_prefix(prefix: str, job_id: str, task_id: str) -> str:
 def blob_key(prefix: str, job_id: str, task_id: str, epoch: int, seq: int, part: int) -> str:
     """The create-only key of one part of one checkpoint of one attempt."""
     return f"{task_prefix(prefix, job_id, task_id)}e{epoch}/s{seq}/p{part}"
+
+
+def chunk_key(prefix: str, job_id: str, task_id: str, epoch: int, seq: int, sha256: str) -> str:
+    """The create-only key of a file chunk first stored by this save (``sha256``: hex digest)."""
+    if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+        raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
+    return f"{task_prefix(prefix, job_id, task_id)}e{epoch}/s{seq}/c{sha256}"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import shutil
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -15,7 +18,7 @@ from ._delta import LinkRef, decode, reuse_buffers
 from ._ids import job_prefix, task_prefix, validate_id
 from ._records import ManagerConfig, Restored
 from ._snapshot import Snapshot
-from ._views import StorageView, TaskView, task_view
+from ._views import StorageView, TaskView, live_bytes, task_view
 from ._writer import ChainHead, TaskWriter, link_summary
 from .catalog import CheckpointRow, read_engine, utcnow
 from .errors import BlobNotFound, CorruptCheckpoint
@@ -84,20 +87,21 @@ class CheckpointManager:
     # -- attempts -----------------------------------------------------------------------
 
     def open_attempt(self, job_id: str, task_id: str, attempt: int = 1, *,
-                     max_age: float | None = 3600.0) -> Attempt:
+                     max_age: float | None = 3600.0, files_dir: str | None = None) -> Attempt:
         """Start an attempt: a new fencing epoch, the newest consistent state, a writer.
 
         From the moment the epoch is taken every commit of an older attempt is
         fenced. The committed rows are read once, in the same transaction; the
         restore follows :meth:`restore`'s rules, and the writer continues the
         restored chain when it is the task's newest and complete, else its
-        first save is a new base.
+        first save is a new base. ``files_dir``: an empty directory the restored
+        link's files are written to (see :meth:`restore`).
         """
         validate_id(job_id, "job id")
         validate_id(task_id, "task id")
         epoch, head_seq, rows = self.chain.begin_attempt(job_id, task_id, attempt)
         log.info("CheckpointManager: task %r attempt %d owns epoch %d", task_id, attempt, epoch)
-        restored, links = self._restore_rows(job_id, task_id, rows, max_age)
+        restored, links = self._restore_rows(job_id, task_id, rows, max_age, files_dir)
         head = _chain_head(restored, links, head_seq)
         writer = TaskWriter(self.chain, self.config, job_id, task_id, epoch,
                             next_seq=head_seq + 1, head=head)
@@ -105,21 +109,26 @@ class CheckpointManager:
 
     # -- restore ------------------------------------------------------------------------
 
-    def restore(self, job_id: str, task_id: str, *,
-                max_age: float | None = 3600.0) -> Restored | None:
+    def restore(self, job_id: str, task_id: str, *, max_age: float | None = 3600.0,
+                files_dir: str | None = None) -> Restored | None:
         """Rebuild the newest consistent state of the task, or None (takes no epoch).
 
         Every blob's size and SHA-256 are checked before anything is decoded.
         The chain stops at the first missing or corrupt link (the result is
         then ``truncated``). A checkpoint older than ``max_age`` seconds is
-        deleted and None returned.
+        deleted and None returned. With ``files_dir`` the files committed with
+        the restored link are written there (``Restored.files_dir``); a link
+        whose files fail their checks is unusable as a whole, so the state and
+        the files always come from the same checkpoint.
         """
         validate_id(job_id, "job id")
         validate_id(task_id, "task id")
-        return self._restore_rows(job_id, task_id, self.chain.rows(task_id), max_age)[0]
+        return self._restore_rows(job_id, task_id, self.chain.rows(task_id), max_age,
+                                  files_dir)[0]
 
     def _restore_rows(self, job_id: str, task_id: str, rows: list[CheckpointRow],
-                      max_age: float | None) -> tuple[Restored | None, list[CheckpointRow]]:
+                      max_age: float | None, files_dir: str | None = None,
+                      ) -> tuple[Restored | None, list[CheckpointRow]]:
         """The restored state and the links it was built from (base first)."""
         if not rows:
             return None, []
@@ -134,12 +143,37 @@ class CheckpointManager:
         for n, base in enumerate(reversed(bases)):
             links = [base] + [r for r in rows if r.kind == "delta" and r.base_seq == base.seq
                               and r.seq > base.seq]
-            restored, applied = self._restore_chain(job_id, task_id, links, newest_chain=n == 0)
+            cut = False
+            while links:
+                restored, applied = self._restore_chain(job_id, task_id, links,
+                                                        newest_chain=n == 0)
+                if restored is None or self._restore_files(restored, applied[-1], files_dir):
+                    break
+                links, cut = applied[:-1], True  # the files of that link are unusable: so is it
+            else:
+                restored = None
             if restored is not None:
+                restored.truncated = restored.truncated or cut
                 return restored, applied
         log.warning("CheckpointManager: task %r has no usable checkpoint; starting from scratch",
                     task_id)
         return None, []
+
+    def _restore_files(self, restored: Restored, link: CheckpointRow,
+                       files_dir: str | None) -> bool:
+        """Write the link's files to ``files_dir``; False when they fail their checks."""
+        if link.files is None or files_dir is None:
+            return True
+        try:
+            self.chain.restore_files(restored.task_id, link.seq, link.files, files_dir)
+        except (CorruptCheckpoint, BlobNotFound) as exc:
+            log.warning("CheckpointManager: task %r seq %d: its files are unusable (%s); "
+                        "restoring the last consistent checkpoint before it", restored.task_id,
+                        link.seq, exc)
+            _empty(files_dir)
+            return False
+        restored.files_dir = files_dir
+        return True
 
     def _restore_chain(self, job_id: str, task_id: str, links: list[CheckpointRow],
                        newest_chain: bool) -> tuple[Restored | None, list[CheckpointRow]]:
@@ -181,36 +215,81 @@ class CheckpointManager:
 
     # -- deletion -----------------------------------------------------------------------
 
-    def delete_task(self, task_id: str) -> None:
+    def delete_task(self, task_id: str, *, kept: bool = False) -> None:
         """Delete the task's checkpoint rows and blobs; its summary counters stay.
 
         The deletion fences the task: a zombie attempt still running (its worker was
-        cut off, say) can commit nothing after its task's data was deleted.
+        cut off, say) can commit nothing after its task's data was deleted. A kept
+        task (``keep="final"``) is left alone unless ``kept=True``.
         """
         validate_id(task_id, "task id")
         with Session(self._reader, expire_on_commit=False) as s, s.begin():
             task = cat.get_task(s, task_id)
         if task is None:
             return
+        if task.kept_at is not None and not kept:
+            log.info("CheckpointManager: task %r keeps its final checkpoint", task_id)
+            return
         self.chain.delete_task_rows(task_id)
         self.chain.delete_prefix(task_prefix(self.config.key_prefix, task.job_id, task_id))
+        if kept:
+            with Session(self.engine) as s, s.begin():
+                cat.release_kept(s, task_id)
         log.info("CheckpointManager: deleted checkpoints of task %r", task_id)
 
     def delete_job(self, job_id: str, *, forget: bool = False) -> None:
-        """Delete the checkpoint data of every task of the job.
+        """Delete the checkpoint data of every task of the job but the kept ones.
 
         With ``forget=True`` the task rows (summary counters) go as well.
         """
         validate_id(job_id, "job id")
         with Session(self._reader, expire_on_commit=False) as s, s.begin():
-            task_ids = [t.task_id for t in cat.job_tasks(s, job_id)]
-        for task_id in task_ids:
-            self.delete_task(task_id)
+            tasks = list(cat.job_tasks(s, job_id))
+        for task in tasks:
+            self.delete_task(task.task_id)
         with Session(self.engine, expire_on_commit=False) as s, s.begin():
             cat.delete_job_rows(s, job_id, forget=forget)
-        self.chain.delete_prefix(job_prefix(self.config.key_prefix, job_id))
+        if not any(t.kept_at is not None for t in tasks):
+            self.chain.delete_prefix(job_prefix(self.config.key_prefix, job_id))
         log.info("CheckpointManager: deleted checkpoints of job %r (%d tasks)", job_id,
-                 len(task_ids))
+                 len(tasks))
+
+    # -- kept final checkpoints (keep="final") ---------------------------------------------
+
+    def mark_kept(self, task_id: str, epoch: int) -> bool:
+        """Keep the task's checkpoints after it completes; False when ``epoch`` was fenced."""
+        validate_id(task_id, "task id")
+        with Session(self.engine) as s, s.begin():
+            return cat.mark_kept(s, task_id, epoch, utcnow())
+
+    def kept_tasks(self, job_id: str | None = None) -> list[TaskView]:
+        """Tasks whose final checkpoint is kept (of one job, or all), by task id."""
+        if job_id is not None:
+            validate_id(job_id, "job id")
+        with Session(self._reader, expire_on_commit=False) as s, s.begin():
+            views = []
+            for t in cat.kept_tasks(s, job_id=job_id):
+                rows = cat.chain_rows(s, t.task_id)
+                views.append(task_view(t, live_bytes(rows), rows))
+            return views
+
+    def restore_kept(self, task_id: str, *, files_dir: str | None = None) -> Restored | None:
+        """The kept final checkpoint of ``task_id`` (state and files), or None if none is kept."""
+        validate_id(task_id, "task id")
+        with Session(self._reader, expire_on_commit=False) as s, s.begin():
+            task = cat.get_task(s, task_id)
+        if task is None or task.kept_at is None:
+            return None
+        return self.restore(task.job_id, task_id, max_age=None, files_dir=files_dir)
+
+    def delete_kept(self, older_than_seconds: float) -> list[str]:
+        """Delete the kept checkpoints kept longer than ``older_than_seconds``; their task ids."""
+        cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+        with Session(self._reader, expire_on_commit=False) as s, s.begin():
+            task_ids = [t.task_id for t in cat.kept_tasks(s, kept_before=cutoff)]
+        for task_id in task_ids:
+            self.delete_task(task_id, kept=True)
+        return task_ids
 
     def sweep_orphans(self, grace_seconds: float | None = None) -> int:
         """Delete blobs no committed checkpoint names, older than the grace period."""
@@ -261,7 +340,7 @@ class CheckpointManager:
             if task is None:
                 return None
             rows = cat.chain_rows(s, task_id)
-            return task_view(task, sum(r.stored_bytes for r in rows), rows)
+            return task_view(task, live_bytes(rows), rows)
 
     def storage_view(self, task_id: str) -> StorageView | None:
         """Where each blob of the task lives, with sizes and totals; None if unknown."""
@@ -286,6 +365,15 @@ def _chain_head(restored: Restored | None, links: list[CheckpointRow],
         return None
     ref = _link_ref(links[-1])
     if restored.truncated or restored.seq != head_seq or links[0].kind != "base":
-        return ChainHead(restored.snapshot, ref, None)
+        return ChainHead(restored.snapshot, ref, None, files=links[-1].files)
     return ChainHead(restored.snapshot, ref, link_summary(links[0]),
-                     tuple(link_summary(r) for r in links[1:]))
+                     tuple(link_summary(r) for r in links[1:]), files=links[-1].files)
+
+
+def _empty(directory: str) -> None:
+    """Remove what a failed restore wrote into ``directory`` (the directory stays)."""
+    for entry in os.scandir(directory):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            os.unlink(entry.path)

@@ -27,6 +27,8 @@ class ManagerConfig:
         encode_threads: at most this many threads of the codec pool encode one
             save (None: all of them, one per core up to 8). A worker leaves a
             core to its tasks this way; the bytes written do not depend on it.
+        file_chunk_size: checkpointed files are stored in chunks of this many
+            bytes (``checkpoint/_files.py``).
     """
 
     db_size_limit: int = 1 << 20
@@ -35,6 +37,7 @@ class ManagerConfig:
     orphan_grace_seconds: float = 3600.0
     key_prefix: str = "ckpt"
     encode_threads: int | None = None
+    file_chunk_size: int = 4 << 20
 
     def __post_init__(self) -> None:
         if self.encode_threads is not None and self.encode_threads < 1:
@@ -77,6 +80,7 @@ class CommitInfo:
     parts: tuple[PartRef, ...]
     created_at: datetime
     progress_percent: float | None
+    file_bytes: int = 0      # stored bytes of the file chunks this save added
 
     @property
     def tiers(self) -> tuple[str, ...]:
@@ -105,6 +109,7 @@ class Restored:
     truncated: bool
     progress_percent: float | None
     chain: tuple[int, ...] = field(default=())  # seqs applied, base first
+    files_dir: str | None = None  # where the link's files were restored, None without files
 
     @cached_property
     def state(self) -> Any:

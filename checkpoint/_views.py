@@ -11,10 +11,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from ._files import chunk_refs
 from ._records import PartRef
 from .catalog import CheckpointRow, TaskRow, utcnow
 
-__all__ = ["BlobView", "ChainLinkView", "StorageView", "TaskView", "link_view", "task_view"]
+__all__ = ["BlobView", "ChainLinkView", "StorageView", "TaskView", "link_view", "live_bytes",
+           "task_view"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class ChainLinkView:
     stored_bytes: int
     codecs: tuple[str, ...]
     parts: int
+    files: int = 0             # files committed with this state (file checkpoints)
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class TaskView:
     force_requested_at: datetime | None
     storage_full_since: datetime | None
     chain: tuple[ChainLinkView, ...] = ()
+    kept_at: datetime | None = None   # set while its final checkpoint is kept (keep="final")
 
     @property
     def age_seconds(self) -> float | None:
@@ -63,9 +67,9 @@ class TaskView:
 class BlobView:
     """One stored blob of a task, where it lives and its sizes."""
 
-    seq: int
+    seq: int                   # a file chunk: the oldest live checkpoint naming it
     part: int
-    kind: str
+    kind: str                  # "base" | "delta" | "file" (a chunk, listed once however many name it)
     key: str
     tier: str                  # "sql" | "object"
     location: str
@@ -89,8 +93,8 @@ class StorageView:
     @classmethod
     def of(cls, task_id: str, db_size_limit: int, rows: Sequence[CheckpointRow],
            locate: Callable[[PartRef], str]) -> StorageView:
-        blobs = tuple(_blob(r, i, PartRef.from_json(p), locate)
-                      for r in rows for i, p in enumerate(r.parts))
+        blobs = tuple(_blob(r.seq, i, r.kind, PartRef.from_json(p), locate)
+                      for r in rows for i, p in enumerate(r.parts)) + _chunks(rows, locate)
         by_tier = {"sql": 0, "object": 0}
         for b in blobs:
             by_tier[b.tier] = by_tier.get(b.tier, 0) + b.stored_bytes
@@ -98,15 +102,33 @@ class StorageView:
                    sum(b.stored_bytes for b in blobs), by_tier)
 
 
-def _blob(row: CheckpointRow, part: int, ref: PartRef, locate: Callable[[PartRef], str]) -> BlobView:
-    return BlobView(row.seq, part, row.kind, ref.key, ref.tier, locate(ref), ref.size,
+def _blob(seq: int, part: int, kind: str, ref: PartRef,
+          locate: Callable[[PartRef], str]) -> BlobView:
+    return BlobView(seq, part, kind, ref.key, ref.tier, locate(ref), ref.size,
                     ref.raw_size, ref.codec, ref.sha256)
+
+
+def _chunks(rows: Sequence[CheckpointRow], locate: Callable[[PartRef], str]) -> tuple[BlobView, ...]:
+    """Each stored file chunk once, however many checkpoints name it."""
+    seen: dict[str, BlobView] = {}
+    for r in rows:
+        for ref in chunk_refs(r.files).values():
+            if ref.key not in seen:
+                seen[ref.key] = _blob(r.seq, len(seen), "file", ref, locate)
+    return tuple(seen.values())
+
+
+def live_bytes(rows: Sequence[CheckpointRow]) -> int:
+    """Stored bytes of these rows: their parts, and each file chunk they name once."""
+    chunks = {ref.key: ref.size for r in rows for ref in chunk_refs(r.files).values()}
+    return sum(r.stored_bytes for r in rows) + sum(chunks.values())
 
 
 def link_view(row: CheckpointRow) -> ChainLinkView:
     return ChainLinkView(row.seq, row.kind, row.base_seq, row.epoch, row.created_at,
                          row.progress_percent, row.raw_bytes, row.stored_bytes,
-                         tuple(sorted({p["codec"] for p in row.parts})), len(row.parts))
+                         tuple(sorted({p["codec"] for p in row.parts})), len(row.parts),
+                         len(row.files["files"]) if row.files else 0)
 
 
 def task_view(t: TaskRow, stored_bytes: int, chain: Sequence[CheckpointRow] = ()) -> TaskView:
@@ -117,4 +139,4 @@ def task_view(t: TaskRow, stored_bytes: int, chain: Sequence[CheckpointRow] = ()
         base_checkpoint_size=t.base_checkpoint_size, stored_bytes=stored_bytes,
         checkpoint_storage_path=t.checkpoint_storage_path,
         force_requested_at=t.force_requested_at, storage_full_since=t.storage_full_since,
-        chain=tuple(link_view(r) for r in chain))
+        chain=tuple(link_view(r) for r in chain), kept_at=t.kept_at)

@@ -13,6 +13,12 @@ committed as a delta instead, and so are the saves after it while storage
 stays full, up to twice the compaction limits (a base is tried again every
 ``FULL_BASE_RETRY`` saves). The first base that fits retires the old chain;
 a retirement that fails is retried after the next commit.
+
+Files: a save may carry a :class:`~checkpoint._files.FileCapture` (one
+directory). Its chunks that the head's manifest does not name are compressed
+and stored with the save's parts, and the row's manifest commits in the same
+fenced transaction as the state, so a restore gets the files and the state
+they go with, or neither.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from typing import Any
 
 from ._capture import BufferPool, capture
 from ._chain import ChainStore
-from ._delta import LinkRef, encode
+from ._compress import compress
+from ._delta import EncodedPart, LinkRef, encode
+from ._files import FileCapture, Manifest, StatSig, chunk_refs, manifest, scan
 from ._records import CommitInfo, ManagerConfig, PartRef, plan_kind
 from ._snapshot import Snapshot
 from .catalog import CheckpointRow, utcnow
@@ -52,6 +60,7 @@ class ChainHead:
     ref: LinkRef
     base: dict[str, Any] | None
     deltas: tuple[dict[str, Any], ...] = field(default=())
+    files: Manifest | None = None    # the link's file manifest: chunks a save need not store
 
 
 class TaskWriter:
@@ -71,6 +80,9 @@ class TaskWriter:
         self._lock = threading.Lock()
         self._full_saves: int | None = None   # saves since storage became full; None: not full
         self._retire_pending: int | None = None  # a base seq whose older chains are still stored
+        # stat signatures and chunks of the files of the last committed capture, by root
+        self._stat_root: str | None = None
+        self._stat_cache: dict[str, tuple[StatSig, tuple[str, ...]]] = {}
 
     @property
     def storage_full(self) -> bool:
@@ -86,8 +98,23 @@ class TaskWriter:
         """Snapshot ``state`` against the last committed snapshot (a memory copy)."""
         return capture(state, previous=self.previous, pool=self.pool, max_bytes=max_bytes)
 
-    def save(self, snapshot: Snapshot, *, progress_percent: float | None = None) -> CommitInfo:
-        """Encode, store and commit ``snapshot``; return what was committed.
+    def capture_files(self, root: str, *, max_bytes: int | None = None) -> FileCapture:
+        """Read the directory ``root`` for the next save (the chunks not already stored).
+
+        Call it in the same pause as :meth:`capture`: between the two the task
+        must not change the files or the state. Files whose stat is unchanged
+        since the last committed capture and whose chunks the head names are
+        not read.
+        """
+        head = self._head
+        stored = chunk_refs(head.files if head is not None else None)
+        known = self._stat_cache if self._stat_root == root else {}
+        return scan(root, known, stored, max_bytes=max_bytes,
+                    chunk_size=self.config.file_chunk_size)
+
+    def save(self, snapshot: Snapshot, *, progress_percent: float | None = None,
+             files: FileCapture | None = None) -> CommitInfo:
+        """Encode, store and commit ``snapshot`` (and ``files``); return what was committed.
 
         Raises Fenced when a newer attempt owns the task (nothing written by
         this save stays visible), StorageError / StorageUnavailable when a
@@ -99,14 +126,14 @@ class TaskWriter:
             head = self._head
             kind = self._plan(head)
             try:
-                info = self._save_as(kind, head, snapshot, progress_percent)
+                info = self._save_as(kind, head, snapshot, progress_percent, files)
             except StorageFull as exc:
                 self._note_full(exc)
                 if kind != "base" or not self._extendable(head, stretched=True):
                     raise
                 log.warning("CheckpointManager: task %r: no space for a new base; committing a "
                             "delta instead", self.task_id)
-                info = self._save_as("delta", head, snapshot, progress_percent)
+                info = self._save_as("delta", head, snapshot, progress_percent, files)
             if info.kind == "base" and self._full_saves is not None:
                 log.info("CheckpointManager: task %r: storage has room again", self.task_id)
                 self._full_saves = None
@@ -116,7 +143,7 @@ class TaskWriter:
             return info
 
     def _save_as(self, kind: str, head: ChainHead | None, snapshot: Snapshot,
-                 progress_percent: float | None) -> CommitInfo:
+                 progress_percent: float | None, files: FileCapture | None) -> CommitInfo:
         seq = self._next_seq
         self._next_seq += 1  # never reuse a seq whose blobs may survive a failed cleanup
         reference = head if kind == "delta" else None
@@ -124,12 +151,31 @@ class TaskWriter:
                        compression=self.config.compression, threads=self.config.encode_threads,
                        against=reference.ref if reference else None)
         refs = self.chain.put_parts(self.job_id, self.task_id, self.epoch, seq, parts)
+        new_chunks: list[PartRef] = []
         row = self._row(kind, seq, refs, snapshot, progress_percent, head)
-        self._commit(row, refs, head)
-        info = _commit_info(row, refs)
+        if files is not None:
+            try:
+                row.files, new_chunks = self._store_files(seq, head, files)
+            except BaseException:
+                self.chain.delete_refs(refs)
+                raise
+        self._commit(row, [*refs, *new_chunks], head)
+        info = _commit_info(row, refs, sum(r.size for r in new_chunks))
         self._head = _advance(head, row, snapshot, refs)
+        if files is not None:
+            self._stat_root = files.root
+            self._stat_cache = {e.path: (files.sigs[e.path], e.chunks) for e in files.entries}
         self._after_commit(info, head, snapshot)
         return info
+
+    def _store_files(self, seq: int, head: ChainHead | None,
+                     files: FileCapture) -> tuple[Manifest, list[PartRef]]:
+        """Store the chunks the head does not name; the row's manifest and the new chunks."""
+        stored = chunk_refs(head.files if head is not None else None)
+        todo = {h: _encode_chunk(d, self.config.compression)
+                for h, d in files.data.items() if h not in stored}
+        new = self.chain.put_chunks(self.job_id, self.task_id, self.epoch, seq, todo)
+        return manifest(files.entries, {**stored, **new}), list(new.values())
 
     def _note_full(self, exc: StorageFull) -> None:
         if self._full_saves is None:
@@ -226,18 +272,23 @@ def _advance(head: ChainHead | None, row: CheckpointRow, snapshot: Snapshot,
     summary = link_summary(row)
     ref = (row.seq, refs[0].sha256)
     if row.kind == "base" or head is None or head.base is None:
-        return ChainHead(snapshot, ref, summary)
-    return ChainHead(snapshot, ref, head.base, (*head.deltas, summary))
+        return ChainHead(snapshot, ref, summary, files=row.files)
+    return ChainHead(snapshot, ref, head.base, (*head.deltas, summary), files=row.files)
 
 
 def _unextendable(head: ChainHead | None) -> ChainHead | None:
-    return None if head is None else ChainHead(head.snapshot, head.ref, None)
+    return None if head is None else ChainHead(head.snapshot, head.ref, None, files=head.files)
 
 
-def _commit_info(row: CheckpointRow, refs: list[PartRef]) -> CommitInfo:
+def _encode_chunk(data: bytes, compression: str) -> EncodedPart:
+    stored, codec = compress(data, compression, array=False)
+    return EncodedPart(stored, codec, len(data))
+
+
+def _commit_info(row: CheckpointRow, refs: list[PartRef], file_bytes: int = 0) -> CommitInfo:
     return CommitInfo(row.task_id, row.job_id, row.seq, row.epoch, row.kind, row.base_seq,
                       row.raw_bytes, row.stored_bytes, tuple(refs), row.created_at,
-                      row.progress_percent)
+                      row.progress_percent, file_bytes)
 
 
 def link_summary(row: CheckpointRow) -> dict[str, Any]:

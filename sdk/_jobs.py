@@ -23,6 +23,8 @@ from workflows.models import (
     BATCHES_PER_RUN,
     DEFAULT_BATCH_SIZE,
     DEFAULT_WINDOW,
+    KEEP_FINAL,
+    KEEP_NONE,
     TASK_COMPLETED,
     TASK_PENDING,
     BatchProgress,
@@ -171,6 +173,8 @@ def _options(
     checkpoint_interval: float | None,
     max_checkpoint_age: float | None,
     checkpoint_every_steps: int | None = None,
+    keep: str | None = None,
+    warm_start_from: str | None = None,
 ) -> TaskOptions:
     if max_attempts < 1:
         raise ValueError("max_attempts must be >= 1")
@@ -184,12 +188,21 @@ def _options(
             isinstance(checkpoint_every_steps, bool) or not isinstance(checkpoint_every_steps, int)
             or checkpoint_every_steps < 1):
         raise ValueError("checkpoint_every_steps must be an int >= 1 or None")
+    if keep not in (None, KEEP_NONE, KEEP_FINAL):
+        raise ValueError(f"keep must be 'final' or None, got {keep!r}")
+    if warm_start_from is not None:
+        validate_job_id(warm_start_from)
+    for name, value in (("keep='final'", keep == KEEP_FINAL),
+                        ("warm_start_from", warm_start_from is not None)):
+        if value and checkpoint_interval is None and checkpoint_every_steps is None:
+            raise ValueError(f"{name} needs a checkpointed job: set checkpoint_interval or "
+                             "checkpoint_every_steps")
     if checkpoint_every_steps is not None and checkpoint_interval is None:
         # Workflows treat a job as checkpointed (and clean its checkpoints up) when it
         # has an interval; a step-only job gets one that never elapses.
         checkpoint_interval = STEPS_ONLY_INTERVAL
     return TaskOptions(max_attempts, heartbeat_timeout, checkpoint_interval, max_checkpoint_age,
-                       checkpoint_every_steps)
+                       checkpoint_every_steps, keep or KEEP_NONE, warm_start_from)
 
 
 def _encode_items(items: Iterable[Any]) -> list[str]:
@@ -215,6 +228,8 @@ async def submit(
     max_checkpoint_age: float | None = 3600.0,
     progress: bool = False,
     checkpoint_every_steps: int | None = None,
+    keep: str | None = None,
+    warm_start_from: str | None = None,
 ) -> JobHandle:
     """Start a job running ``fn`` on every item; return without waiting.
 
@@ -230,11 +245,20 @@ async def submit(
         progress: accepted for symmetry with ``map``; ``submit`` draws nothing.
         checkpoint_every_steps: also checkpoint at every N-th ``checkpoint()`` call
             (whichever of this and the interval comes first); None: by time only.
+        keep: ``"final"`` keeps each completed task's final checkpoint (the state
+            offered to its last ``checkpoint()`` call, as it is when the function
+            returns, with its files) instead of deleting it; removed by
+            ``crowdcompute gc --older-than DAYS``. None (default): deleted.
+        warm_start_from: a job id: each task that has no checkpoint of its own
+            starts from the kept final checkpoint of the same index in that job
+            (``restore()`` / ``restore_files()`` return it). A task whose
+            counterpart kept nothing fails with ``WarmStartNotFound`` (not
+            retried) rather than silently starting from scratch.
     """
     del progress
     path = function_path(fn)
     options = _options(max_attempts, heartbeat_timeout, checkpoint_interval, max_checkpoint_age,
-                       checkpoint_every_steps)
+                       checkpoint_every_steps, keep, warm_start_from)
     job_id = validate_job_id(job_id) if job_id is not None else f"job-{uuid.uuid4().hex[:16]}"
     encoded = _encode_items(items)
     conn = await default_connection()
@@ -282,8 +306,13 @@ async def map(  # noqa: A001 - the public name is part of the API
     max_checkpoint_age: float | None = 3600.0,
     progress: bool = False,
     checkpoint_every_steps: int | None = None,
+    keep: str | None = None,
+    warm_start_from: str | None = None,
 ) -> list[Any]:
-    """Run ``fn`` over ``items`` as one durable job; the results in input order."""
+    """Run ``fn`` over ``items`` as one durable job; the results in input order.
+
+    Takes the arguments of :func:`submit` (``keep``, ``warm_start_from`` included).
+    """
     job = await submit(
         fn,
         items,
@@ -293,6 +322,8 @@ async def map(  # noqa: A001 - the public name is part of the API
         heartbeat_timeout=heartbeat_timeout,
         max_checkpoint_age=max_checkpoint_age,
         checkpoint_every_steps=checkpoint_every_steps,
+        keep=keep,
+        warm_start_from=warm_start_from,
     )
     if not progress:
         return await job.result()

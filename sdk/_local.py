@@ -132,6 +132,12 @@ class _LocalSession(CheckpointSession):
             self.commits += 1
         return taken
 
+    def checkpoint_files(self, path: str) -> None:
+        self.inner.checkpoint_files(path)
+
+    def restore_files(self) -> str | None:
+        return self.inner.restore_files()  # type: ignore[no-any-return]
+
     def __getattr__(self, name: str) -> Any:   # checkpoint_due and the rest of the session API
         return getattr(self.inner, name)
 

@@ -8,6 +8,7 @@ checkpointing layer supplies a real session via ``TaskActivities(checkpoints=…
 from __future__ import annotations
 
 import contextvars
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,13 @@ class CheckpointSession:
     def checkpoint_due(self) -> bool:
         """True when the next ``checkpoint()`` call would capture."""
         return False
+
+    def checkpoint_files(self, path: str) -> None:
+        """Include the files of directory ``path`` in every later checkpoint."""
+
+    def restore_files(self) -> str | None:
+        """The directory holding the restored files, or None."""
+        return None
 
     def heartbeat_details(self) -> dict[str, Any]:
         """Extra JSON-safe fields for the heartbeat (e.g. the last committed ref)."""
@@ -89,6 +97,35 @@ class TaskContext:
     def checkpoint_due(self) -> bool:
         """True when the next ``checkpoint()`` call would capture (a clock read)."""
         return self.session.checkpoint_due()
+
+    def checkpoint_files(self, path: str | os.PathLike[str]) -> None:
+        """Checkpoint the files of the directory ``path`` together with the state.
+
+        From this call on, every checkpoint that ``checkpoint()`` captures also
+        captures the directory's regular files (recursively; symbolic links are
+        refused) as they are at that moment, and commits them with the state in
+        one transaction: a retry gets the state and the files that go with it.
+        Files are stored as content-addressed chunks, so chunks unchanged since
+        the previous checkpoint cost nothing; files whose size and modification
+        time did not change are not even read. Call it again to switch to
+        another directory. Does nothing when the job does not checkpoint.
+
+        Args:
+            path: a directory the task writes (e.g. ``save_pretrained`` output).
+        """
+        self.session.checkpoint_files(os.fspath(path))
+
+    def restore_files(self) -> str | None:
+        """The directory holding the files restored with ``restore()``'s state, or None.
+
+        None when this attempt restored nothing or the restored checkpoint has
+        no files. The directory is this attempt's own (a fresh temporary
+        directory, every file verified against its SHA-256 before it was
+        written) and is removed when the task function returns: copy what must
+        outlive the task, or pass it to ``checkpoint_files`` to keep checkpointing
+        it.
+        """
+        return self.session.restore_files()
 
     @property
     def cancelled(self) -> bool:

@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
                                      "the stored items of finished jobs")
     gc.add_argument("--grace", type=float, default=3600.0,
                     help="keep unreferenced blobs younger than this many seconds (default 3600)")
+    gc.add_argument("--older-than", type=float, default=None, metavar="DAYS",
+                    help="also delete the final checkpoints kept (keep='final') for more than "
+                         "DAYS days (0: all of them)")
     db = sub.add_parser("db", help="database maintenance")
     db.add_argument("action", choices=["upgrade"])
     api = sub.add_parser("api", help="run the REST API")
@@ -97,7 +100,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         return asyncio.run(show_status(settings, args.job_id, watch=args.watch))
     if cmd == "gc":
-        return asyncio.run(_gc(settings, args.grace))
+        if args.older_than is not None and args.older_than < 0:
+            raise ValueError("--older-than must be >= 0 days")
+        return asyncio.run(_gc(settings, args.grace, args.older_than))
     if cmd == "db":
         import checkpoint
 
@@ -164,7 +169,7 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
         stack.stop()
 
 
-async def _gc(settings: Settings, grace: float) -> int:
+async def _gc(settings: Settings, grace: float, older_than_days: float | None = None) -> int:
     from sdk._job_items import build_job_item_store
     from sdk._temporal import connect_client
     from worker_app.gc import collect
@@ -172,7 +177,11 @@ async def _gc(settings: Settings, grace: float) -> int:
 
     manager = open_manager(settings)
     report = await collect(manager, await connect_client(settings), grace,
-                           build_job_item_store(settings))
+                           build_job_item_store(settings), older_than_days)
+    if older_than_days is not None:
+        print(f"deleted {len(report.kept_deleted)} kept final checkpoint(s) older than "
+              f"{older_than_days:g} day(s)"
+              + (f" ({', '.join(report.kept_deleted)})" if report.kept_deleted else ""))
     print(f"checked {report.jobs_checked} job(s) with checkpoint data; deleted "
           f"{len(report.jobs_deleted)} that are not running"
           + (f" ({', '.join(report.jobs_deleted)})" if report.jobs_deleted else "")

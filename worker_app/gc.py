@@ -5,7 +5,9 @@ and one when the job ends). A workflow that was terminated, timed out or lost
 its worker for good never runs those, so this sweep asks Temporal about every
 job that still has checkpoint data and deletes the data of each job that is no
 longer running (or that Temporal does not know), then removes orphaned blobs
-(written but never committed) older than the grace period.
+(written but never committed) older than the grace period. Final checkpoints
+kept with ``keep="final"`` stay until ``--older-than DAYS`` deletes those kept
+longer than that.
 
 It also trims the job item store (a large job's items and results, kept
 outside Temporal): a job that is no longer running loses its items (nothing
@@ -43,6 +45,7 @@ class GcReport:
     # deleted whole (unknown to Temporal).
     items_trimmed: tuple[str, ...] = ()
     items_deleted: tuple[str, ...] = ()
+    kept_deleted: tuple[str, ...] = ()
 
 
 def jobs_with_checkpoints(manager: CheckpointManager) -> list[str]:
@@ -85,11 +88,16 @@ async def collect_job_items(store: JobItemStore, client: Client,
 
 
 async def collect(manager: CheckpointManager, client: Client, grace_seconds: float,
-                  items: JobItemStore | None = None) -> GcReport:
+                  items: JobItemStore | None = None,
+                  older_than_days: float | None = None) -> GcReport:
     """Delete the checkpoint data of jobs that are not running; sweep orphans.
 
-    With ``items``, also trim the job item store (see the module docstring).
+    With ``items``, also trim the job item store (see the module docstring);
+    with ``older_than_days`` the kept final checkpoints kept longer than that go too.
     """
+    kept: list[str] = []
+    if older_than_days is not None:
+        kept = await asyncio.to_thread(manager.delete_kept, older_than_days * 86400.0)
     job_ids = await asyncio.to_thread(jobs_with_checkpoints, manager)
     deleted = []
     for job_id in job_ids:
@@ -106,4 +114,5 @@ async def collect(manager: CheckpointManager, client: Client, grace_seconds: flo
         trimmed, gone = await collect_job_items(items, client, grace_seconds)
         log.info("JobItemStore: gc deleted the items of %d finished jobs and everything of "
                  "%d jobs Temporal no longer knows", len(trimmed), len(gone))
-    return GcReport(len(job_ids), tuple(deleted), orphans, tuple(trimmed), tuple(gone))
+    return GcReport(len(job_ids), tuple(deleted), orphans, tuple(trimmed), tuple(gone),
+                    tuple(kept))

@@ -160,6 +160,8 @@ class TaskRunner:
             max_checkpoint_age=opts.max_checkpoint_age,
             heartbeat_timeout=opts.heartbeat_timeout,
             checkpoint_every_steps=opts.checkpoint_every_steps,
+            keep=opts.keep,
+            warm_start_from=opts.warm_start_from,
         )
         try:
             result = await workflow.execute_activity(

@@ -32,6 +32,11 @@ TASK_COMPLETED = "completed"
 TASK_FAILED = "failed"
 TASK_CANCELLED = "cancelled"
 
+# What a completed task keeps of its checkpoints (``TaskOptions.keep``).
+KEEP_NONE = "none"
+KEEP_FINAL = "final"
+KEEP_CHOICES = (KEEP_NONE, KEEP_FINAL)
+
 
 def validate_job_id(job_id: str) -> str:
     """Return ``job_id`` if it is a valid job id, else raise ``ValueError``."""
@@ -70,6 +75,10 @@ class TaskOptions:
     checkpoint_interval: float | None = None
     max_checkpoint_age: float | None = 3600.0
     checkpoint_every_steps: int | None = None
+    # "final": a completed task's last checkpoint is kept (not deleted); "none": the default
+    keep: str = KEEP_NONE
+    # a job whose kept final checkpoints the tasks start from (same index)
+    warm_start_from: str | None = None
 
 
 @dataclass
@@ -134,6 +143,8 @@ class RunTaskInput:
     max_checkpoint_age: float | None = 3600.0
     heartbeat_timeout: float = 30.0
     checkpoint_every_steps: int | None = None
+    keep: str = "none"
+    warm_start_from: str | None = None
 
 
 @dataclass

@@ -28,6 +28,9 @@ __all__ = [
     "get_task",
     "job_tasks",
     "jobs_with_checkpoints",
+    "kept_tasks",
+    "mark_kept",
+    "release_kept",
     "referenced_keys",
     "request_force",
     "set_status",
@@ -79,7 +82,9 @@ def begin_attempt(s: Session, job_id: str, task_id: str, attempt: int) -> int:
     epoch = s.execute(
         update(TaskRow)
         .where(TaskRow.task_id == task_id)
-        .values(epoch=TaskRow.epoch + 1, attempt=attempt, status="running", updated_at=utcnow())
+        # a new attempt runs again: what it keeps is decided when it completes
+        .values(epoch=TaskRow.epoch + 1, attempt=attempt, status="running", updated_at=utcnow(),
+                kept_at=None)
         .returning(TaskRow.epoch)
     ).scalar_one()
     return int(epoch)
@@ -154,22 +159,53 @@ def stored_bytes_by_task(s: Session, job_id: str) -> dict[str, int]:
 
 
 def jobs_with_checkpoints(s: Session) -> list[str]:
-    """Ids of jobs that still hold committed checkpoint rows."""
-    return sorted(s.scalars(select(CheckpointRow.job_id).distinct()))
+    """Ids of jobs that still hold committed checkpoint rows (of tasks that are not kept)."""
+    kept = select(TaskRow.task_id).where(TaskRow.kept_at.is_not(None))
+    return sorted(s.scalars(select(CheckpointRow.job_id)
+                            .where(CheckpointRow.task_id.not_in(kept)).distinct()))
 
 
 def delete_job_rows(s: Session, job_id: str, *, forget: bool) -> None:
-    """Every checkpoint row of the job; with ``forget`` its task rows as well."""
-    s.execute(delete(CheckpointRow).where(CheckpointRow.job_id == job_id))
+    """Every checkpoint row of the job but those of kept tasks; with ``forget`` the task
+    rows (kept ones excepted) as well."""
+    kept = select(TaskRow.task_id).where(TaskRow.job_id == job_id, TaskRow.kept_at.is_not(None))
+    s.execute(delete(CheckpointRow).where(CheckpointRow.job_id == job_id,
+                                          CheckpointRow.task_id.not_in(kept)))
     if forget:
-        s.execute(delete(TaskRow).where(TaskRow.job_id == job_id))
+        s.execute(delete(TaskRow).where(TaskRow.job_id == job_id, TaskRow.kept_at.is_(None)))
+
+
+def mark_kept(s: Session, task_id: str, epoch: int, now: datetime) -> bool:
+    """Keep the task's checkpoints past its job, if ``epoch`` still owns the task."""
+    result = s.execute(update(TaskRow).where(TaskRow.task_id == task_id, TaskRow.epoch == epoch)
+                       .values(kept_at=now, status="kept", updated_at=now))
+    return _rowcount(result) == 1
+
+
+def release_kept(s: Session, task_id: str) -> None:
+    """The task's checkpoints are no longer kept (they were deleted)."""
+    s.execute(update(TaskRow).where(TaskRow.task_id == task_id, TaskRow.kept_at.is_not(None))
+              .values(kept_at=None, status="completed", updated_at=utcnow()))
+
+
+def kept_tasks(s: Session, *, job_id: str | None = None,
+               kept_before: datetime | None = None) -> Sequence[TaskRow]:
+    """Tasks whose checkpoints are kept, by task id; optionally of one job / kept before a time."""
+    query = select(TaskRow).where(TaskRow.kept_at.is_not(None))
+    if job_id is not None:
+        query = query.where(TaskRow.job_id == job_id)
+    if kept_before is not None:
+        query = query.where(TaskRow.kept_at < kept_before)
+    return s.scalars(query.order_by(TaskRow.task_id)).all()
 
 
 def referenced_keys(s: Session) -> set[str]:
     """Every blob key that a committed checkpoint row names."""
     keys: set[str] = set()
-    for parts in s.scalars(select(CheckpointRow.parts)):
+    for parts, files in s.execute(select(CheckpointRow.parts, CheckpointRow.files)):
         keys.update(p["key"] for p in parts)
+        if files:
+            keys.update(p["key"] for p in files["chunks"].values())
     return keys
 
 

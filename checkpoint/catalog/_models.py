@@ -65,6 +65,8 @@ class TaskRow(Base):
     force_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # set while the task's saves find no room for a new base (see TaskWriter)
     storage_full_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # set when the task completed with keep="final": its checkpoints outlive the job
+    kept_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -84,6 +86,8 @@ class CheckpointRow(Base):
     stored_bytes: Mapped[int] = mapped_column(Integer)
     # [{key, tier: "sql"|"object", size, raw_size, sha256, codec}]
     parts: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # the directory's files committed with this state (checkpoint/_files.py), or None
+    files: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, default=None)
 
 
 class CatalogRow(Base):

@@ -159,3 +159,42 @@ def states_equal_w(a: dict, b: dict) -> bool:
     return sorted(a) == sorted(b) and all(
         np.array_equal(a[k], b[k]) if isinstance(b[k], np.ndarray) else a[k] == b[k] for k in b)
 
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(root.iterdir())}
+
+
+def test_files_that_do_not_fit_leave_nothing_behind(small_disk: Path, tmp_path: Path) -> None:
+    """A save whose file chunks find no room fails with StorageFull, deletes what it
+    wrote, and the last committed state and files stay restorable."""
+    from checkpoint.errors import StorageFull
+
+    manager = _manager(small_disk)
+    writer = manager.open_attempt("job", "t").writer
+    rng = np.random.default_rng(3)
+    src = tmp_path / "files"
+    src.mkdir()
+    (src / "a.bin").write_bytes(rng.bytes(2 * MiB))
+    writer.save(writer.capture({"step": 1}), files=writer.capture_files(str(src)))
+    first = _tree(src)
+    stored = sorted((small_disk / "blobs").rglob("c*"))
+    filler = _fill(small_disk, leave=2 * MiB)
+    (src / "b.bin").write_bytes(rng.bytes(12 * MiB))  # three 4 MiB chunks: they cannot fit
+    with pytest.raises(StorageFull):
+        writer.save(writer.capture({"step": 2}), files=writer.capture_files(str(src)))
+    assert sorted((small_disk / "blobs").rglob("c*")) == stored
+    out = tmp_path / "restored"
+    out.mkdir()
+    restored = manager.restore("job", "t", files_dir=str(out))
+    assert restored is not None and (restored.seq, restored.state) == (1, {"step": 1})
+    assert _tree(out) == first
+    filler.unlink()                           # space returns
+    info = writer.save(writer.capture({"step": 3}), files=writer.capture_files(str(src)))
+    assert info.file_bytes >= 12 * MiB         # only b.bin's chunks were new
+    assert info.file_bytes < 14 * MiB
+    again = tmp_path / "again"
+    again.mkdir()
+    restored = manager.restore("job", "t", files_dir=str(again))
+    assert restored is not None and restored.state == {"step": 3}
+    assert _tree(again) == _tree(src)

@@ -20,8 +20,10 @@ def test_map_signature() -> None:
     assert list(params) == [
         "fn", "items", "checkpoint_interval", "job_id", "max_attempts",
         "heartbeat_timeout", "max_checkpoint_age", "progress", "checkpoint_every_steps",
+        "keep", "warm_start_from",
     ]  # fmt: skip
     assert params["max_attempts"].default == 5
     assert params["heartbeat_timeout"].default == 30.0
     assert params["max_checkpoint_age"].default == 3600.0
+    assert (params["keep"].default, params["warm_start_from"].default) == (None, None)
     assert list(inspect.signature(sdk.submit).parameters) == list(params)

@@ -12,6 +12,8 @@ from typing import Any
 from .schemas import (
     BlobLocation,
     ChainLink,
+    KeptCheckpoint,
+    KeptCheckpoints,
     StorageInfo,
     StorageTotals,
     TaskDetail,
@@ -53,6 +55,7 @@ def _link(link: Any) -> ChainLink:
         epoch=link.epoch,
         codecs=list(link.codecs),
         parts=link.parts,
+        files=link.files,
         raw_size=link.raw_bytes,
         stored_size=link.stored_bytes,
         progress_percent=link.progress_percent,
@@ -85,6 +88,16 @@ class CatalogReader:
         """The job's tasks in index order; None if the catalog knows none."""
         tasks = [_summary(t) for t in self._m.job_tasks(job_id)]
         return sorted(tasks, key=lambda t: (_index(t.task_id), t.task_id)) or None
+
+    def kept(self, job_id: str | None = None) -> KeptCheckpoints:
+        """The kept final checkpoints (of one job, or all), by task id."""
+        return KeptCheckpoints(kept=[
+            KeptCheckpoint(task_id=t.task_id, job_id=t.job_id, kept_at=t.kept_at,
+                           seq=t.chain[-1].seq if t.chain else None,
+                           progress_percent=_pct(t.progress_percent),
+                           files=t.chain[-1].files if t.chain else 0,
+                           bytes_stored=t.stored_bytes)
+            for t in self._m.kept_tasks(job_id) if t.kept_at is not None])
 
     def task_detail(self, task_id: str) -> TaskDetail | None:
         t = self._m.task_view(task_id)

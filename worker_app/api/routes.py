@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from starlette.concurrency import run_in_threadpool
 
 from checkpoint.errors import InvalidId
@@ -22,6 +22,7 @@ from .schemas import (
     ErrorBody,
     ForceCheckpointAccepted,
     JobCheckpoints,
+    KeptCheckpoints,
     StorageInfo,
     TaskDetail,
     ValidationErrorBody,
@@ -76,6 +77,20 @@ async def get_job(job_id: JobId, request: Request) -> JobCheckpoints:
         raise _not_found("job", job_id) from None
     except TemporalUnavailable as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+
+
+@router.get(
+    "/kept",
+    response_model=KeptCheckpoints,
+    responses=_READ,
+    dependencies=[Depends(require_read)],
+    summary="Final checkpoints kept after their tasks completed (keep='final')",
+)
+async def get_kept(request: Request, job_id: Annotated[
+        str | None, Query(pattern=JOB_ID_PATTERN, max_length=200,
+                          description="Only this job's.")] = None) -> KeptCheckpoints:
+    kept: KeptCheckpoints = await run_in_threadpool(request.app.state.reader.kept, job_id)
+    return kept
 
 
 @router.get(

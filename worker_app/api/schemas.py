@@ -19,6 +19,8 @@ __all__ = [
     "Health",
     "JobCheckpoints",
     "JobStatus",
+    "KeptCheckpoint",
+    "KeptCheckpoints",
     "StorageInfo",
     "StorageTotals",
     "TaskDetail",
@@ -57,7 +59,9 @@ class TaskSummary(_Model):
     attempt: int | None = Field(default=None, ge=0)
     epoch: int | None = Field(default=None, ge=0)
     status: str | None = Field(default=None, description="Task status as recorded in the catalog.")
-    bytes_stored: int = Field(default=0, ge=0, description="Stored bytes of the live chain.")
+    bytes_stored: int = Field(default=0, ge=0, description=(
+        "Stored bytes of the live chain's state blobs (its file chunks are counted in the "
+        "task's detail and storage-info)."))
     storage_full_since: datetime | None = Field(
         default=None, description="Set while the task's saves find no room for a new base."
     )
@@ -74,6 +78,23 @@ class JobCheckpoints(_Model):
     tasks: list[TaskSummary]
 
 
+class KeptCheckpoint(_Model):
+    """A completed task's final checkpoint kept with ``keep="final"``."""
+
+    task_id: str
+    job_id: str
+    kept_at: datetime = Field(description="When the task completed and its checkpoint was kept.")
+    seq: int | None = Field(default=None, ge=0, description="The kept (newest) checkpoint.")
+    progress_percent: float = Field(ge=0, le=100)
+    files: int = Field(default=0, ge=0, description="Files kept with it.")
+    bytes_stored: int = Field(default=0, ge=0,
+                              description="Stored bytes of its chain, file chunks included.")
+
+
+class KeptCheckpoints(_Model):
+    kept: list[KeptCheckpoint]
+
+
 class ChainLink(_Model):
     seq: int = Field(ge=0)
     kind: Literal["base", "delta"]
@@ -81,6 +102,7 @@ class ChainLink(_Model):
     epoch: int | None = Field(default=None, ge=0)
     codecs: list[str] = Field(default_factory=list, description="Encodings of its blobs.")
     parts: int = Field(default=0, ge=0, description="Number of blobs.")
+    files: int = Field(default=0, ge=0, description="Files committed with this checkpoint.")
     raw_size: int | None = Field(default=None, ge=0, description="Bytes before compression.")
     stored_size: int = Field(ge=0, description="Bytes after compression.")
     progress_percent: float | None = None
@@ -101,7 +123,8 @@ class TaskDetail(_Model):
         default=None, description="Age of the newest committed checkpoint."
     )
     base_checkpoint_size: int | None = Field(default=None, ge=0)
-    bytes_stored: int = Field(default=0, ge=0)
+    bytes_stored: int = Field(default=0, ge=0, description=(
+        "Stored bytes of the live chain: its blobs, and each file chunk once."))
     checkpoint_storage_path: str | None = Field(
         default=None, description="Object-store directory of the task's blobs, or 'sql'."
     )
@@ -117,7 +140,9 @@ class TaskDetail(_Model):
 class BlobLocation(_Model):
     seq: int = Field(ge=0)
     part: int = Field(default=0, ge=0)
-    kind: Literal["base", "delta"]
+    kind: Literal["base", "delta", "file"] = Field(
+        description="`file`: a chunk of the task's checkpointed files, listed once however "
+                    "many checkpoints name it.")
     tier: Tier
     key: str = Field(description="Blob key (ids percent-encoded).")
     location: str | None = Field(
