@@ -55,7 +55,9 @@ async def test_sigkilled_worker_task_resumes_elsewhere_with_defaults(
     seen: dict[str, Any] = {}
 
     async def checkpointing() -> bool:
-        (task,) = (await job.progress()).tasks
+        progress = await job.progress()
+        assert [t.index for t in progress.tasks] == [0]
+        (task,) = progress.tasks
         seen.update(vars(task))
         return task.state == "running" and (task.seq or 0) >= 2
 

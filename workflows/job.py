@@ -128,6 +128,10 @@ class JobWorkflow(_RunsTasks):
         self._input = arg
         self._completed = arg.completed
         checkpointed = arg.options.checkpoint_interval is not None
+        size = batch_size_for(arg.batch_size, arg.options)
+        if arg.item_count == 0 and len(arg.items) <= size:
+            # Built first, so the progress query lists the tasks (pending) meanwhile.
+            self._start_runner(TaskRunner(arg.job_id, arg.fn, arg.items, 0, arg.options))
         if (checkpointed and workflow.info().continued_run_id is None
                 and workflow.patched(FORGET_EARLIER_JOB_PATCH)):
             # A job id used again: the earlier job's task rows (statuses, counters)
@@ -135,7 +139,7 @@ class JobWorkflow(_RunsTasks):
             await self._cleanup_job(CleanupJobInput(job_id=arg.job_id, forget=True))
         outcome = TASK_FAILED
         try:
-            results = await self._run_tasks(arg)
+            results = await self._run_tasks(arg, size)
             outcome = TASK_COMPLETED
             return results
         except (asyncio.CancelledError, CancelledError):
@@ -150,13 +154,11 @@ class JobWorkflow(_RunsTasks):
             if checkpointed and not self._continuing:
                 await self._cleanup_job(CleanupJobInput(job_id=arg.job_id, outcome=outcome))
 
-    async def _run_tasks(self, arg: JobInput) -> list[str]:
-        size = batch_size_for(arg.batch_size, arg.options)
+    async def _run_tasks(self, arg: JobInput, size: int) -> list[str]:
+        if self._runner is not None:
+            return await self._runner.run()
         if arg.item_count > 0:
             return await self._run_window(arg, size)
-        if len(arg.items) <= size:
-            runner = TaskRunner(arg.job_id, arg.fn, arg.items, 0, arg.options)
-            return await self._start_runner(runner).run()
         return await self._run_batches(arg, size)
 
     async def _run_window(self, arg: JobInput, size: int) -> list[str]:
