@@ -22,11 +22,17 @@ import httpx
 import pytest
 import tasks
 from rich.console import Console
+from temporalio.worker import Replayer
 
 import sdk
+from sdk._codec import encode_value
+from sdk._jobs import start_job
+from sdk._payloads import build_data_converter
 from worker_app.api import create_app
 from worker_app.settings import Settings
 from worker_app.status_view import fetch_status, render_status
+from workflows import WORKFLOWS
+from workflows.models import TaskOptions
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -64,6 +70,14 @@ def statuses(body: dict[str, Any]) -> dict[str, str]:
     return {t["task_id"]: t["status"] for t in body["tasks"]}
 
 
+async def replays(conn: sdk.Connection, settings: Settings, job_id: str) -> None:
+    """The job's history (with the new patches' markers) replays on today's code."""
+    history = await conn.client.get_workflow_handle(job_id).fetch_history()
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=build_data_converter(settings))
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is None
+
+
 async def test_completed_job_shows_completed_tasks(settings: Settings, api: httpx.AsyncClient,
                                                    conn: sdk.Connection) -> None:
     job_id = f"done-{uuid.uuid4().hex[:8]}"
@@ -85,7 +99,7 @@ async def test_completed_job_shows_completed_tasks(settings: Settings, api: http
 
 
 async def test_failed_job_marks_the_failed_task_and_cancels_the_rest(
-        api: httpx.AsyncClient, conn: sdk.Connection, tmp_path: Path) -> None:
+        settings: Settings, api: httpx.AsyncClient, conn: sdk.Connection, tmp_path: Path) -> None:
     job_id = f"fail-{uuid.uuid4().hex[:8]}"
     # Item 2 fails once the others run (and item 0 had a second to complete).
     meet = {"dir": str(tmp_path)}
@@ -105,9 +119,10 @@ async def test_failed_job_marks_the_failed_task_and_cancels_the_rest(
     partial = await job.partial_results()
     assert list(partial) == [0]
     assert partial[0] == {"value": 0, "attempt": 1}
+    await replays(conn, settings, job_id)
 
 
-async def test_cancelled_job_marks_its_tasks_cancelled(api: httpx.AsyncClient,
+async def test_cancelled_job_marks_its_tasks_cancelled(settings: Settings, api: httpx.AsyncClient,
                                                        conn: sdk.Connection) -> None:
     job_id = f"cancel-{uuid.uuid4().hex[:8]}"
     job = await sdk.submit(tasks.checkpoint_then, [cfg(0, "wait"), cfg(1, "wait")],
@@ -124,10 +139,11 @@ async def test_cancelled_job_marks_its_tasks_cancelled(api: httpx.AsyncClient,
         await job.result()
     body = await job_view(api, job_id, "cancelled")
     assert statuses(body) == {f"{job_id}:0": "cancelled", f"{job_id}:1": "cancelled"}
+    await replays(conn, settings, job_id)
 
 
-async def test_a_reused_job_id_shows_only_the_new_jobs_rows(api: httpx.AsyncClient,
-                                                            conn: sdk.Connection) -> None:
+async def test_a_reused_job_id_shows_only_the_new_jobs_rows(
+        settings: Settings, api: httpx.AsyncClient, conn: sdk.Connection) -> None:
     job_id = f"again-{uuid.uuid4().hex[:8]}"
     first = [cfg(i, "return", checkpoints=3) for i in range(3)]
     await sdk.map(tasks.checkpoint_then, first, checkpoint_every_steps=1, job_id=job_id)
@@ -144,10 +160,11 @@ async def test_a_reused_job_id_shows_only_the_new_jobs_rows(api: httpx.AsyncClie
     (task,) = body["tasks"]
     assert (task["checkpoint_count"], task["attempt"], task["status"]) == (1, 1, "completed")
     assert body["total_checkpoints_taken"] == 1
+    await replays(conn, settings, job_id)
 
 
-async def test_return_exceptions_puts_the_error_in_place(api: httpx.AsyncClient,
-                                                          conn: sdk.Connection) -> None:
+async def test_return_exceptions_puts_the_error_in_place(
+        settings: Settings, api: httpx.AsyncClient, conn: sdk.Connection) -> None:
     job_id = f"errs-{uuid.uuid4().hex[:8]}"
     items = [cfg(0, "return"), cfg(1, "raise"), cfg(2, "return")]
     results = await sdk.map(tasks.checkpoint_then, items, checkpoint_every_steps=1,
@@ -164,6 +181,7 @@ async def test_return_exceptions_puts_the_error_in_place(api: httpx.AsyncClient,
     job = await sdk.get_job(job_id)
     assert (await job.progress()).counts["failed"] == 1
     assert sorted(await job.partial_results()) == [0, 1, 2]
+    await replays(conn, settings, job_id)
 
 
 async def test_return_exceptions_without_checkpoints(worker: None, conn: sdk.Connection) -> None:
@@ -173,3 +191,26 @@ async def test_return_exceptions_without_checkpoints(worker: None, conn: sdk.Con
         ("bad item 1", 1, 0), ("bad item 2", 1, 1)]
     with pytest.raises(sdk.JobFailed, match="bad item"):
         await sdk.map(tasks.fail_always, [1], max_attempts=1)
+
+
+@pytest.mark.parametrize("return_exceptions", [False, True])
+async def test_failed_item_of_a_job_in_stored_batches(worker: None, conn: sdk.Connection,
+                                                      return_exceptions: bool) -> None:
+    """Batches of two, one at a time: the first two batches completed (results in the
+    item store) when the last one's item fails."""
+    job_id = f"stored-{uuid.uuid4().hex[:8]}"
+    items = [cfg(i, "raise" if i == 4 else "return") for i in range(5)]
+    options = TaskOptions(max_attempts=1, return_exceptions=return_exceptions)
+    job = await start_job(conn, job_id, "tasks:checkpoint_then",
+                          [encode_value(i) for i in items], options, batch_size=2, window=1)
+    want = {i: {"value": i, "attempt": 1} for i in range(4)}
+    if not return_exceptions:
+        with pytest.raises(sdk.JobFailed, match=f"task {job_id}:4 failed"):
+            await job.result()
+        assert await job.partial_results() == want
+        return
+    results = await job.result()
+    assert results[:4] == list(want.values())
+    assert isinstance(results[4], sdk.TaskFailed) and results[4].index == 4
+    partial = await job.partial_results()
+    assert sorted(partial) == [0, 1, 2, 3, 4] and partial[0] == want[0]
