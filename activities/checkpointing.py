@@ -446,11 +446,13 @@ class CheckpointService:
         self.memory_budget = memory_budget or default_memory_budget()
         self.observer = observer
 
-    async def cleanup_task(self, job_id: str, task_id: str) -> None:
-        await asyncio.to_thread(self.manager.delete_task, task_id)
+    async def cleanup_task(self, job_id: str, task_id: str, status: str = "completed") -> None:
+        await asyncio.to_thread(self.manager.finish_task, task_id, status)
 
-    async def cleanup_job(self, job_id: str) -> None:
-        await asyncio.to_thread(self.manager.delete_job, job_id)
+    async def cleanup_job(self, job_id: str, outcome: str = "", *, forget: bool = False) -> None:
+        await asyncio.to_thread(self.manager.delete_job, job_id, forget=forget)
+        if outcome:
+            await asyncio.to_thread(self.manager.finish_job, job_id, outcome)
 
 
 def previous_heartbeat(heartbeat_details: Sequence[Any]) -> tuple[int | None, str | None]:

@@ -42,9 +42,9 @@ class CheckpointProvider(Protocol):
 
     observer: CheckpointObserver | None
 
-    async def cleanup_task(self, job_id: str, task_id: str) -> None: ...
+    async def cleanup_task(self, job_id: str, task_id: str, status: str) -> None: ...
 
-    async def cleanup_job(self, job_id: str) -> None: ...
+    async def cleanup_job(self, job_id: str, outcome: str, *, forget: bool) -> None: ...
 
 
 @dataclass(eq=False)
@@ -55,11 +55,29 @@ class _Attempt:
     details: dict[str, Any]
     final: asyncio.Future[bool] | None = None
     send_final: Callable[[], None] = field(default=lambda: None)
+    beating: bool = False  # the heartbeat loop runs
+
+    def update(self, details: dict[str, Any]) -> None:
+        """New details from the task process; a new checkpoint is heartbeated at once.
+
+        Temporal still sends at most one heartbeat per throttle interval (the worker
+        sets it to the heartbeat interval), so this only cuts how long the server's
+        details trail the newest commit, not how many heartbeats it gets.
+        """
+        new_seq = _seq(details) != _seq(self.details)
+        self.details = details
+        if new_seq and self.beating:
+            activity.heartbeat(details)
 
     @property
     def checkpointed(self) -> bool:
         return (self.spec.checkpoint_interval is not None
                 or self.spec.checkpoint_every_steps is not None)
+
+
+def _seq(details: dict[str, Any]) -> Any:
+    ckpt = details.get("checkpoint")
+    return ckpt.get("seq") if isinstance(ckpt, dict) else None
 
 
 class TaskActivities:
@@ -150,12 +168,13 @@ class TaskActivities:
             if attempt.final is not None and not attempt.final.done():
                 attempt.final.set_result(ok)
 
-        return AttemptEvents(beat=lambda d: setattr(attempt, "details", d), observe=observe,
+        return AttemptEvents(beat=attempt.update, observe=observe,
                              final_done=final_done)
 
     async def _heartbeat_loop(self, attempt: _Attempt) -> None:
         """Heartbeat on a fixed schedule whatever the user code does (from the first delay on)."""
         interval = self.settings.heartbeat_interval
+        attempt.beating = True
         while True:
             activity.heartbeat(attempt.details)
             await asyncio.sleep(interval)
@@ -199,15 +218,16 @@ class TaskActivities:
 
     @activity.defn(name="cleanup_task")
     async def cleanup_task(self, arg: CleanupTaskInput) -> None:
-        """Delete the checkpoint data of a task whose result is recorded."""
+        """Delete the checkpoint data of a task that ended; record its status."""
         if self.checkpoints is not None:
-            await self.checkpoints.cleanup_task(arg.job_id, arg.task_id)
+            await self.checkpoints.cleanup_task(arg.job_id, arg.task_id, arg.status)
 
     @activity.defn(name="cleanup_job")
     async def cleanup_job(self, arg: CleanupJobInput) -> None:
-        """Delete whatever checkpoint data remains for a finished job."""
+        """Delete whatever checkpoint data remains for a finished job (or, with
+        ``forget``, every row an earlier job of the id left)."""
         if self.checkpoints is not None:
-            await self.checkpoints.cleanup_job(arg.job_id)
+            await self.checkpoints.cleanup_job(arg.job_id, arg.outcome, forget=arg.forget)
 
 
 __all__ = ["CheckpointProvider", "TaskActivities"]

@@ -11,7 +11,7 @@ from typing import Any
 
 Benchmark = Callable[[bool], Awaitable[dict[str, Any]]]
 REGISTRY: dict[str, Benchmark] = {}
-MODULES = ["bench.fanout", "bench.checkpoint_bench", "bench.task_bench"]
+MODULES = ["bench.fanout", "bench.checkpoint_bench", "bench.task_bench", "bench.resume"]
 
 
 def register(name: str) -> Callable[[Benchmark], Benchmark]:

@@ -316,6 +316,28 @@ class CheckpointManager:
         with Session(self.engine, expire_on_commit=False) as s, s.begin():
             return cat.take_force(s, task_id)
 
+    def finish_task(self, task_id: str, status: str) -> None:
+        """The task ended (``completed``, ``failed``): delete its data, record ``status``.
+
+        A task the catalog never knew (it never checkpointed) is left unknown.
+        """
+        self.delete_task(task_id)
+        try:
+            self.set_status(task_id, status)
+        except KeyError:
+            pass
+
+    def finish_job(self, job_id: str, outcome: str) -> int:
+        """The job ended with ``outcome``: tasks still pending or running get their end.
+
+        A completed job's tasks all completed; a failed or cancelled job's tasks
+        that had not ended were cancelled with it. Returns how many rows changed.
+        """
+        validate_id(job_id, "job id")
+        status = "completed" if outcome == "completed" else "cancelled"
+        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+            return cat.end_open_tasks(s, job_id, status)
+
     def set_status(self, task_id: str, status: str) -> None:
         """Record the task's status (e.g. completed, failed); KeyError if unknown."""
         validate_id(task_id, "task id")

@@ -10,7 +10,7 @@ from sdk._jobs import JobHandle, map, run_map, submit
 from sdk._local import SimulatedInterruption, run_local
 from sdk._lookup import JobInfo, get_job, list_jobs
 from sdk._task import TaskContext, current_task
-from sdk.errors import JobCancelled, JobFailed, JobNotFound, TemporalUnreachable
+from sdk.errors import JobCancelled, JobFailed, JobNotFound, TaskFailed, TemporalUnreachable
 
 __all__ = [
     "Connection",
@@ -21,6 +21,7 @@ __all__ = [
     "JobNotFound",
     "SimulatedInterruption",
     "TaskContext",
+    "TaskFailed",
     "TemporalUnreachable",
     "connect",
     "current_task",

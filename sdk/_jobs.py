@@ -16,12 +16,14 @@ from temporalio.service import RPCError
 from sdk._codec import decode_value, encode_value
 from sdk._connection import Connection, connect, default_connection
 from sdk._functions import function_path
-from sdk._job_items import build_job_item_store
-from sdk.errors import JobCancelled, JobFailed
+from sdk._heartbeats import with_heartbeats
+from sdk._job_items import RESULTS, JobItemsMissing, build_job_item_store
+from sdk.errors import JobCancelled, JobFailed, TaskFailed
 from workflows.job import JobWorkflow
 from workflows.models import (
     BATCHES_PER_RUN,
     DEFAULT_BATCH_SIZE,
+    DEFAULT_HEARTBEAT_TIMEOUT,
     DEFAULT_WINDOW,
     KEEP_FINAL,
     KEEP_NONE,
@@ -30,10 +32,12 @@ from workflows.models import (
     BatchProgress,
     JobInput,
     JobProgress,
+    PartialResults,
     TaskOptions,
     TaskProgress,
     batch_size_for,
     batch_workflow_id,
+    parse_task_error,
     task_id_for,
     validate_job_id,
 )
@@ -75,7 +79,46 @@ class JobHandle:
             store = build_job_item_store(self._conn.settings)
             stored = await asyncio.to_thread(store.read_results, self.job_id)
             encoded = stored or []
-        return [decode_value(e) for e in encoded]
+        return [_decode_result(e) for e in encoded]
+
+    async def partial_results(self) -> dict[int, Any]:
+        """The result of every task that completed, by item index, however the job ended.
+
+        For a job that failed (without ``return_exceptions``) this is what its
+        completed tasks returned before the failure stopped the rest; while a job
+        runs, what has completed so far. Needs a worker to answer the queries of a
+        job that has ended (Temporal replays it), within the namespace's retention.
+        """
+        top: JobProgress = await self._handle.query(JobWorkflow.progress)
+        if top.batch_size > 0:
+            parts = await asyncio.gather(*(self._stored_batch_results(top, k)
+                                           for k in range(-(-top.total // top.batch_size))))
+        elif top.batches:
+            parts = await asyncio.gather(*(self._query_results(b.workflow_id)
+                                           for b in top.batches))
+        else:
+            parts = [await self._query_results(self.job_id)]
+        return {i: _decode_result(e) for part in parts for i, e in part.items()}
+
+    async def _query_results(self, workflow_id: str) -> dict[int, str]:
+        """The ``partial_results`` query of one workflow (nothing if it never ran)."""
+        try:
+            handle = self._conn.client.get_workflow_handle(workflow_id)
+            got: PartialResults = await handle.query("partial_results", result_type=PartialResults)
+        except RPCError:
+            return {}
+        return dict(zip(got.indexes, got.results, strict=True))
+
+    async def _stored_batch_results(self, top: JobProgress, chunk: int) -> dict[int, str]:
+        """A stored job's batch: its chunk of results once written, else its own query."""
+        store = build_job_item_store(self._conn.settings)
+        try:
+            lines = await asyncio.to_thread(store.get_chunk, self.job_id, RESULTS, chunk)
+        except JobItemsMissing:  # the batch has not written its results (yet)
+            lines = []
+        if lines:
+            return {chunk * top.batch_size + i: e for i, e in enumerate(lines)}
+        return await self._query_results(batch_workflow_id(self.job_id, chunk))
 
     async def progress(self, batch: int | None = None) -> JobProgress:
         """Per-state counts of every task, and the state and attempt of tasks.
@@ -92,7 +135,8 @@ class JobHandle:
         if top.batch_size > 0:
             return await self._windowed_progress(top, batch)
         if not top.batches:
-            return top
+            return replace(top, tasks=await with_heartbeats(self._conn.client, self._handle,
+                                                            top.tasks))
         tasks: list[TaskProgress] = []
         for b in top.batches:
             tasks.extend(await self._batch_tasks(b))
@@ -111,7 +155,7 @@ class JobHandle:
             except RPCError:
                 part = None
             if part is not None and part.tasks:
-                return list(part.tasks)
+                return await with_heartbeats(self._conn.client, child, part.tasks)
         state = TASK_COMPLETED if batch.state == TASK_COMPLETED else TASK_PENDING
         return [
             TaskProgress(i, task_id_for(self.job_id, i), state, int(state == TASK_COMPLETED))
@@ -167,6 +211,15 @@ class JobHandle:
         await self._handle.cancel()
 
 
+def _decode_result(encoded: str) -> Any:
+    """A task's result, or the :class:`TaskFailed` that stands for a failed task."""
+    error = parse_task_error(encoded)
+    if error is None:
+        return decode_value(encoded)
+    return TaskFailed(str(error["type"]), str(error["message"]), int(error["attempts"]),
+                      str(error["task_id"]), int(error["index"]))
+
+
 def _options(
     max_attempts: int,
     heartbeat_timeout: float,
@@ -175,6 +228,7 @@ def _options(
     checkpoint_every_steps: int | None = None,
     keep: str | None = None,
     warm_start_from: str | None = None,
+    return_exceptions: bool = False,
 ) -> TaskOptions:
     if max_attempts < 1:
         raise ValueError("max_attempts must be >= 1")
@@ -202,7 +256,8 @@ def _options(
         # has an interval; a step-only job gets one that never elapses.
         checkpoint_interval = STEPS_ONLY_INTERVAL
     return TaskOptions(max_attempts, heartbeat_timeout, checkpoint_interval, max_checkpoint_age,
-                       checkpoint_every_steps, keep or KEEP_NONE, warm_start_from)
+                       checkpoint_every_steps, keep or KEEP_NONE, warm_start_from,
+                       return_exceptions=bool(return_exceptions))
 
 
 def _encode_items(items: Iterable[Any]) -> list[str]:
@@ -224,12 +279,13 @@ async def submit(
     checkpoint_interval: float | None = None,
     job_id: str | None = None,
     max_attempts: int = 5,
-    heartbeat_timeout: float = 30.0,
+    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
     max_checkpoint_age: float | None = 3600.0,
     progress: bool = False,
     checkpoint_every_steps: int | None = None,
     keep: str | None = None,
     warm_start_from: str | None = None,
+    return_exceptions: bool = False,
 ) -> JobHandle:
     """Start a job running ``fn`` on every item; return without waiting.
 
@@ -254,11 +310,15 @@ async def submit(
             (``restore()`` / ``restore_files()`` return it). A task whose
             counterpart kept nothing fails with ``WarmStartNotFound`` (not
             retried) rather than silently starting from scratch.
+        return_exceptions: a task that fails after its retries puts a
+            :class:`~sdk.errors.TaskFailed` in its place in the results and the
+            job goes on; False: the first such failure fails the job
+            (``JobHandle.partial_results()`` still has what completed).
     """
     del progress
     path = function_path(fn)
     options = _options(max_attempts, heartbeat_timeout, checkpoint_interval, max_checkpoint_age,
-                       checkpoint_every_steps, keep, warm_start_from)
+                       checkpoint_every_steps, keep, warm_start_from, return_exceptions)
     job_id = validate_job_id(job_id) if job_id is not None else f"job-{uuid.uuid4().hex[:16]}"
     encoded = _encode_items(items)
     conn = await default_connection()
@@ -302,16 +362,19 @@ async def map(  # noqa: A001 - the public name is part of the API
     checkpoint_interval: float | None = None,
     job_id: str | None = None,
     max_attempts: int = 5,
-    heartbeat_timeout: float = 30.0,
+    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
     max_checkpoint_age: float | None = 3600.0,
     progress: bool = False,
     checkpoint_every_steps: int | None = None,
     keep: str | None = None,
     warm_start_from: str | None = None,
+    return_exceptions: bool = False,
 ) -> list[Any]:
     """Run ``fn`` over ``items`` as one durable job; the results in input order.
 
     Takes the arguments of :func:`submit` (``keep``, ``warm_start_from`` included).
+    With ``return_exceptions=True`` a task that failed after its retries is a
+    :class:`~sdk.errors.TaskFailed` in the list.
     """
     job = await submit(
         fn,
@@ -324,6 +387,7 @@ async def map(  # noqa: A001 - the public name is part of the API
         checkpoint_every_steps=checkpoint_every_steps,
         keep=keep,
         warm_start_from=warm_start_from,
+        return_exceptions=return_exceptions,
     )
     if not progress:
         return await job.result()

@@ -103,6 +103,9 @@ async def collect(manager: CheckpointManager, client: Client, grace_seconds: flo
     for job_id in job_ids:
         if not await _is_running(client, job_id):
             await asyncio.to_thread(manager.delete_job, job_id)
+            # A job that left data behind ran no cleanup (terminated, say): what it
+            # had running did not end on its own.
+            await asyncio.to_thread(manager.finish_job, job_id, "cancelled")
             deleted.append(job_id)
     orphans = await asyncio.to_thread(manager.sweep_orphans, grace_seconds)
     log.info("CheckpointManager: gc checked %d jobs, deleted %d, removed %d orphaned blobs "

@@ -79,6 +79,11 @@ class TaskWorker(Worker):
             # Final checkpoints are taken before shutdown starts (see ``serve``); what is
             # still running afterwards is cancelled at once so Temporal retries it.
             graceful_shutdown_timeout=timedelta(seconds=SHUTDOWN_CANCEL_AFTER),
+            # Temporal would hold a task's heartbeats back to one per 0.8 x its timeout,
+            # so the server's details trailed the newest checkpoint by most of that; one
+            # per heartbeat interval (2 s by default, CROWDCOMPUTE_HEARTBEAT_INTERVAL)
+            # keeps them within seconds at one small RPC per running task per interval.
+            max_heartbeat_throttle_interval=timedelta(seconds=settings.heartbeat_interval),
         )
         self.task_activities = acts
 

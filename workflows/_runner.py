@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, RetryState
 
 from workflows.models import (
     TASK_CANCELLED,
@@ -22,10 +22,13 @@ from workflows.models import (
     TASK_FAILED,
     TASK_PENDING,
     TASK_RUNNING,
+    TASK_STATES,
     CleanupTaskInput,
+    PartialResults,
     RunTaskInput,
     TaskOptions,
     TaskProgress,
+    task_error_result,
     task_id_for,
 )
 
@@ -40,6 +43,9 @@ NON_RETRYABLE_TYPES = ["FunctionNotFound", "UnpicklableResult", "BadTaskInput"]
 # Recorded when a stop first cancels tasks a wave at a time; histories written
 # before it cancelled every task in one activation and replay that way.
 CANCEL_IN_WAVES_PATCH = "cancel-tasks-in-waves"
+# Recorded when a failed checkpointed task is first cleaned up (and marked failed in
+# the catalog) as it fails; histories written before it left that to the job's end.
+FAILED_TASK_CLEANUP_PATCH = "cleanup-failed-task"
 
 
 def _observe(fut: asyncio.Future[Any]) -> None:
@@ -89,12 +95,28 @@ async def cancel_in_waves(futures: Sequence[asyncio.Future[Any]]) -> None:
         await workflow.wait(wave)
 
 
-def describe_failure(task_id: str, err: BaseException) -> str:
-    """One line naming the task and the original exception type and message."""
+def _cause(err: BaseException) -> tuple[str, str]:
+    """The original exception's type name and message."""
     cause = err.cause if isinstance(err, ActivityError) and err.cause else err
     if isinstance(cause, ApplicationError):
-        return f"task {task_id} failed: {cause.type or 'Error'}: {cause.message}"
-    return f"task {task_id} failed: {type(cause).__name__}: {cause}"
+        return cause.type or "Error", cause.message
+    return type(cause).__name__, str(cause)
+
+
+def describe_failure(task_id: str, err: BaseException) -> str:
+    """One line naming the task and the original exception type and message."""
+    kind, message = _cause(err)
+    return f"task {task_id} failed: {kind}: {message}"
+
+
+def attempts_made(err: BaseException, task: TaskProgress, max_attempts: int) -> int:
+    """How many attempts a failed task had: all of them when its retries ran out.
+
+    Otherwise (a non-retryable error) the last attempt the task reported, at least 1.
+    """
+    if isinstance(err, ActivityError) and err.retry_state == RetryState.MAXIMUM_ATTEMPTS_REACHED:
+        return max_attempts
+    return max(task.attempt, 1)
 
 
 class TaskRunner:
@@ -123,13 +145,23 @@ class TaskRunner:
                 task.state, task.attempt = TASK_RUNNING, attempt
 
     def counts(self) -> dict[str, int]:
-        out = {s: 0 for s in (TASK_PENDING, TASK_RUNNING, TASK_COMPLETED, TASK_FAILED)}
+        out = dict.fromkeys(TASK_STATES, 0)
         for task in self.tasks:
             out[task.state] = out.get(task.state, 0) + 1
         return out
 
+    def completed_results(self) -> PartialResults:
+        """The encoded results of the tasks that completed (a failed task's error record
+        counts when the job returns exceptions)."""
+        done = [(self.tasks[pos].index, r) for pos, r in enumerate(self.results) if r is not None]
+        return PartialResults([i for i, _ in done], [r for _, r in done])
+
     async def run(self) -> list[str]:
-        """Run every task; on the first failure cancel the rest and fail."""
+        """Run every task; on the first failure cancel the rest and fail.
+
+        With ``options.return_exceptions`` a failed task's result is its error record
+        instead and the others go on.
+        """
         # One gather rather than a wait() loop: re-waiting on every pending task after
         # each completion costs O(tasks) per activation, O(tasks²) per batch.
         futures: list[asyncio.Future[None]] = []
@@ -180,16 +212,34 @@ class TaskRunner:
             )
         except (ActivityError, CancelledError, asyncio.CancelledError) as err:
             if isinstance(err, ActivityError) and not isinstance(err.cause, CancelledError):
-                task.state, task.error = TASK_FAILED, describe_failure(task.task_id, err)
-                raise ApplicationError(task.error, type="TaskFailed", non_retryable=True) from err
+                await self._failed(pos, err)
+                return
             task.state = TASK_CANCELLED
             raise
         task.state = TASK_COMPLETED
         task.attempt = max(task.attempt, 1)
         self.results[pos] = result
         if opts.checkpoint_interval is not None:
-            await workflow.execute_activity(
-                "cleanup_task",
-                CleanupTaskInput(job_id=self.job_id, task_id=task.task_id),
-                start_to_close_timeout=timedelta(minutes=5),
-            )
+            await self._cleanup(task, TASK_COMPLETED)
+
+    async def _failed(self, pos: int, err: ActivityError) -> None:
+        """Record task ``pos``'s failure; raise it unless the job returns exceptions."""
+        task = self.tasks[pos]
+        task.state, task.error = TASK_FAILED, describe_failure(task.task_id, err)
+        task.attempt = attempts_made(err, task, self.options.max_attempts)
+        if self.options.checkpoint_interval is not None and workflow.patched(
+                FAILED_TASK_CLEANUP_PATCH):
+            await self._cleanup(task, TASK_FAILED)
+        if not self.options.return_exceptions:
+            raise ApplicationError(task.error, type="TaskFailed", non_retryable=True) from err
+        kind, message = _cause(err)
+        self.results[pos] = task_error_result(kind, message, task.attempt, task.task_id,
+                                              task.index)
+
+    async def _cleanup(self, task: TaskProgress, status: str) -> None:
+        """Delete the task's checkpoints and record its final status in the catalog."""
+        await workflow.execute_activity(
+            "cleanup_task",
+            CleanupTaskInput(job_id=self.job_id, task_id=task.task_id, status=status),
+            start_to_close_timeout=timedelta(minutes=5),
+        )

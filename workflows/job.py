@@ -7,15 +7,22 @@ from dataclasses import replace
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError, ChildWorkflowError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    ChildWorkflowError,
+)
 from temporalio.workflow import ParentClosePolicy
 
 from workflows._runner import TaskRunner, cancel_in_waves, settled, start_observed
 from workflows.models import (
+    TASK_CANCELLED,
     TASK_COMPLETED,
     TASK_FAILED,
     TASK_PENDING,
     TASK_RUNNING,
+    TASK_STATES,
     BatchInput,
     BatchProgress,
     ChunkRef,
@@ -23,12 +30,17 @@ from workflows.models import (
     CleanupJobInput,
     JobInput,
     JobProgress,
+    PartialResults,
     TaskStarted,
     batch_size_for,
     batch_workflow_id,
 )
 
 ITEM_STORE_TIMEOUT = timedelta(minutes=5)
+CLEANUP_TIMEOUT = timedelta(minutes=10)
+# Recorded when a checkpointed job first deletes, before its tasks start, whatever
+# catalog rows an earlier job of the same id left (histories before it did not).
+FORGET_EARLIER_JOB_PATCH = "forget-earlier-job-rows"
 
 
 class _RunsTasks:
@@ -55,6 +67,11 @@ class _RunsTasks:
             self._early.append(sig)
         else:
             self._runner.mark_started(sig.index, sig.attempt)
+
+    @workflow.query
+    def partial_results(self) -> PartialResults:
+        """The encoded results of this workflow's own tasks that completed so far."""
+        return self._runner.completed_results() if self._runner is not None else PartialResults()
 
 
 @workflow.defn(name="BatchWorkflow")
@@ -110,18 +127,39 @@ class JobWorkflow(_RunsTasks):
     async def run(self, arg: JobInput) -> list[str]:
         self._input = arg
         self._completed = arg.completed
+        checkpointed = arg.options.checkpoint_interval is not None
+        size = batch_size_for(arg.batch_size, arg.options)
+        if arg.item_count == 0 and len(arg.items) <= size:
+            # Built first, so the progress query lists the tasks (pending) meanwhile.
+            self._start_runner(TaskRunner(arg.job_id, arg.fn, arg.items, 0, arg.options))
+        if (checkpointed and workflow.info().continued_run_id is None
+                and workflow.patched(FORGET_EARLIER_JOB_PATCH)):
+            # A job id used again: the earlier job's task rows (statuses, counters)
+            # must not show in this job's view, nor its checkpoints be resumed.
+            await self._cleanup_job(CleanupJobInput(job_id=arg.job_id, forget=True))
+        outcome = TASK_FAILED
         try:
-            size = batch_size_for(arg.batch_size, arg.options)
-            if arg.item_count > 0:
-                return await self._run_window(arg, size)
-            if len(arg.items) <= size:
-                runner = TaskRunner(arg.job_id, arg.fn, arg.items, 0, arg.options)
-                return await self._start_runner(runner).run()
-            return await self._run_batches(arg, size)
+            results = await self._run_tasks(arg, size)
+            outcome = TASK_COMPLETED
+            return results
+        except (asyncio.CancelledError, CancelledError):
+            outcome = TASK_CANCELLED
+            raise
+        except (ActivityError, ChildWorkflowError) as err:
+            if isinstance(err.cause, CancelledError):
+                outcome = TASK_CANCELLED
+            raise
         finally:
             # A run that continues as new hands the job on; the last run cleans up.
-            if arg.options.checkpoint_interval is not None and not self._continuing:
-                await self._cleanup_job(arg.job_id)
+            if checkpointed and not self._continuing:
+                await self._cleanup_job(CleanupJobInput(job_id=arg.job_id, outcome=outcome))
+
+    async def _run_tasks(self, arg: JobInput, size: int) -> list[str]:
+        if self._runner is not None:
+            return await self._runner.run()
+        if arg.item_count > 0:
+            return await self._run_window(arg, size)
+        return await self._run_batches(arg, size)
 
     async def _run_window(self, arg: JobInput, size: int) -> list[str]:
         """Batches of stored items, at most ``arg.window`` in flight.
@@ -212,11 +250,9 @@ class JobWorkflow(_RunsTasks):
         batch.state = TASK_COMPLETED
         return result
 
-    async def _cleanup_job(self, job_id: str) -> None:
+    async def _cleanup_job(self, arg: CleanupJobInput) -> None:
         await workflow.execute_activity(
-            "cleanup_job",
-            CleanupJobInput(job_id=job_id),
-            start_to_close_timeout=timedelta(minutes=10),
+            "cleanup_job", arg, start_to_close_timeout=CLEANUP_TIMEOUT
         )
 
     @workflow.query
@@ -227,7 +263,7 @@ class JobWorkflow(_RunsTasks):
         if self._runner is not None:
             runner = self._runner
             return JobProgress(arg.job_id, len(runner.tasks), runner.counts(), runner.tasks)
-        counts = {TASK_PENDING: 0, TASK_RUNNING: 0, TASK_COMPLETED: 0, TASK_FAILED: 0}
+        counts = dict.fromkeys(TASK_STATES, 0)
         if arg.item_count > 0:
             # Only the batches in flight are listed; the counts cover the whole job.
             counts[TASK_COMPLETED] = self._completed

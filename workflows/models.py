@@ -8,8 +8,10 @@ workflow never unpickles them.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
@@ -31,6 +33,17 @@ TASK_RUNNING = "running"
 TASK_COMPLETED = "completed"
 TASK_FAILED = "failed"
 TASK_CANCELLED = "cancelled"
+TASK_STATES = (TASK_PENDING, TASK_RUNNING, TASK_COMPLETED, TASK_FAILED, TASK_CANCELLED)
+
+# Seconds without a heartbeat before Temporal retries a task elsewhere. With the
+# worker's heartbeats every 2 s (throttled to at most one per 2 s) a SIGKILLed
+# worker's task runs again on another worker within ~10-12 s (docs/performance.md).
+DEFAULT_HEARTBEAT_TIMEOUT = 8.0
+
+# A failed task's result when the job was started with ``return_exceptions``: this
+# prefix then JSON (type, message, attempts, task_id, index). Encoded values are
+# base64 or JSON text, neither of which can start with "!".
+TASK_ERROR_PREFIX = "!crowdcompute-task-error:"
 
 # What a completed task keeps of its checkpoints (``TaskOptions.keep``).
 KEEP_NONE = "none"
@@ -71,7 +84,7 @@ class TaskOptions:
     """Per-task execution options, identical for every task of a job."""
 
     max_attempts: int = 5
-    heartbeat_timeout: float = 30.0
+    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
     checkpoint_interval: float | None = None
     max_checkpoint_age: float | None = 3600.0
     checkpoint_every_steps: int | None = None
@@ -79,6 +92,9 @@ class TaskOptions:
     keep: str = KEEP_NONE
     # a job whose kept final checkpoints the tasks start from (same index)
     warm_start_from: str | None = None
+    # A failed task's result is an error record (``task_error_result``) and the job
+    # goes on, instead of the first failure failing the job.
+    return_exceptions: bool = False
 
 
 @dataclass
@@ -141,7 +157,7 @@ class RunTaskInput:
     payload: str
     checkpoint_interval: float | None = None
     max_checkpoint_age: float | None = 3600.0
-    heartbeat_timeout: float = 30.0
+    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
     checkpoint_every_steps: int | None = None
     keep: str = "none"
     warm_start_from: str | None = None
@@ -149,17 +165,26 @@ class RunTaskInput:
 
 @dataclass
 class CleanupTaskInput:
-    """Input of the ``cleanup_task`` activity."""
+    """Input of the ``cleanup_task`` activity: the task ended with ``status``."""
 
     job_id: str
     task_id: str
+    status: str = TASK_COMPLETED
 
 
 @dataclass
 class CleanupJobInput:
-    """Input of the ``cleanup_job`` activity."""
+    """Input of the ``cleanup_job`` activity.
+
+    ``outcome`` (completed / failed / cancelled; empty in older histories) is the
+    job's end: tasks the catalog still has as pending or running get their final
+    status from it. ``forget``: a new job starts under this id; every row an
+    earlier job of the same id left is deleted first, counters included.
+    """
 
     job_id: str
+    outcome: str = ""
+    forget: bool = False
 
 
 @dataclass
@@ -179,6 +204,12 @@ class TaskProgress:
     state: str = TASK_PENDING
     attempt: int = 0
     error: str | None = None
+    # Filled by the client (``JobHandle.progress``) from the task's last heartbeat:
+    # the workflow never sees heartbeats, and a signal per checkpoint would grow
+    # its history without bound.
+    progress_percent: float | None = None
+    seq: int | None = None
+    heartbeat_age_seconds: float | None = None
 
 
 @dataclass
@@ -211,3 +242,27 @@ class JobProgress:
     # Set by ``JobHandle.progress()``: batches in flight that did not answer in
     # time (a worker busy starting them); their tasks are counted as pending.
     unanswered: int = 0
+
+
+@dataclass
+class PartialResults:
+    """Result of the ``partial_results`` query: the encoded results of completed tasks."""
+
+    indexes: list[int] = field(default_factory=list)
+    results: list[str] = field(default_factory=list)
+
+
+def task_error_result(error_type: str, message: str, attempts: int, task_id: str,
+                      index: int) -> str:
+    """The result that stands for a failed task of a ``return_exceptions`` job."""
+    body = {"type": error_type, "message": message, "attempts": attempts, "task_id": task_id,
+            "index": index}
+    return TASK_ERROR_PREFIX + json.dumps(body, sort_keys=True)
+
+
+def parse_task_error(result: str) -> dict[str, Any] | None:
+    """The error record of :func:`task_error_result`, or None for an ordinary result."""
+    if not result.startswith(TASK_ERROR_PREFIX):
+        return None
+    body: dict[str, Any] = json.loads(result[len(TASK_ERROR_PREFIX):])
+    return body

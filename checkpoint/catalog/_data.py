@@ -23,6 +23,7 @@ __all__ = [
     "commit_checkpoint",
     "delete_checkpoints",
     "delete_job_rows",
+    "end_open_tasks",
     "ensure_task",
     "fence_tasks",
     "get_task",
@@ -209,10 +210,24 @@ def referenced_keys(s: Session) -> set[str]:
     return keys
 
 
+def _end_values(status: str) -> dict[str, Any]:
+    # A completed task is done whatever its last checkpoint reported (say 96 %).
+    done = {"progress_percent": 100.0} if status == "completed" else {}
+    return {"status": status, "updated_at": utcnow(), **done}
+
+
 def set_status(s: Session, task_id: str, status: str) -> bool:
     result = s.execute(update(TaskRow).where(TaskRow.task_id == task_id)
-                       .values(status=status, updated_at=utcnow()))
+                       .values(**_end_values(status)))
     return _rowcount(result) == 1
+
+
+def end_open_tasks(s: Session, job_id: str, status: str) -> int:
+    """Set ``status`` on the job's tasks still pending or running; how many there were."""
+    result = s.execute(update(TaskRow)
+                       .where(TaskRow.job_id == job_id, TaskRow.status.in_(["pending", "running"]))
+                       .values(**_end_values(status)))
+    return _rowcount(result)
 
 
 def set_storage_full(s: Session, task_id: str, since: datetime | None) -> None:

@@ -159,3 +159,29 @@ def noisy_sum(cfg: dict[str, Any]) -> dict[str, Any]:
         state["step"] += 1
         ctx.checkpoint(state, progress_percent=100.0 * state["step"] / cfg["steps"])
     return {"walk": state["walk"], "attempt": ctx.attempt, "resumed_at": resumed_at}
+
+
+def checkpoint_then(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoint ``cfg["checkpoints"]`` times (run it with ``checkpoint_every_steps=1``),
+    touch ``cfg["dir"]/<value>`` and wait for the files of ``cfg["after"]`` (values of
+    other items), wait ``cfg["delay"]`` s, then ``cfg["then"]``: ``return`` the item's
+    ``value``, ``raise`` a ValueError, or ``wait`` until cancelled (at most 60 s)."""
+    from pathlib import Path
+
+    ctx = current_task()
+    for i in range(cfg["checkpoints"]):
+        ctx.checkpoint({"i": i, "w": np.full(4, float(i))}, progress_percent=10.0 * (i + 1))
+    if "dir" in cfg:
+        (Path(cfg["dir"]) / str(cfg["value"])).touch()
+        deadline = time.monotonic() + 60
+        while not all((Path(cfg["dir"]) / str(v)).exists() for v in cfg.get("after", [])):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the other tasks did not start")
+            time.sleep(0.05)
+    time.sleep(cfg.get("delay", 0.0))
+    if cfg["then"] == "raise":
+        raise ValueError(f"item {cfg['value']} is bad")
+    deadline = time.monotonic() + 60
+    while cfg["then"] == "wait" and not ctx.cancelled and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {"value": cfg["value"], "attempt": ctx.attempt}
