@@ -217,9 +217,14 @@ def _end_values(status: str) -> dict[str, Any]:
 
 
 def set_status(s: Session, task_id: str, status: str) -> bool:
-    result = s.execute(update(TaskRow).where(TaskRow.task_id == task_id)
-                       .values(**_end_values(status)))
-    return _rowcount(result) == 1
+    """Record ``status``; False if the task is unknown. A kept task stays ``kept``."""
+    task = s.get(TaskRow, task_id)
+    if task is None:
+        return False
+    if task.kept_at is None:
+        s.execute(update(TaskRow).where(TaskRow.task_id == task_id)
+                  .values(**_end_values(status)))
+    return True
 
 
 def end_open_tasks(s: Session, job_id: str, status: str) -> int:
