@@ -65,14 +65,17 @@ def _build() -> Any:
             self._epoch_metrics: list[list[Any]] = []  # [epoch, values] per finished epoch
             self._restored_metrics: dict[int, list[Any]] = {}
             self._original_train_function: Any = None
+            self._restore_tried = False
 
         # -- fit's hooks ---------------------------------------------------------------
 
         def on_train_begin(self, logs: Any = None) -> None:
             ctx = _task()
-            state = ctx.restore() if ctx is not None else None
-            if isinstance(state, dict) and state.get("format") == FORMAT:
-                self._load(state)
+            if ctx is not None and not self._restore_tried:   # a second fit starts fresh
+                self._restore_tried = True
+                state = ctx.restore()
+                if isinstance(state, dict) and state.get("format") == FORMAT:
+                    self._load(state)
             self._original_train_function = self.model.train_function
             self.model.train_function = self._train_function
 
@@ -90,8 +93,12 @@ def _build() -> Any:
                 _assign(self.model.metrics_variables, values)
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            if all(done != epoch for done, _ in self._epoch_metrics):
-                self._epoch_metrics.append([epoch, _values(self.model.metrics_variables)])
+            if not self.params.get("steps"):   # else taken at the last batch, before validation
+                self._keep_epoch_metrics()
+
+        def _keep_epoch_metrics(self) -> None:
+            if all(done != self._epoch for done, _ in self._epoch_metrics):
+                self._epoch_metrics.append([self._epoch, _values(self.model.metrics_variables)])
 
         def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
             self._skipping = (self._skip_until is not None
@@ -103,6 +110,8 @@ def _build() -> Any:
             self._step = batch + 1
             if self._skipping:
                 return
+            if self._step == self.params.get("steps"):
+                self._keep_epoch_metrics()
             ctx = _task()
             if ctx is not None:
                 ctx.checkpoint(self._state, progress_percent=self._progress())
