@@ -13,7 +13,8 @@ import sdk
 # Attempt 1 dies after batch 11, attempt 2 after batch 20 (of 24), each once a
 # checkpoint of its own committed; attempt 3 finishes.
 KILLS = [11, 20]
-EVERY = 5   # checkpoint_every_steps: positions 5, 10, 15, 20 are all mid-epoch (8 per epoch)
+EVERY = 5   # checkpoint_every_steps: positions 5, 10, 15, 20 are all mid-epoch
+BATCHES = 8   # per epoch, as in integration_tasks
 
 
 async def killed_and_whole(fn: Any, cfgs: list[dict[str, Any]], tmp_path: Path
@@ -35,11 +36,14 @@ async def killed_and_whole(fn: Any, cfgs: list[dict[str, Any]], tmp_path: Path
 
 
 def assert_killed_twice_mid_epoch(starts: list[tuple[int, str, str]]) -> None:
+    """Attempts 1 and 2 died mid-epoch (KILLS are not epoch ends); each retry resumed from a
+    checkpoint of the attempt before it, at least one of them inside an epoch."""
+    assert all(k % BATCHES for k in KILLS)
     assert [a for a, _, _ in starts] == [1, 2, 3]
     assert starts[0][1:] == ("-", "-")
-    for _attempt, epoch, step in starts[1:]:
-        assert int(step) > 0, starts   # resumed inside an epoch
-        assert int(epoch) * 8 + int(step) <= KILLS[-1], starts
+    done = [int(epoch) * BATCHES + int(step) for _, epoch, step in starts[1:]]
+    assert 0 < done[0] <= KILLS[0] and done[0] < done[1] <= KILLS[1], starts
+    assert any(int(step) > 0 for _, _, step in starts[1:]), starts
 
 
 def same_arrays(got: list[Any], want: list[Any]) -> bool:

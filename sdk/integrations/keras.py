@@ -64,22 +64,32 @@ def _build() -> Any:
             self._skipping = False
             self._epoch_metrics: list[list[Any]] = []  # [epoch, values] per finished epoch
             self._restored_metrics: dict[int, list[Any]] = {}
+            self._epoch_val: list[list[Any]] = []   # [epoch, validation logs] per finished epoch
+            self._replayed_val: dict[int, dict[str, float]] = {}
             self._original_train_function: Any = None
+            self._restore_tried = False
 
         # -- fit's hooks ---------------------------------------------------------------
 
         def on_train_begin(self, logs: Any = None) -> None:
             ctx = _task()
-            state = ctx.restore() if ctx is not None else None
-            if isinstance(state, dict) and state.get("format") == FORMAT:
-                self._load(state)
+            if ctx is not None and not self._restore_tried:   # a second fit starts fresh
+                self._restore_tried = True
+                state = ctx.restore()
+                if isinstance(state, dict) and state.get("format") == FORMAT:
+                    self._load(state)
             self._original_train_function = self.model.train_function
             self.model.train_function = self._train_function
+            if self._replayed_val:
+                # an instance attribute shadows the method fit calls for validation
+                self.model.evaluate = self._evaluate
 
         def on_train_end(self, logs: Any = None) -> None:
             if self._original_train_function is not None:
                 self.model.train_function = self._original_train_function
                 self._original_train_function = None
+            if "evaluate" in vars(self.model):
+                del self.model.evaluate
 
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
             self._epoch, self._step = epoch, 0
@@ -90,8 +100,15 @@ def _build() -> Any:
                 _assign(self.model.metrics_variables, values)
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            if all(done != epoch for done, _ in self._epoch_metrics):
-                self._epoch_metrics.append([epoch, _values(self.model.metrics_variables)])
+            val = {k[4:]: float(v) for k, v in (logs or {}).items() if k.startswith("val_")}
+            if val and all(done != epoch for done, _ in self._epoch_val):
+                self._epoch_val.append([epoch, val])
+            if not self.params.get("steps"):   # else taken at the last batch, before validation
+                self._keep_epoch_metrics()
+
+        def _keep_epoch_metrics(self) -> None:
+            if all(done != self._epoch for done, _ in self._epoch_metrics):
+                self._epoch_metrics.append([self._epoch, _values(self.model.metrics_variables)])
 
         def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
             self._skipping = (self._skip_until is not None
@@ -103,6 +120,8 @@ def _build() -> Any:
             self._step = batch + 1
             if self._skipping:
                 return
+            if self._step == self.params.get("steps"):
+                self._keep_epoch_metrics()
             ctx = _task()
             if ctx is not None:
                 ctx.checkpoint(self._state, progress_percent=self._progress())
@@ -119,6 +138,7 @@ def _build() -> Any:
                 "optimizer": _values(model.optimizer.variables),
                 "metrics": _values(model.metrics_variables),
                 "epoch_metrics": [list(m) for m in self._epoch_metrics],
+                "epoch_val": [list(v) for v in self._epoch_val],
             }
 
         def _load(self, state: dict[str, Any]) -> None:
@@ -132,6 +152,8 @@ def _build() -> Any:
             self._epoch_metrics = [[int(e), list(v)] for e, v in state["epoch_metrics"]]
             self._restored_metrics = {e: v for e, v in self._epoch_metrics}
             self._restored_metrics[state["epoch"]] = list(state["metrics"])
+            self._epoch_val = [[int(e), dict(v)] for e, v in state["epoch_val"]]
+            self._replayed_val = {e: v for e, v in self._epoch_val if e < state["epoch"]}
             self._skip_until = (state["epoch"], state["step"])
             self.resumed_from = (state["epoch"], state["step"])
 
@@ -141,6 +163,15 @@ def _build() -> Any:
             _drop_batches(keras, iterator, int(getattr(self.model, "steps_per_execution", 1)))
             # metrics as the interrupted attempt had them, so the epoch logs match
             return self.model.get_metrics_result()
+
+        def _evaluate(self, *args: Any, **kwargs: Any) -> Any:
+            val = self._replayed_val.pop(self._epoch, None)
+            if val is not None and self._skipping_epoch():
+                return dict(val)   # a replayed epoch's validation, as the first attempt logged it
+            return type(self.model).evaluate(self.model, *args, **kwargs)
+
+        def _skipping_epoch(self) -> bool:
+            return self._skip_until is not None and self._epoch < self._skip_until[0]
 
         def _progress(self) -> float | None:
             epochs, steps = self.params.get("epochs"), self.params.get("steps")

@@ -61,12 +61,14 @@ def _build() -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.resumed_from: tuple[int, int] | None = None
+            self._restore_tried = False
 
         def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-            if stage != "fit":
-                return
             ctx = _task()
-            state = ctx.restore() if ctx is not None else None
+            if stage != "fit" or ctx is None or self._restore_tried:   # a second fit starts fresh
+                return
+            self._restore_tried = True
+            state = ctx.restore()
             if not (isinstance(state, dict) and state.get("format") == FORMAT):
                 return
             checkpoint = state["checkpoint"]

@@ -39,7 +39,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def is_loader_state(state: Any) -> bool:
+def _is_loader_state(state: Any) -> bool:
     """True for what ``ResumableDataLoader.state_dict()`` returns."""
     return isinstance(state, dict) and state.get("format") == FORMAT
 
@@ -96,7 +96,7 @@ def _build() -> Any:
 
         def load_state_dict(self, state: dict[str, Any]) -> None:
             """Make the next ``iter(self)`` continue where ``state`` was taken."""
-            if not is_loader_state(state):
+            if not _is_loader_state(state):
                 raise ValueError("not a ResumableDataLoader state")
             self.generator.set_state(torch.as_tensor(state["generator"], dtype=torch.uint8))
             self._epoch_start = None

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(300)
 async def test_fit_killed_twice_resumes_bit_identical(worker: None, conn: sdk.Connection,
                                                      tmp_path: Path) -> None:
     ((got, want, starts),) = await killed_and_whole(integration_tasks.lightning_fit,
-                                                    [{"seed": 5}], tmp_path)
+                                                    [{"seed": 5, "validation": True}], tmp_path)
     assert_killed_twice_mid_epoch(starts)
     assert (got["attempt"], want["attempt"]) == (3, 1)
     assert got["resumed_from"] == (int(starts[2][1]), int(starts[2][2]))

@@ -28,6 +28,19 @@ async def test_train_killed_twice_resumes_bit_identical(worker: None, conn: sdk.
     assert want["global_step"] == integration_tasks.EPOCHS * integration_tasks.BATCHES
 
 
+def test_gradient_accumulation_resumes_exactly(tmp_path: Path) -> None:
+    # in this process (run_local): the first attempt stops after 4 checkpoints (optimizer
+    # steps), mid-epoch, and the second resumes through the same restore path
+    cfg = {"seed": 2, "accumulate": 2, "kills": [], "log": str(tmp_path / "log"),
+           "out": str(tmp_path / "out")}
+    want = sdk.run_local(integration_tasks.hf_train, cfg, checkpoint_interval=0)
+    got = sdk.run_local(integration_tasks.hf_train, cfg, checkpoint_interval=0,
+                        interrupt_after_checkpoints=5)
+    assert (got["resumed_from"], want["global_step"]) == (5, 12)
+    assert same_arrays(got["params"], want["params"])
+    assert same_arrays(got["optimizer"], want["optimizer"])
+
+
 def test_without_the_trainer_in_a_task_it_refuses_to_train(tmp_path: Path) -> None:
     import transformers as hf
 

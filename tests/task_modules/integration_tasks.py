@@ -83,6 +83,8 @@ def keras_fit(cfg: dict[str, Any]) -> dict[str, Any]:
             after_batch(cfg, self.epoch * BATCHES + batch + 1)
 
     fit: dict[str, Any] = {"epochs": EPOCHS, "callbacks": [cb, Probe()], "verbose": 0}
+    if cfg.get("validation"):
+        fit["validation_data"] = (x[:16], y[:16])
     if cfg["input"] == "dataset":
         ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=cfg["seed"])
         history = model.fit(ds.batch(BATCH), **fit)
@@ -125,6 +127,10 @@ def lightning_fit(cfg: dict[str, Any]) -> dict[str, Any]:
             xb, yb = batch
             return torch.nn.functional.mse_loss(self.net(xb), yb)
 
+        def validation_step(self, batch: Any, batch_idx: int) -> Any:
+            xb, yb = batch
+            self.log("val_loss", torch.nn.functional.mse_loss(self.net(xb), yb))
+
         def configure_optimizers(self) -> Any:
             opt = torch.optim.AdamW(self.parameters(), lr=0.01)
             return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)]
@@ -143,7 +149,9 @@ def lightning_fit(cfg: dict[str, Any]) -> dict[str, Any]:
     trainer = pl.Trainer(max_epochs=EPOCHS, accelerator="cpu", devices=1, deterministic=True,
                          callbacks=[cb, Probe()], logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(model, ResumableDataLoader(dataset, batch_size=BATCH, shuffle=True))
+    val = (torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(16)), batch_size=8)
+           if cfg.get("validation") else None)
+    trainer.fit(model, ResumableDataLoader(dataset, batch_size=BATCH, shuffle=True), val)
     opt = trainer.optimizers[0].state_dict()
     return {"params": [p.detach().numpy().copy() for p in model.parameters()],
             "optimizer": [t.numpy().copy() for s in opt["state"].values() for t in s.values()],
@@ -212,7 +220,8 @@ def hf_train(cfg: dict[str, Any]) -> dict[str, Any]:
         output_dir=str(cfg["out"]), num_train_epochs=EPOCHS, per_device_train_batch_size=BATCH,
         learning_rate=5e-3, weight_decay=0.01, optim="adamw_torch", lr_scheduler_type="linear",
         seed=cfg["seed"], save_strategy="no", logging_strategy="no", report_to="none",
-        disable_tqdm=True, use_cpu=True, dataloader_num_workers=0)
+        disable_tqdm=True, use_cpu=True, dataloader_num_workers=0,
+        gradient_accumulation_steps=cfg.get("accumulate", 1))
     cb = CrowdComputeCallback()
 
     class Probe(hf.TrainerCallback):
