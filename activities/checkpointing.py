@@ -171,8 +171,12 @@ class TaskCheckpointSession(CheckpointSession):
                 "CROWDCOMPUTE_DATABASE_URL (or an absolute CROWDCOMPUTE_STATE_DIR) of every worker "
                 "at the same catalog.")
         self._restore_dir = tempfile.mkdtemp(prefix="crowdcompute-files-")
-        attempt = self.manager.open_attempt(ctx.job_id, ctx.task_id, ctx.attempt,
-                                            max_age=self.max_age, files_dir=self._restore_dir)
+        try:
+            attempt = self.manager.open_attempt(ctx.job_id, ctx.task_id, ctx.attempt,
+                                                max_age=self.max_age, files_dir=self._restore_dir)
+        except BaseException:
+            self._remove_restore_dir()
+            raise
         self.epoch, self.restored, self._writer = attempt.epoch, attempt.restored, attempt.writer
         if self.restored is None and self.warm_start_from is not None:
             self._warm_start(self.warm_start_from)
