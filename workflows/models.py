@@ -37,7 +37,7 @@ TASK_STATES = (TASK_PENDING, TASK_RUNNING, TASK_COMPLETED, TASK_FAILED, TASK_CAN
 
 # Seconds without a heartbeat before Temporal retries a task elsewhere. With the
 # worker's heartbeats every 2 s (throttled to at most one per 2 s) a SIGKILLed
-# worker's task runs again on another worker within ~10-12 s (docs/performance.md).
+# worker's task runs again on another worker 9-11 s later (docs/performance.md).
 DEFAULT_HEARTBEAT_TIMEOUT = 8.0
 
 # A failed task's result when the job was started with ``return_exceptions``: this
