@@ -72,7 +72,8 @@ class BlobView:
     stored_bytes: int
     raw_bytes: int
     codec: str
-    sha256: str
+    sha256: str | None          # SHA-256 of the stored bytes (the index, pickled parts)
+    xxh3_128: str | None = None  # xxh3-128 instead, for numeric parts since index version 2
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ class StorageView:
 
 def _blob(row: CheckpointRow, part: int, ref: PartRef, locate: Callable[[PartRef], str]) -> BlobView:
     return BlobView(row.seq, part, row.kind, ref.key, ref.tier, locate(ref), ref.size,
-                    ref.raw_size, ref.codec, ref.sha256)
+                    ref.raw_size, ref.codec, ref.sha256, ref.digest if ref.hash == "xxh3_128" else None)
 
 
 def link_view(row: CheckpointRow) -> ChainLinkView:
