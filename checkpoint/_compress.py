@@ -288,6 +288,23 @@ def _xor_into(out: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
         np.bitwise_xor(a, b, out=out)
 
 
+def _plane_compressor() -> zstandard.ZstdCompressor:
+    """zstd tuned for one byte plane: the fast strategy with a small match table.
+
+    A plane's gain is almost all in its literals (the Huffman stage: exponent
+    bytes take few values), not in matches; on W1's planes these parameters
+    stored as much as level 1 (0.737 / 0.640 of raw for a base / delta, 0.733 /
+    0.641 at level 1) in 70-90 % of its CPU, and decompress 25-40 % faster.
+    """
+    cached: zstandard.ZstdCompressor | None = getattr(_local, "planes", None)
+    if cached is None:
+        params = zstandard.ZstdCompressionParameters(
+            strategy=zstandard.STRATEGY_FAST, window_log=17, hash_log=6, chain_log=6, search_log=1,
+            min_match=7, target_length=0, write_checksum=1, write_content_size=1)
+        cached = _local.planes = zstandard.ZstdCompressor(compression_params=params)
+    return cached
+
+
 def _plane_pays(plane: np.ndarray, bandwidth: float | None) -> bool:
     """Whether zstd pays for this plane, judged on a sample of it.
 
@@ -302,7 +319,7 @@ def _plane_pays(plane: np.ndarray, bandwidth: float | None) -> bool:
         starts = [(n - _PLANE_SAMPLE) * i // 3 for i in range(4)]
         sample = np.concatenate([plane[s:s + _PLANE_SAMPLE] for s in starts])
     t0 = time.perf_counter()
-    packed = len(_zstd(sample, ARRAY_LEVEL))
+    packed = len(_plane_compressor().compress(sample))
     spent = max(time.perf_counter() - t0, 1e-9)
     saved = 1.0 - packed / max(sample.nbytes, 1)
     if saved >= _PLANE_SAVES:
@@ -325,7 +342,7 @@ def encode_planes(data: np.ndarray, itemsize: int, *, base: np.ndarray | None = 
     for plane in planes:
         if _plane_pays(plane, bandwidth):
             flags.append(_PACKED)
-            stored.append(_zstd(plane, ARRAY_LEVEL))
+            stored.append(_plane_compressor().compress(plane))
         else:
             flags.append(_RAW)
             stored.append(plane.data)
