@@ -577,3 +577,65 @@ if __name__ == "__main__":
         sys.exit("usage: python -m bench.checkpoint_bench --plot RESULTS.json OUT.png")
     data = json.loads(Path(sys.argv[2]).read_text())
     plot(data.get("checkpoint", data), Path(sys.argv[3]))
+
+
+# ---------------------------------------------------------------- a large state
+
+LARGE_BYTES = 4 << 30
+# A base save holds the state, its capture and the encoded parts, and then makes
+# the next capture's buffers: about 3.5 x the state at its peak (measured below).
+LARGE_PEAK_FACTOR = 3.5
+
+
+def _available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def large(total: int = LARGE_BYTES) -> dict[str, float]:
+    """A dict of NumPy float32 arrays (``total`` bytes, 256 MiB each) saved as a base and
+    restored: times, stored bytes and the peak RSS each added, bit-identity checked by xxh3-128.
+
+    The machine is shared: skipped (``large_skipped`` = 1) unless ``LARGE_PEAK_FACTOR``
+    times the state is available.
+    """
+    import numpy as np
+    import xxhash
+
+    if _available() < LARGE_PEAK_FACTOR * total:
+        print(f"  large state skipped: {_available() / 2**30:.1f} GiB available", flush=True)
+        return {"large_skipped": 1.0}
+    rng = np.random.default_rng(0)
+    each = 256 << 20
+    state = {f"a{i:02d}": rng.standard_normal(each // 4, dtype=np.float32) for i in range(total // each)}
+    digests = {k: xxhash.xxh3_128_hexdigest(v) for k, v in state.items()}
+    out: dict[str, float] = {"large_skipped": 0.0, "large_raw_gb": total / 1e9}
+    with tempfile.TemporaryDirectory(prefix="ckpt-large-") as tmp:
+        manager = _manager(Path(tmp))
+        _large_save(manager, state, total, out)
+        del state
+        gc.collect()
+        rss, (t, restored) = _peak_rss_added(lambda: _timed(lambda: manager.restore("bench", "large",
+                                                                                     max_age=None).state))
+        out["large_restore_s"] = t
+        out["large_restore_peak_rss_vs_state"] = rss / total
+        out["large_bit_identical"] = float(all(xxhash.xxh3_128_hexdigest(restored[k]) == d
+                                               for k, d in digests.items()))
+        del restored
+        manager.close()
+    return out
+
+
+def _large_save(manager: Any, state: dict[str, Any], total: int, out: dict[str, float]) -> None:
+    writer = _writer(manager, "large")
+    rss, (t, info) = _peak_rss_added(lambda: _timed(lambda: writer.save(writer.capture(state))))
+    out["large_base_save_s"] = t
+    out["large_base_save_peak_rss_vs_state"] = rss / total
+    out["large_base_stored_ratio"] = info.stored_bytes / info.raw_bytes
+
+
+@register("checkpoint_large")
+async def run_large(quick: bool) -> dict[str, float]:
+    return large((1 << 30) if quick else LARGE_BYTES)

@@ -72,10 +72,6 @@ def digest(data: Any, kind: str) -> str:
     raise CorruptCheckpoint(f"unknown integrity hash {kind!r}")
 
 
-def _hash_for(part: EncodedPart) -> str:
-    # Numeric parts are never unpickled: a fast hash suffices (threat model in
-    # docs/architecture.md); the index and every pickled part keep SHA-256.
-    return "xxh3_128" if part.numeric else "sha256"
 
 
 @dataclass(frozen=True)
@@ -108,10 +104,12 @@ class TierRouter:
 class ChainStore:
     """The stored chains of tasks (see the module docstring for the call order)."""
 
-    def __init__(self, engine: Engine, tiers: TierRouter, key_prefix: str = "ckpt") -> None:
+    def __init__(self, engine: Engine, tiers: TierRouter, key_prefix: str = "ckpt", *,
+                 numeric_hash: str = "xxh3_128") -> None:
         self.engine = engine
         self.tiers = tiers
         self.key_prefix = key_prefix
+        self.numeric_hash = numeric_hash
         self._reader = read_engine(engine)
 
     # -- attempts and reads ---------------------------------------------------------------
@@ -191,7 +189,9 @@ class ChainStore:
         try:
             for i, part in enumerate(parts):
                 data = part.data
-                kind = _hash_for(part)
+                # Numeric parts are never unpickled: a fast hash suffices (threat model
+                # in docs/architecture.md); the index and every pickled part keep SHA-256.
+                kind = self.numeric_hash if part.numeric else "sha256"
                 ref = PartRef(blob_key(self.key_prefix, job_id, task_id, epoch, seq, i),
                               self.tiers.tier_for(len(data)), len(data), int(part.raw_size),
                               digest(data, kind), str(part.codec), kind)

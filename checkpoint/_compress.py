@@ -319,7 +319,7 @@ def _plane_pays(plane: np.ndarray, bandwidth: float | None) -> bool:
         starts = [(n - _PLANE_SAMPLE) * i // 3 for i in range(4)]
         sample = np.concatenate([plane[s:s + _PLANE_SAMPLE] for s in starts])
     t0 = time.perf_counter()
-    packed = len(_plane_compressor().compress(sample))
+    packed = len(_plane_compressor().compress(sample.data))
     spent = max(time.perf_counter() - t0, 1e-9)
     saved = 1.0 - packed / max(sample.nbytes, 1)
     if saved >= _PLANE_SAVES:
@@ -342,7 +342,7 @@ def encode_planes(data: np.ndarray, itemsize: int, *, base: np.ndarray | None = 
     for plane in planes:
         if _plane_pays(plane, bandwidth):
             flags.append(_PACKED)
-            stored.append(_plane_compressor().compress(plane))
+            stored.append(_plane_compressor().compress(plane.data))
         else:
             flags.append(_RAW)
             stored.append(plane.data)

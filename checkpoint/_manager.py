@@ -47,7 +47,7 @@ class CheckpointManager:
                  config: ManagerConfig = ManagerConfig()) -> None:
         self.config = config
         self.tiers = TierRouter(sql_store, object_store, config.db_size_limit)
-        self.chain = ChainStore(engine, self.tiers, config.key_prefix)
+        self.chain = ChainStore(engine, self.tiers, config.key_prefix, numeric_hash=config.numeric_hash)
         self._reader = read_engine(engine)
 
     @property

@@ -13,6 +13,12 @@ if TYPE_CHECKING:
 __all__ = ["HASHES", "CommitInfo", "ManagerConfig", "PartRef", "Restored", "plan_kind"]
 
 
+#: The integrity hashes a manifest records, by the JSON key that holds the hex digest:
+#: SHA-256 for the index and every pickled part, xxh3-128 for numeric parts (never
+#: unpickled) since index version 2 (docs/architecture.md, "Threat model").
+HASHES = ("sha256", "xxh3_128")
+
+
 @dataclass(frozen=True)
 class ManagerConfig:
     """Tunables of a :class:`CheckpointManager`.
@@ -27,6 +33,11 @@ class ManagerConfig:
         encode_threads: at most this many threads of the codec pool encode one
             save (None: all of them, one per core up to 8). A worker leaves a
             core to its tasks this way; the bytes written do not depend on it.
+        numeric_hash: the integrity hash of numeric parts (``xxh3_128``, or
+            ``sha256`` where the object store's writers are less trusted than
+            the catalog's and array values must be authentic; see the threat
+            model in docs/architecture.md). The index and pickled parts are
+            always SHA-256; restore reads either.
     """
 
     db_size_limit: int = 1 << 20
@@ -35,16 +46,13 @@ class ManagerConfig:
     orphan_grace_seconds: float = 3600.0
     key_prefix: str = "ckpt"
     encode_threads: int | None = None
+    numeric_hash: str = "xxh3_128"
 
     def __post_init__(self) -> None:
         if self.encode_threads is not None and self.encode_threads < 1:
             raise ValueError(f"encode_threads must be >= 1 or None, got {self.encode_threads}")
-
-
-#: The integrity hashes a manifest records, by the JSON key that holds the hex digest:
-#: SHA-256 for the index and every pickled part, xxh3-128 for numeric parts (never
-#: unpickled) since index version 2 (docs/architecture.md, "Threat model").
-HASHES = ("sha256", "xxh3_128")
+        if self.numeric_hash not in HASHES:
+            raise ValueError(f"numeric_hash must be one of {HASHES}, got {self.numeric_hash!r}")
 
 
 @dataclass(frozen=True)

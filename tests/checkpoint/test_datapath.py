@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import pytest
 import xxhash
-from ckpt_helpers import chain
+from ckpt_helpers import build_manager, chain
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
@@ -18,7 +18,7 @@ from checkpoint import CheckpointManager, _compress, _plan
 from checkpoint._capture import capture
 from checkpoint._delta import decode, encode, reuse_buffers
 from checkpoint._format import Index, PartEntry, dump_index, load_index
-from checkpoint._records import PartRef
+from checkpoint._records import ManagerConfig, PartRef
 from checkpoint._snapshot import snapshots_equal
 from checkpoint.catalog import CheckpointRow
 from checkpoint.errors import CorruptCheckpoint
@@ -283,3 +283,13 @@ def test_restore_hands_its_buffers_to_the_state_and_open_attempt_copies(manager,
     copied["w"] += 1.0
     assert _equal(attempt.restored.snapshot.to_state(), states[3]) is True
     assert before is attempt.restored.snapshot
+
+
+def test_numeric_hash_sha256_checks_every_part_by_sha256(backend, small_parts):
+    manager = build_manager(backend, db_size_limit=4096, numeric_hash="sha256")
+    states = _history(manager, 2)
+    refs = [PartRef.from_json(p) for r in chain(manager, "t") for p in r.parts]
+    assert len(refs) > 4 and {r.hash for r in refs} == {"sha256"}
+    assert _equal(manager.restore("job", "t").state, states[2]) is True
+    with pytest.raises(ValueError, match="numeric_hash"):
+        ManagerConfig(numeric_hash="md5")
