@@ -6,7 +6,14 @@ baseline alternate which goes first. Timings are reported, never asserted.
 
 * W1  MLP of ``layers`` x Linear(width, width) + AdamW, 10 steps between
   checkpoints: capture pause vs ``torch.save`` + fsync; restore of base + 8
-  deltas (+ ``to_state``) vs ``torch.load`` of one full checkpoint file.
+  deltas (+ ``to_state``) vs ``torch.load`` of one full checkpoint file. A
+  second writer with the default compaction policy (what a user gets)
+  measures save CPU (capture + encode + store + commit, process CPU) against
+  ``torch.save`` + fsync's, and its newest checkpoint (a base) is restored
+  against ``torch.load`` (``restore_newest_vs_torch_load``), with the peak
+  RSS a restore adds over the state's bytes; the same state restored from S3
+  (a moto server) against downloading its ``torch.save`` file from the same
+  bucket and loading it (``restore_s3_vs_torch_load_s3``).
 * W2  W1 with all layers but the last frozen: bytes per incremental / raw bytes
   of the W2 state (``frozen_delta_bytes_ratio``); also reported against W1's
   raw bytes (``frozen_delta_bytes_vs_w1_raw``).
@@ -53,7 +60,12 @@ GOALS: dict[str, tuple[str, float]] = {
     "dense_encode_speed_vs_gzip6": (">=", 15.0),
     "generic_time_vs_pickle_gzip6": ("<=", 0.05),
     "generic_bytes_vs_pickle_gzip6": ("<=", 0.08),
-    "restore_vs_torch_load": ("<=", 1.25),
+    "restore_vs_torch_load": ("<=", 6.0),   # issue 15 (was 1.25 in the first specification)
+    "restore_newest_vs_torch_load": ("<=", 1.5),
+    "save_cpu_vs_torch_save_cpu": ("<=", 3.0),
+    "restore_peak_rss_vs_state": ("<=", 1.3),
+    "restore_s3_vs_torch_load_s3": ("<=", 1.0),
+    "base_bytes_ratio": ("<=", 0.76),
 }
 
 
@@ -98,6 +110,31 @@ def _torch_save(state: dict[str, Any], path: Path) -> float:
     return _timed(lambda: _write_fsync(path, lambda f: torch.save(plain, f)))[0]
 
 
+def _cpu(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """Process CPU seconds (all threads) of ``fn``, and its result."""
+    t0 = time.process_time()
+    out = fn()
+    return time.process_time() - t0, out
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _peak_rss_added(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """Bytes by which ``fn`` raised the peak RSS above the RSS before it (Linux; 0 elsewhere)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")   # resets the peak (VmHWM) to the current RSS
+    except OSError:
+        return 0.0, fn()
+    before = _status_kb("VmRSS")
+    out = fn()
+    return float(max(0, _status_kb("VmHWM") - before) * 1024), out
+
+
 def _manager(root: Path) -> Any:
     from checkpoint import CheckpointManager
 
@@ -106,12 +143,11 @@ def _manager(root: Path) -> Any:
 
 
 def _writer(manager: Any, task: str, *, deltas_only: bool = False) -> Any:
-    epoch = manager.begin_attempt("bench", task)
-    writer = manager.writer("bench", task, epoch)
+    writer = manager.open_attempt("bench", task, max_age=None).writer
     if deltas_only:
         # The size rule of the compaction policy makes every second dense W1
         # checkpoint a base; the restore figure is specified for base + 8 deltas.
-        writer._plan = lambda: "base" if writer.previous is None else "delta"
+        writer._plan = lambda head: "base" if head is None else "delta"
     return writer
 
 
@@ -217,14 +253,23 @@ def _w1_w4(s: Sizes, root: Path, restore_runs: int) -> dict[str, float]:
     state, train = _mlp(s, frozen=0)
     manager = _manager(root / "w1")
     writer = _writer(manager, "w1", deltas_only=True)
+    policy = _writer(manager, "w1p")
     baseline = root / "w1.pt"
     pause, base_s, save_s, enc_s, gz_s, enc_ratio, gz_ratio = [], [], [], [], [], [], []
+    save_cpu, torch_cpu, base_ratio = [], [], []
     raw = 0
     for i in range(W1_CHECKPOINTS):
         train(10)
         steady = i >= STEADY_FROM
         if i % 2:
             b = _torch_save(state, baseline)
+        c, done = _cpu(lambda: policy.save(policy.capture(state)))
+        tc, _ = _cpu(lambda: _torch_save(state, baseline))
+        if done.kind == "base":
+            base_ratio.append(done.stored_bytes / done.raw_bytes)
+        if steady:
+            save_cpu.append(c)
+            torch_cpu.append(tc)
         t, snap = _timed(lambda: writer.capture(state))
         if steady and writer.previous is not None:
             e, parts = _timed(lambda s=snap: encode(writer.previous, s))
@@ -244,15 +289,29 @@ def _w1_w4(s: Sizes, root: Path, restore_runs: int) -> dict[str, float]:
             base_s.append(b)
             save_s.append(sv)
     del snap
+    # The newest checkpoint under the default policy is a base every second
+    # save: restore one of the state torch.save wrote last.
+    policy._plan = lambda head: "base"
+    policy.save(policy.capture(state))
+    _torch_save(state, baseline)
     gc.collect()
-    ours_r, load_r = [], []
+    ours_r, load_r, newest_r, newest_load, rss_ours, rss_load = [], [], [], [], [], []
     for i in range(restore_runs):
         order = [0, 1] if i % 2 else [1, 0]
         for which in order:
             if which:
                 ours_r.append(_timed(lambda: manager.restore("bench", "w1", max_age=None).state)[0])
+                gc.collect()
+                rss, (t, _) = _peak_rss_added(
+                    lambda: _timed(lambda: manager.restore("bench", "w1p", max_age=None).state))
+                newest_r.append(t)
+                rss_ours.append(rss)
             else:
                 load_r.append(_timed(lambda: torch.load(baseline, weights_only=True))[0])
+                gc.collect()
+                rss, (t, _) = _peak_rss_added(lambda: _timed(lambda: torch.load(baseline, weights_only=True)))
+                newest_load.append(t)
+                rss_load.append(rss)
             gc.collect()
     manager.close()
     out = {
@@ -264,6 +323,15 @@ def _w1_w4(s: Sizes, root: Path, restore_runs: int) -> dict[str, float]:
         "w1_restore_chain_s": _median(ours_r),
         "w1_torch_load_s": _median(load_r),
         "restore_vs_torch_load": _median(ours_r) / _median(load_r),
+        "w1_restore_newest_s": _median(newest_r),
+        "w1_torch_load_newest_s": _median(newest_load),
+        "restore_newest_vs_torch_load": _median(newest_r) / _median(newest_load),
+        "w1_save_cpu_s": _median(save_cpu),
+        "w1_torch_save_cpu_s": _median(torch_cpu),
+        "save_cpu_vs_torch_save_cpu": _median(save_cpu) / _median(torch_cpu),
+        "base_bytes_ratio": _median(base_ratio),
+        "restore_peak_rss_vs_state": _median(rss_ours) / raw,
+        "torch_load_peak_rss_vs_state": _median(rss_load) / raw,
         "w4_encode_s": _median(enc_s),
         "w4_gzip6_s": _median(gz_s),
         "w4_encode_mb_per_s": raw / MB / _median(enc_s),
@@ -273,6 +341,88 @@ def _w1_w4(s: Sizes, root: Path, restore_runs: int) -> dict[str, float]:
         "dense_encode_speed_vs_gzip6": _median(gz_s) / _median(enc_s),
     }
     return out
+
+
+def _s3(s: Sizes, root: Path, runs: int) -> dict[str, float]:
+    """W1's state restored from S3 (moto server) vs downloading its torch.save file and loading it."""
+    import io
+
+    import torch
+
+    from checkpoint import CheckpointManager
+    from checkpoint.stores import S3Store
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    state, train = _mlp(s, frozen=0)
+    train(10)
+    with _moto() as url:
+        S3Store("bench", "setup", endpoint_url=url, create_bucket=True).close()
+        manager = CheckpointManager.from_urls(f"sqlite:///{root}/s3-catalog.db", "s3://bench/ckpt",
+                                              s3_endpoint_url=url)
+        writer = _writer(manager, "w1s3")
+        raw = writer.save(writer.capture(state)).raw_bytes
+        plain = {k: v.state_dict() if hasattr(v, "state_dict") else v for k, v in state.items()}
+        buf = io.BytesIO()
+        torch.save(plain, buf)
+        client = manager.tiers.objects.client   # type: ignore[attr-defined]
+        client.put_object(Bucket="bench", Key="baseline/w1.pt", Body=buf.getvalue())
+        del buf, plain
+
+        def load() -> Any:
+            body = client.get_object(Bucket="bench", Key="baseline/w1.pt")["Body"].read()
+            return torch.load(io.BytesIO(body), weights_only=True)
+
+        ours, base = [], []
+        for i in range(runs):
+            for which in ([0, 1] if i % 2 else [1, 0]):
+                if which:
+                    ours.append(_timed(lambda: manager.restore("bench", "w1s3", max_age=None).state)[0])
+                else:
+                    base.append(_timed(load)[0])
+                gc.collect()
+        manager.close()
+    return {"s3_raw_mb": raw / MB, "w1_restore_s3_s": _median(ours), "w1_torch_load_s3_s": _median(base),
+            "restore_s3_vs_torch_load_s3": _median(ours) / _median(base)}
+
+
+def _moto() -> Any:
+    """A moto S3 server on a free loopback port (as tests/_servers.py runs it)."""
+    import contextlib
+    import socket
+    import subprocess
+    import urllib.request
+
+    @contextlib.contextmanager
+    def server() -> Any:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        with tempfile.TemporaryFile() as log:
+            proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                    stdout=log, stderr=subprocess.STDOUT)
+            url = f"http://127.0.0.1:{port}"
+            try:
+                deadline = time.monotonic() + 60
+                while True:
+                    try:
+                        urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
+                        break
+                    except OSError:
+                        if time.monotonic() > deadline or proc.poll() is not None:
+                            raise RuntimeError("moto server did not start") from None
+                        time.sleep(0.2)
+                yield url
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+    return server()
 
 
 def _bytes_workload(name: str, make: Callable[[], tuple[dict[str, Any], Callable[[int], None]]],
@@ -354,6 +504,7 @@ def measure(quick: bool) -> dict[str, float]:
         root = Path(tmp)
         for label, step in (
             ("W1/W4", lambda: _w1_w4(s, root, 3 if quick else 5)),
+            ("S3", lambda: _s3(s, root, 3)),
             ("W2", lambda: _bytes_workload("w2", lambda: _mlp(s, frozen=s.layers - 1), 10, root)),
             ("W3", lambda: _bytes_workload("w3", lambda: _embedding(s), 100, root)),
             ("W5", lambda: _w5(s, root)),
@@ -426,3 +577,65 @@ if __name__ == "__main__":
         sys.exit("usage: python -m bench.checkpoint_bench --plot RESULTS.json OUT.png")
     data = json.loads(Path(sys.argv[2]).read_text())
     plot(data.get("checkpoint", data), Path(sys.argv[3]))
+
+
+# ---------------------------------------------------------------- a large state
+
+LARGE_BYTES = 4 << 30
+# A base save holds the state, its capture and the encoded parts, and then makes
+# the next capture's buffers: about 3.5 x the state at its peak (measured below).
+LARGE_PEAK_FACTOR = 3.5
+
+
+def _available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def large(total: int = LARGE_BYTES) -> dict[str, float]:
+    """A dict of NumPy float32 arrays (``total`` bytes, 256 MiB each) saved as a base and
+    restored: times, stored bytes and the peak RSS each added, bit-identity checked by xxh3-128.
+
+    The machine is shared: skipped (``large_skipped`` = 1) unless ``LARGE_PEAK_FACTOR``
+    times the state is available.
+    """
+    import numpy as np
+    import xxhash
+
+    if _available() < LARGE_PEAK_FACTOR * total:
+        print(f"  large state skipped: {_available() / 2**30:.1f} GiB available", flush=True)
+        return {"large_skipped": 1.0}
+    rng = np.random.default_rng(0)
+    each = 256 << 20
+    state = {f"a{i:02d}": rng.standard_normal(each // 4, dtype=np.float32) for i in range(total // each)}
+    digests = {k: xxhash.xxh3_128_hexdigest(v) for k, v in state.items()}
+    out: dict[str, float] = {"large_skipped": 0.0, "large_raw_gb": total / 1e9}
+    with tempfile.TemporaryDirectory(prefix="ckpt-large-") as tmp:
+        manager = _manager(Path(tmp))
+        _large_save(manager, state, total, out)
+        del state
+        gc.collect()
+        rss, (t, restored) = _peak_rss_added(lambda: _timed(lambda: manager.restore("bench", "large",
+                                                                                     max_age=None).state))
+        out["large_restore_s"] = t
+        out["large_restore_peak_rss_vs_state"] = rss / total
+        out["large_bit_identical"] = float(all(xxhash.xxh3_128_hexdigest(restored[k]) == d
+                                               for k, d in digests.items()))
+        del restored
+        manager.close()
+    return out
+
+
+def _large_save(manager: Any, state: dict[str, Any], total: int, out: dict[str, float]) -> None:
+    writer = _writer(manager, "large")
+    rss, (t, info) = _peak_rss_added(lambda: _timed(lambda: writer.save(writer.capture(state))))
+    out["large_base_save_s"] = t
+    out["large_base_save_peak_rss_vs_state"] = rss / total
+    out["large_base_stored_ratio"] = info.stored_bytes / info.raw_bytes
+
+
+@register("checkpoint_large")
+async def run_large(quick: bool) -> dict[str, float]:
+    return large((1 << 30) if quick else LARGE_BYTES)

@@ -9,10 +9,12 @@ Call order for one attempt of one task:
 
 1. :meth:`begin_attempt` takes a new fencing epoch and reads the task's
    committed rows in the same transaction (the only read of them).
-2. :meth:`fetch_verified` fetches the blobs of the links to restore; every
-   blob's size and SHA-256 are checked before anything is decoded.
-   :meth:`restore_files` writes the files of the restored link, each chunk
-   checked the same way (and its raw bytes against their content hash).
+2. :meth:`open_link` streams the blobs of one link to restore into the
+   decoder: each blob is fetched (a bounded window ahead), and its size and
+   hash checked before it is decoded; :meth:`fetch_verified` fetches and
+   checks whole links at once. :meth:`restore_files` writes the files of the
+   restored link, each chunk checked the same way (and its raw bytes against
+   their content hash).
 3. Per save: :meth:`put_parts` (create-only puts, each verified) and, when the
    save carries files, :meth:`put_chunks` for the chunks not stored yet, then
    :meth:`commit` (one fenced transaction: the state and its files together). When the outcome of a commit is
@@ -27,11 +29,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import xxhash
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -50,7 +54,7 @@ from .errors import (
 )
 from .stores import BlobStore
 
-__all__ = ["TIERS", "ChainStore", "FetchedLink", "TierRouter"]
+__all__ = ["TIERS", "ChainStore", "FetchedLink", "LinkStream", "TierRouter", "digest"]
 
 log = logging.getLogger("checkpoint")
 
@@ -58,6 +62,21 @@ log = logging.getLogger("checkpoint")
 TIERS = ("sql", "object")
 
 FetchedLink = list[tuple[bytes, str, int]] | CorruptCheckpoint | BlobNotFound
+#: parts of one link fetched ahead of the decoder: enough to keep the cores busy
+#: while the store answers, few enough that a restore holds little besides the state
+PREFETCH_PARTS = 4
+_FETCH_THREADS = 8
+
+
+def digest(data: Any, kind: str) -> str:
+    """Hex digest of ``data`` by ``kind`` (``PartRef.hash``)."""
+    if kind == "sha256":
+        return hashlib.sha256(data).hexdigest()
+    if kind == "xxh3_128":
+        return xxhash.xxh3_128_hexdigest(data)
+    raise CorruptCheckpoint(f"unknown integrity hash {kind!r}")
+
+
 
 
 @dataclass(frozen=True)
@@ -90,10 +109,12 @@ class TierRouter:
 class ChainStore:
     """The stored chains of tasks (see the module docstring for the call order)."""
 
-    def __init__(self, engine: Engine, tiers: TierRouter, key_prefix: str = "ckpt") -> None:
+    def __init__(self, engine: Engine, tiers: TierRouter, key_prefix: str = "ckpt", *,
+                 numeric_hash: str = "xxh3_128") -> None:
         self.engine = engine
         self.tiers = tiers
         self.key_prefix = key_prefix
+        self.numeric_hash = numeric_hash
         self._reader = read_engine(engine)
 
     # -- attempts and reads ---------------------------------------------------------------
@@ -126,11 +147,7 @@ class ChainStore:
 
         def fetch(item: tuple[CheckpointRow, PartRef]) -> bytes:
             link, ref = item
-            data = self.tiers.store_for(ref.tier).get(ref.key)
-            if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.sha256:
-                raise CorruptCheckpoint(f"blob {ref.key!r} of task {task_id!r} seq {link.seq} "
-                                        f"fails its SHA-256 check")
-            return data
+            return self._fetch(task_id, link.seq, ref)
 
         jobs = [(link, ref) for link, rs in zip(links, refs, strict=True) for ref in rs]
         with ThreadPoolExecutor(max(1, min(8, len(jobs)))) as pool:
@@ -148,6 +165,21 @@ class ChainStore:
                 out.append([(f.result(), ref.codec, ref.raw_size) for f, ref in zip(mine, rs, strict=True)])
         return out
 
+    def _fetch(self, task_id: str, seq: int, ref: PartRef) -> bytes:
+        data = self.tiers.store_for(ref.tier).get(ref.key)
+        if len(data) != ref.size or digest(data, ref.hash) != ref.digest:
+            raise CorruptCheckpoint(f"blob {ref.key!r} of task {task_id!r} seq {seq} "
+                                    f"fails its {ref.hash} check")
+        return data
+
+    def open_link(self, task_id: str, link: CheckpointRow) -> LinkStream:
+        """The parts of ``link`` for ``decode``, each fetched and checked when the decoder needs it.
+
+        The index part is fetched and checked here; the others a few parts
+        ahead of the decoder (``PREFETCH_PARTS``). Close the stream when done.
+        """
+        return LinkStream(self, task_id, link)
+
     # -- the write path -------------------------------------------------------------------
 
     def put_parts(self, job_id: str, task_id: str, epoch: int, seq: int,
@@ -162,9 +194,12 @@ class ChainStore:
         try:
             for i, part in enumerate(parts):
                 data = part.data
+                # Numeric parts are never unpickled: a fast hash suffices (threat model
+                # in docs/architecture.md); the index and every pickled part keep SHA-256.
+                kind = self.numeric_hash if part.numeric else "sha256"
                 ref = PartRef(blob_key(self.key_prefix, job_id, task_id, epoch, seq, i),
                               self.tiers.tier_for(len(data)), len(data), int(part.raw_size),
-                              hashlib.sha256(data).hexdigest(), str(part.codec))
+                              digest(data, kind), str(part.codec), kind)
                 self.tiers.store_for(ref.tier).put(ref.key, data)
                 written.append(ref)
             for ref in written:
@@ -344,3 +379,56 @@ def _freed(dropped: Sequence[CheckpointRow], kept: Sequence[CheckpointRow]) -> l
     """The blobs deleting ``dropped`` frees: their parts, and their file chunks no kept row names."""
     parts = [PartRef.from_json(p) for r in dropped for p in r.parts]
     return parts + unreferenced_chunks((r.files for r in dropped), (r.files for r in kept))
+
+
+class LinkStream:
+    """One link's parts as ``decode`` takes them, fetched a bounded window ahead.
+
+    ``parts`` holds ``(fetch, codec, raw_size)`` triples; calling ``fetch``
+    returns the part's verified bytes (raising ``CorruptCheckpoint`` or
+    ``BlobNotFound`` for a bad or missing blob, ``StorageError`` otherwise) and
+    starts fetching the parts after it. Each part's bytes are dropped here once
+    handed out, so memory holds at most the window.
+    """
+
+    def __init__(self, chain: ChainStore, task_id: str, link: CheckpointRow) -> None:
+        self.refs = [PartRef.from_json(p) for p in link.parts]
+        self._chain, self._task_id, self._seq = chain, task_id, link.seq
+        self._lock = threading.Lock()
+        self._futures: dict[int, Future[bytes]] = {}
+        self._next = 1
+        self._pool: ThreadPoolExecutor | None = None
+        index = self.refs[0] if self.refs else None
+        first: Any = (chain._fetch(task_id, link.seq, index) if index is not None else b"")
+        self.parts: list[tuple[Any, str, int]] = [(first, index.codec, index.raw_size)] if index else []
+        self.parts += [(self._getter(i), r.codec, r.raw_size) for i, r in enumerate(self.refs[1:], start=1)]
+
+    def _getter(self, number: int) -> Callable[[], bytes]:
+        return lambda: self._get(number)
+
+    def _submit_upto(self, last: int) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(min(_FETCH_THREADS, max(1, len(self.refs) - 1)),
+                                            thread_name_prefix="ckpt-fetch")
+        while self._next <= min(last, len(self.refs) - 1):
+            ref = self.refs[self._next]
+            self._futures[self._next] = self._pool.submit(self._chain._fetch, self._task_id, self._seq, ref)
+            self._next += 1
+
+    def _get(self, number: int) -> bytes:
+        with self._lock:
+            self._submit_upto(number + PREFETCH_PARTS)
+            future = self._futures.pop(number, None)
+        if future is None:   # asked for again: fetch it again
+            return self._chain._fetch(self._task_id, self._seq, self.refs[number])
+        return future.result()
+
+    def close(self) -> None:
+        """Cancel what was fetched ahead and not used."""
+        with self._lock:
+            for future in self._futures.values():
+                future.cancel()
+            self._futures.clear()
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None

@@ -13,7 +13,6 @@ snapshot as it was. Only ``CorruptCheckpoint`` leaves ``decode``.
 from __future__ import annotations
 
 import functools
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,16 +21,17 @@ import numpy as np
 
 from . import _compress, _memory, _pools
 from ._flatten import leaf_count
-from ._format import INDEX_CAP, PART_CAP, Index, LinkRef, PartEntry, load_index
+from ._format import INDEX_CAP, PART_CAP, Index, LinkRef, load_index, part_check
 from ._plan import LeafRecord, Op, dict_order
 from ._snapshot import ARRAY, Leaf, Snapshot
-from .errors import CorruptCheckpoint
+from .errors import CorruptCheckpoint, StorageError
 
 __all__ = ["Part", "decode", "reuse_buffers"]
 
-Part = tuple[bytes, str] | tuple[bytes, str, int]   # (stored bytes, codec[, recorded raw size])
+# (stored bytes or a function returning them, codec[, recorded raw size])
+Part = tuple[Any, str] | tuple[Any, str, int]
 _Payload = tuple[np.ndarray, int]                   # decompressed (maybe shuffled) bytes, element size
-_Chunk = tuple[int, np.ndarray, int]                # offset in the leaf, (shuffled) bytes, element size
+_Chunk = tuple[int, int, int]                       # offset in the leaf, part number (0: inline), bytes
 
 
 def reuse_buffers(snapshot: Snapshot) -> Snapshot:
@@ -52,18 +52,24 @@ def decode(parts: Sequence[Part], previous: Snapshot | None, *,
     Each part is ``(data, codec, raw_size)``, ``raw_size`` being the size the
     catalog recorded (trusted: decompression never goes past it), or
     ``(data, codec)``: then the index's own table bounds the parts and
-    ``INDEX_CAP`` the index. ``against`` names the link ``previous`` was
-    decoded from: a delta recorded against another link (or against none) is
-    refused. Raises CorruptCheckpoint for malformed or truncated input, for a
-    size that differs from the recorded one and for such a mismatch. The
-    result may share buffers with ``previous`` (snapshots are immutable),
-    unless ``previous`` was handed over with ``reuse_buffers``: then its
-    writable buffers are updated in place and become the result's.
+    ``INDEX_CAP`` the index. ``data`` may be a function that returns the
+    bytes: it is called once, when the part is decoded, so that the parts of
+    a link stream through memory (fetched and verified as they are needed)
+    instead of all being held at once. ``against`` names the link
+    ``previous`` was decoded from: a delta recorded against another link (or
+    against none) is refused. Raises CorruptCheckpoint for malformed or
+    truncated input, for a size that differs from the recorded one and for
+    such a mismatch. The result may share buffers with ``previous``
+    (snapshots are immutable), unless ``previous`` was handed over with
+    ``reuse_buffers``: then its writable buffers are updated in place and
+    become the result's. Everything the index says is checked before any
+    buffer is written; a part whose bytes turn out corrupt only while it is
+    written into a reused snapshot marks that snapshot ``damaged``.
     """
     reuse = previous is not None and previous.reuse
     try:
         return _decode([_unpack(p) for p in parts], previous, reuse, against)
-    except CorruptCheckpoint:
+    except (CorruptCheckpoint, StorageError):   # a part's fetch failed: the caller's to judge
         raise
     except Exception as exc:   # a check this module lacks: still a corrupt link, never a crash
         raise CorruptCheckpoint(f"cannot decode checkpoint: {type(exc).__name__}: {exc}") from exc
@@ -72,7 +78,7 @@ def decode(parts: Sequence[Part], previous: Snapshot | None, *,
             previous.reuse = False
 
 
-def _unpack(part: Part) -> tuple[bytes, str, int | None]:
+def _unpack(part: Part) -> tuple[Any, str, int | None]:
     if len(part) == 3:
         data, codec, raw = part
         if type(raw) is not int or raw < 0:
@@ -82,12 +88,16 @@ def _unpack(part: Part) -> tuple[bytes, str, int | None]:
     return data, codec, None
 
 
-def _decode(parts: list[tuple[bytes, str, int | None]], previous: Snapshot | None, reuse: bool,
+def _bytes_of(data: Any) -> Any:
+    return data() if callable(data) else data
+
+
+def _decode(parts: list[tuple[Any, str, int | None]], previous: Snapshot | None, reuse: bool,
             against: LinkRef | None) -> Snapshot:
     if not parts:
         raise CorruptCheckpoint("no parts")
     data, codec, raw = parts[0]
-    index = load_index(bytes(_compress.decompress(data, codec, raw_size=raw, limit=INDEX_CAP)))
+    index = load_index(bytes(_compress.decompress(_bytes_of(data), codec, raw_size=raw, limit=INDEX_CAP)))
     _check_against(index, previous, against)
     if len(parts) != len(index.parts) + 1:
         raise CorruptCheckpoint(f"expected {len(index.parts) + 1} parts, got {len(parts)}")
@@ -95,20 +105,92 @@ def _decode(parts: list[tuple[bytes, str, int | None]], previous: Snapshot | Non
         raise CorruptCheckpoint("base/delta mismatch with the previous snapshot given")
     treedef = previous.treedef if index.same_tree and previous is not None else index.treedef
     _check_leaves(index, treedef)
-    jobs = list(zip(parts[1:], index.parts))
-    payloads = list(_pools.codec_pool().map(lambda i: _read_part(*jobs[i], i + 1), range(len(jobs))))
+    reader = _Parts(parts[1:], index)
     before = previous.leaf_map() if previous is not None else {}
     # Check every record and build the generic leaves before any buffer is written,
     # so that a corrupt link leaves a reused previous snapshot as it was.
-    steps = {r.path: _array_step(r, before, payloads) for r in index.leaves if r.kind == ARRAY}
-    generic = {r.path: _apply(r, before, payloads) for r in index.leaves if r.kind != ARRAY}
+    steps = {r.path: _array_step(r, before, reader) for r in index.leaves if r.kind == ARRAY}
+    generic = {r.path: _apply(r, before, reader) for r in index.leaves if r.kind != ARRAY}
     size = sum(int(st.meta["nbytes"]) for st in steps.values()) + sum(x.nbytes for x in generic.values())
     if size != index.raw:
         raise CorruptCheckpoint("decoded leaves do not add up to the recorded size")
-    tasks = [task for st in steps.values() for task in st.start(reuse)]
-    list(_pools.codec_pool().map(lambda task: task(), tasks))
+    tasks = [task for st in steps.values() for task in st.start(reuse, reader)]
+    try:
+        list(_pools.restore_pool().map(lambda task: task(), tasks))
+    except BaseException:
+        if reuse and previous is not None and any(st.in_place for st in steps.values()):
+            previous.damaged = True
+        raise
     leaves = tuple(steps[r.path].leaf() if r.kind == ARRAY else generic[r.path] for r in index.leaves)
     return Snapshot(raw_nbytes=index.raw, treedef=treedef, leaves=leaves)
+
+
+class _Parts:
+    """The payload parts of one link: their recorded sizes at once, their bytes when asked for."""
+
+    def __init__(self, parts: list[tuple[Any, str, int | None]], index: Index) -> None:
+        self.parts, self.entries, self.version = parts, index.parts, index.version
+        for number, ((_data, codec, raw), entry) in enumerate(zip(parts, index.parts), start=1):
+            if codec != entry.codec:
+                raise CorruptCheckpoint(f"part {number}: codec {codec!r}, index says {entry.codec!r}")
+            if raw is not None and raw != entry.raw_size:
+                raise CorruptCheckpoint(f"part {number}: {raw} raw bytes recorded, index says {entry.raw_size}")
+            if raw is None and entry.raw_size > PART_CAP:
+                raise CorruptCheckpoint(f"part {number}: {entry.raw_size} raw bytes is more than a part holds")
+        self.checked: set[int] = set()
+        if not any(callable(data) for data, _codec, _raw in parts):
+            # All bytes are here already: check them before anything is written.
+            for number in range(1, len(parts) + 1):
+                self.stored(number)
+
+    def size(self, number: int) -> int:
+        return self.entries[number - 1].raw_size
+
+    def stored(self, number: int) -> Any:
+        """The stored bytes of part ``number`` (1-based), checked against the index."""
+        data = _bytes_of(self.parts[number - 1][0])
+        if number in self.checked:
+            return data
+        if part_check(data, self.version) != self.entries[number - 1].crc:
+            raise CorruptCheckpoint(f"part {number} failed its {'CRC-32' if self.version == 1 else 'xxh3'} check")
+        self.checked.add(number)
+        return data
+
+    def payload(self, number: int) -> _Payload:
+        """Part ``number`` decompressed, perhaps still shuffled (a ``planes`` part is unshuffled)."""
+        entry = self.entries[number - 1]
+        data = self.stored(number)
+        if entry.codec == "planes":
+            out = np.empty(entry.raw_size, dtype=np.uint8)
+            _compress.planes_into(out, data)
+            return out, 1
+        return _compress.decompress_planes(data, entry.codec, raw_size=entry.raw_size)
+
+    def into(self, number: int, dst: np.ndarray, itemsize: int, base: np.ndarray | None) -> None:
+        """Part ``number`` straight into ``dst`` (XORed with ``base``): a leaf's chunk.
+
+        A shuffled part must be shuffled by the leaf's element size (the zstd
+        checksum does not cover the shuffle's element-size byte).
+        """
+        entry = self.entries[number - 1]
+        stored = self.stored(number)
+        if entry.codec in ("planes", "shuffle+zstd") and len(stored) and stored[0] not in (1, itemsize):
+            # checked before anything is written
+            raise CorruptCheckpoint(f"leaf payload shuffled by {stored[0]} bytes, its items have {itemsize}")
+        if entry.codec == "planes":
+            shuffled = _compress.planes_into(dst, stored, xor_with=base)
+        elif entry.codec == "none" and base is None:
+            data = np.frombuffer(stored, dtype=np.uint8)
+            if data.nbytes != dst.nbytes:
+                raise CorruptCheckpoint(f"part {number} holds {data.nbytes} bytes, expected {dst.nbytes}")
+            np.copyto(dst, data)
+            shuffled = 1
+        else:
+            planes, shuffled = _compress.decompress_planes(stored, entry.codec, raw_size=entry.raw_size)
+            if shuffled in (1, itemsize):
+                _compress.unshuffle_into(dst, planes, shuffled, xor_with=base)
+        if shuffled not in (1, itemsize):
+            raise CorruptCheckpoint(f"leaf payload shuffled by {shuffled} bytes, its items have {itemsize}")
 
 
 def _check_against(index: Index, previous: Snapshot | None, against: LinkRef | None) -> None:
@@ -142,50 +224,38 @@ def _check_leaves(index: Index, treedef: Any) -> None:
         raise CorruptCheckpoint("leaf records do not use exactly the parts the index lists")
 
 
-def _read_part(part: tuple[bytes, str, int | None], entry: PartEntry, number: int) -> _Payload:
-    data, codec, raw = part
-    if codec != entry.codec:
-        raise CorruptCheckpoint(f"part {number}: codec {codec!r}, index says {entry.codec!r}")
-    if raw is not None and raw != entry.raw_size:
-        raise CorruptCheckpoint(f"part {number}: {raw} raw bytes recorded, index says {entry.raw_size}")
-    if raw is None and entry.raw_size > PART_CAP:
-        raise CorruptCheckpoint(f"part {number}: {entry.raw_size} raw bytes is more than a part holds")
-    if zlib.crc32(data) != entry.crc:
-        raise CorruptCheckpoint(f"part {number} failed its CRC-32 check")
-    return _compress.decompress_planes(data, codec, raw_size=entry.raw_size)
+def _chunks(ref: Any, reader: _Parts, size: int) -> list[_Chunk]:
+    """The payload of one leaf as ``(offset, part number, bytes)``; checks the total size.
 
-
-def _chunks(ref: Any, payloads: list[_Payload], size: int, itemsize: int = 1) -> list[_Chunk]:
-    """The payload of one leaf as chunks placed at their offsets; checks the total size.
-
-    A shuffled chunk must be shuffled by the leaf's element size (the zstd
-    checksum does not cover the shuffle's element-size byte).
+    Part number 0 stands for an inline payload (``ref`` itself).
     """
     if isinstance(ref, bytes):
-        chunks = [(np.frombuffer(ref, dtype=np.uint8), 1)]
-    else:
-        first, count, total = ref
-        chunks = payloads[first - 1:first - 1 + count]
-        if len(chunks) != count or total != size:
+        if len(ref) != size:
             raise CorruptCheckpoint("leaf payload has the wrong size")
+        return [(0, 0, size)]
+    first, count, total = ref
+    if first + count - 1 > len(reader.entries) or total != size:
+        raise CorruptCheckpoint("leaf payload has the wrong size")
     out, offset = [], 0
-    for data, shuffled in chunks:
-        if shuffled not in (1, itemsize):
-            raise CorruptCheckpoint(f"leaf payload shuffled by {shuffled} bytes, its items have {itemsize}")
-        out.append((offset, data, shuffled))
-        offset += data.nbytes
+    for number in range(first, first + count):
+        out.append((offset, number, reader.size(number)))
+        offset += reader.size(number)
     if offset != size:
         raise CorruptCheckpoint("leaf payload has the wrong size")
     return out
 
 
-def _joined(chunks: list[_Chunk], size: int) -> np.ndarray:
-    """The chunks as contiguous plain bytes (no copy for one unshuffled chunk)."""
-    if len(chunks) == 1 and chunks[0][2] == 1:
-        return chunks[0][1]
+def _joined(ref: Any, chunks: list[_Chunk], reader: _Parts, size: int, itemsize: int = 1) -> np.ndarray:
+    """The chunks as contiguous plain bytes (no copy of an inline payload)."""
+    if isinstance(ref, bytes):
+        return np.frombuffer(ref, dtype=np.uint8)
+    if len(chunks) == 1:
+        planes, shuffled = reader.payload(chunks[0][1])
+        if shuffled == 1:
+            return planes
     out = np.empty(size, dtype=np.uint8)
-    for offset, data, itemsize in chunks:
-        _compress.unshuffle_into(out[offset:offset + data.nbytes], data, itemsize)
+    for offset, number, n in chunks:
+        reader.into(number, out[offset:offset + n], itemsize, None)
     return out
 
 
@@ -196,36 +266,45 @@ class _ArrayStep:
     path: str
     meta: dict[str, Any]
     op: Op
+    ref: Any = None
     old: np.ndarray | None = None
     chunks: list[_Chunk] | None = None
     rows: np.ndarray | None = None
     data: np.ndarray | None = None
+    in_place: bool = False
 
-    def start(self, reuse: bool) -> list[Callable[[], None]]:
+    def start(self, reuse: bool, reader: _Parts) -> list[Callable[[], None]]:
         n, old, chunks = int(self.meta["nbytes"]), self.old, self.chunks or []
+        itemsize = int(self.meta["itemsize"])
         in_place = reuse and old is not None and old.flags.writeable
         if self.op is Op.SAME or n == 0:
             self.data = old if old is not None and n else np.empty(0, np.uint8)
             return []
-        if self.op is Op.FULL and len(chunks) == 1 and chunks[0][2] == 1:
-            self.data = chunks[0][1]   # no copy: the decompressed bytes are the leaf
+        if self.op is Op.FULL and isinstance(self.ref, bytes):
+            self.data = np.frombuffer(self.ref, dtype=np.uint8)   # no copy: the inline bytes are the leaf
             return []
         assert old is not None or self.op is Op.FULL
         dst = old if in_place and old is not None else _memory.empty(n)
-        self.data = dst
+        self.data, self.in_place = dst, dst is old
         if self.op is Op.ROWS:
             assert old is not None and self.rows is not None
             if not in_place:
                 np.copyto(dst, old)
-            return [self._xor_rows]
+            return [functools.partial(self._xor_rows, reader)]
         base = None if self.op is Op.FULL else old
-        return [functools.partial(_unshuffle_chunk, dst, o, c, k, base) for o, c, k in chunks]
+        if isinstance(self.ref, bytes):   # an inline XOR payload
+            return [functools.partial(_compress.unshuffle_into, dst, np.frombuffer(self.ref, np.uint8), 1,
+                                      xor_with=base)]
+        return [functools.partial(_chunk_into, reader, number, dst[o:o + size], itemsize,
+                                  None if base is None else base[o:o + size])
+                for o, number, size in chunks]
 
-    def _xor_rows(self) -> None:
+    def _xor_rows(self, reader: _Parts) -> None:
         assert self.data is not None and self.rows is not None
         nrows = self.meta["shape"][0]
         row_bytes = int(self.meta["nbytes"]) // nrows
-        delta = _joined(self.chunks or [], self.rows.size * row_bytes)
+        delta = _joined(self.ref, self.chunks or [], reader, self.rows.size * row_bytes,
+                        int(self.meta["itemsize"]))
         table = self.data.reshape(nrows, row_bytes)
         table[self.rows] ^= delta.reshape(self.rows.size, row_bytes)
 
@@ -233,32 +312,28 @@ class _ArrayStep:
         return Leaf(self.path, ARRAY, self.meta, self.data)
 
 
-def _unshuffle_chunk(dst: np.ndarray, offset: int, chunk: np.ndarray, itemsize: int,
-                     base: np.ndarray | None) -> None:
-    """One chunk of a leaf into ``dst`` (XORed with ``base`` for a delta)."""
-    end = offset + chunk.nbytes
-    _compress.unshuffle_into(dst[offset:end], chunk, itemsize, xor_with=None if base is None else base[offset:end])
+def _chunk_into(reader: _Parts, number: int, dst: np.ndarray, itemsize: int, base: np.ndarray | None) -> None:
+    reader.into(number, dst, itemsize, base)
 
 
-def _array_step(rec: LeafRecord, before: dict[str, Leaf], payloads: list[_Payload]) -> _ArrayStep:
-    n, itemsize = int(rec.meta["nbytes"]), int(rec.meta["itemsize"])
+def _array_step(rec: LeafRecord, before: dict[str, Leaf], reader: _Parts) -> _ArrayStep:
+    n = int(rec.meta["nbytes"])
     if rec.op is Op.FULL:
-        return _ArrayStep(rec.path, rec.meta, rec.op,
-                          chunks=_chunks(rec.ref, payloads, n, itemsize) if n else [])
+        return _ArrayStep(rec.path, rec.meta, rec.op, rec.ref, chunks=_chunks(rec.ref, reader, n) if n else [])
     old = _previous(before, rec.path, ARRAY).data
     if old.nbytes != n:
         raise CorruptCheckpoint(f"leaf {rec.path!r} decoded to the wrong size")
     if rec.op is Op.SAME:
-        return _ArrayStep(rec.path, rec.meta, rec.op, old)
+        return _ArrayStep(rec.path, rec.meta, rec.op, None, old)
     if rec.op is Op.XOR:
-        return _ArrayStep(rec.path, rec.meta, rec.op, old, _chunks(rec.ref, payloads, n, itemsize))
+        return _ArrayStep(rec.path, rec.meta, rec.op, rec.ref, old, _chunks(rec.ref, reader, n))
     assert rec.extra is not None   # _format checked the record's fields
     rows = np.frombuffer(rec.extra, dtype="<i8")
     nrows = rec.meta["shape"][0]
     if rows.size and (rows[0] < 0 or rows[-1] >= nrows or np.any(rows[1:] <= rows[:-1])):
         raise CorruptCheckpoint(f"row indices of {rec.path!r} are out of range or out of order")
-    chunks = _chunks(rec.ref, payloads, rows.size * (n // nrows), itemsize)
-    return _ArrayStep(rec.path, rec.meta, rec.op, old, chunks, rows)
+    chunks = _chunks(rec.ref, reader, rows.size * (n // nrows))
+    return _ArrayStep(rec.path, rec.meta, rec.op, rec.ref, old, chunks, rows)
 
 
 def _previous(before: dict[str, Leaf], path: str, kind: str) -> Leaf:
@@ -268,14 +343,14 @@ def _previous(before: dict[str, Leaf], path: str, kind: str) -> Leaf:
     return old
 
 
-def _apply(rec: LeafRecord, before: dict[str, Leaf], payloads: list[_Payload]) -> Leaf:
+def _apply(rec: LeafRecord, before: dict[str, Leaf], reader: _Parts) -> Leaf:
     """A generic (pickled) leaf; never writes to ``before``."""
     path, kind, meta, op, ref = rec.path, rec.kind, rec.meta, rec.op, rec.ref
     if op is Op.SAME:
         return Leaf(path, kind, meta, _previous(before, path, kind).data)
     if op is Op.FULL:
         if kind == "pickle" and not isinstance(ref, bytes):
-            return Leaf(path, kind, meta, _joined(_chunks(ref, payloads, ref[2]), ref[2]).tobytes())
+            return Leaf(path, kind, meta, _joined(ref, _chunks(ref, reader, ref[2]), reader, ref[2]).tobytes())
         return Leaf(path, kind, meta, ref)
     old = _previous(before, path, kind).data
     if op is Op.TAIL:

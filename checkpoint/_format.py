@@ -4,10 +4,14 @@ Part 0, once decompressed: ``MAGIC`` (4 bytes), the CRC-32 of the body (4 bytes,
 little-endian), then the body: a pickle (protocol 5) of a dict of builtin
 values only::
 
-    {"v": 1, "base": bool, "treedef": TreeDef | None, "same_tree": bool,
+    {"v": 2, "base": bool, "treedef": TreeDef | None, "same_tree": bool,
      "against": (seq, sha256 hex) | None, "raw": int,
      "leaves": [(path, kind, meta, op, ref, extra), ...],
-     "parts": [(crc32, raw_size, codec), ...]}   # parts 1..n
+     "parts": [(check, raw_size, codec), ...],   # parts 1..n
+     "bandwidth": int | None}                    # what ``auto`` assumed of the store
+
+``check`` is the xxh3-64 of the stored part in version 2 and its CRC-32 in
+version 1 (which has no ``bandwidth``); both versions are read.
 
 Reading never trusts the body: ``load_index`` checks the header and CRC, then
 walks the pickle's opcodes (``pickletools``) before loading it, and refuses
@@ -28,19 +32,21 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+import xxhash
+
 from . import codecs
 from ._plan import LeafRecord, Op
 from .errors import CorruptCheckpoint
 
 __all__ = [
     "INDEX_CAP", "KINDS", "MAGIC", "PART_CAP", "VERSION", "EncodedPart", "Index", "LinkRef", "PartEntry",
-    "dump_index", "load_index",
+    "dump_index", "load_index", "part_check",
 ]
 
 LinkRef = tuple[int, str]   # (seq, SHA-256 hex of the link's index part)
 
 MAGIC = b"CCX1"
-VERSION = 1
+VERSION = 2
 # Bounds when the caller cannot give a part's recorded raw size: the index
 # holds records and payloads under PART_FROM each, a part at most one CHUNK.
 INDEX_CAP = 256 * 1024 * 1024
@@ -52,7 +58,8 @@ _OPS = {
     "pickle_list": (Op.SAME, Op.FULL, Op.TAIL, Op.ITEMS),
     "pickle_dict": (Op.SAME, Op.FULL, Op.KEYS),
 }
-_FIELDS = {"v", "base", "treedef", "same_tree", "against", "raw", "leaves", "parts"}
+_FIELDS = {1: {"v", "base", "treedef", "same_tree", "against", "raw", "leaves", "parts"}}
+_FIELDS[2] = _FIELDS[1] | {"bandwidth"}
 # The opcodes a protocol-5 pickle of builtin values uses, by argument: a
 # fixed-size argument (bytes), or a length field (bytes) followed by that many.
 _FIXED = {
@@ -74,13 +81,14 @@ class EncodedPart:
     data: bytes       # bytes to store (already compressed)
     codec: str        # compression recorded in the manifest
     raw_size: int     # size before compression
+    numeric: bool = False   # array bytes, never unpickled (may be checked by xxh3)
 
 
 @dataclass(frozen=True)
 class PartEntry:
     """What the index records of one payload part."""
 
-    crc: int
+    crc: int          # ``part_check`` of the stored bytes (CRC-32 in version 1)
     raw_size: int
     codec: str
 
@@ -96,12 +104,19 @@ class Index:
     raw: int
     leaves: tuple[LeafRecord, ...]
     parts: tuple[PartEntry, ...]
+    version: int = VERSION
+    bandwidth: int | None = None
+
+
+def part_check(data: Any, version: int = VERSION) -> int:
+    """The check the index records of one stored part: xxh3-64 (v2) or CRC-32 (v1)."""
+    return zlib.crc32(data) if version == 1 else xxhash.xxh3_64_intdigest(data)
 
 
 def dump_index(index: Index) -> bytes:
-    """The raw (uncompressed) bytes of part 0."""
-    body = pickle.dumps({
-        "v": VERSION,
+    """The raw (uncompressed) bytes of part 0, in ``index.version``'s layout."""
+    fields: dict[str, Any] = {
+        "v": index.version,
         "base": index.base,
         "treedef": index.treedef,
         "same_tree": index.same_tree,
@@ -109,7 +124,10 @@ def dump_index(index: Index) -> bytes:
         "raw": index.raw,
         "leaves": [(r.path, r.kind, r.meta, r.op.value, r.ref, r.extra) for r in index.leaves],
         "parts": [(p.crc, p.raw_size, p.codec) for p in index.parts],
-    }, protocol=5)
+    }
+    if index.version >= 2:
+        fields["bandwidth"] = index.bandwidth
+    body = pickle.dumps(fields, protocol=5)
     return MAGIC + zlib.crc32(body).to_bytes(4, "little") + body
 
 
@@ -171,8 +189,12 @@ def _check_opcodes(body: bytes) -> None:
 
 
 def _layout(value: Any) -> Index:
-    if not isinstance(value, dict) or value.get("v") != VERSION or set(value) != _FIELDS:
+    version = value.get("v") if isinstance(value, dict) else None
+    if type(version) is not int or version not in _FIELDS or set(value) != _FIELDS[version]:
         raise CorruptCheckpoint("index part has an unknown layout")
+    bandwidth = value.get("bandwidth")
+    if bandwidth is not None and not _count(bandwidth):
+        raise CorruptCheckpoint("index records a malformed store bandwidth")
     base, same_tree, raw = value["base"], value["same_tree"], value["raw"]
     if type(base) is not bool or type(same_tree) is not bool or not _count(raw):
         raise CorruptCheckpoint("index header fields have the wrong types")
@@ -180,7 +202,7 @@ def _layout(value: Any) -> Index:
     if type(leaves) is not list or type(parts) is not list:
         raise CorruptCheckpoint("index tables have the wrong types")
     return Index(base, value["treedef"], same_tree, _against(value["against"]), raw,
-                 tuple(_leaf(r) for r in leaves), tuple(_part(p) for p in parts))
+                 tuple(_leaf(r) for r in leaves), tuple(_part(p) for p in parts), version, bandwidth)
 
 
 def _count(value: Any) -> bool:

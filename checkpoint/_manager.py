@@ -50,7 +50,7 @@ class CheckpointManager:
                  config: ManagerConfig = ManagerConfig()) -> None:
         self.config = config
         self.tiers = TierRouter(sql_store, object_store, config.db_size_limit)
-        self.chain = ChainStore(engine, self.tiers, config.key_prefix)
+        self.chain = ChainStore(engine, self.tiers, config.key_prefix, numeric_hash=config.numeric_hash)
         self._reader = read_engine(engine)
 
     @property
@@ -113,7 +113,7 @@ class CheckpointManager:
                 files_dir: str | None = None) -> Restored | None:
         """Rebuild the newest consistent state of the task, or None (takes no epoch).
 
-        Every blob's size and SHA-256 are checked before anything is decoded.
+        Every blob's size and hash are checked before it is decoded (see ``_apply_links``).
         The chain stops at the first missing or corrupt link (the result is
         then ``truncated``). A checkpoint older than ``max_age`` seconds is
         deleted and None returned. With ``files_dir`` the files committed with
@@ -123,8 +123,11 @@ class CheckpointManager:
         """
         validate_id(job_id, "job id")
         validate_id(task_id, "task id")
-        return self._restore_rows(job_id, task_id, self.chain.rows(task_id), max_age,
-                                  files_dir)[0]
+        restored = self._restore_rows(job_id, task_id, self.chain.rows(task_id), max_age,
+                                      files_dir)[0]
+        if restored is not None:
+            restored.exclusive = True   # no writer keeps this snapshot as its delta reference
+        return restored
 
     def _restore_rows(self, job_id: str, task_id: str, rows: list[CheckpointRow],
                       max_age: float | None, files_dir: str | None = None,
@@ -177,29 +180,7 @@ class CheckpointManager:
 
     def _restore_chain(self, job_id: str, task_id: str, links: list[CheckpointRow],
                        newest_chain: bool) -> tuple[Restored | None, list[CheckpointRow]]:
-        verified: list[tuple[CheckpointRow, list[tuple[bytes, str, int]]]] = []
-        # verify every blob of the chain before decoding any of them
-        for link, result in zip(links, self.chain.fetch_verified(task_id, links), strict=True):
-            if isinstance(result, (CorruptCheckpoint, BlobNotFound)):
-                log.warning("CheckpointManager: task %r seq %d unusable (%s); restoring the last "
-                            "consistent checkpoint before it", task_id, link.seq, result)
-                break
-            verified.append((link, result))
-        snapshot: Snapshot | None = None
-        applied: list[CheckpointRow] = []
-        for link, parts in verified:
-            try:
-                # The intermediate snapshots are ours alone: each link updates the
-                # previous one's buffers in place instead of copying the state.
-                previous = reuse_buffers(snapshot) if snapshot is not None else None
-                against = _link_ref(applied[-1]) if applied else None
-                # triples: the catalog's raw sizes bound every decompression
-                snapshot = decode(parts, previous, against=against)
-            except CorruptCheckpoint as exc:
-                log.warning("CheckpointManager: task %r seq %d failed to decode (%s); restoring "
-                            "the last consistent checkpoint before it", task_id, link.seq, exc)
-                break
-            applied.append(link)
+        snapshot, applied = self._apply_links(task_id, links)
         if not applied or snapshot is None:
             return None, []
         last = applied[-1]
@@ -212,6 +193,50 @@ class CheckpointManager:
             age_seconds=(utcnow() - last.created_at).total_seconds(), truncated=truncated,
             progress_percent=last.progress_percent, chain=tuple(r.seq for r in applied))
         return restored, applied
+
+    def _apply_links(self, task_id: str, links: list[CheckpointRow]
+                     ) -> tuple[Snapshot | None, list[CheckpointRow]]:
+        """Decode ``links`` in order, streaming each link's parts; stop at the first bad one.
+
+        Every blob is checked (size and hash) before it is decoded, and a
+        pickled part is unpickled only after its SHA-256 matched. The parts of
+        a link stream through memory (a few ahead of the decoder), so a
+        restore holds the state and little more. A delta that turns out bad
+        while it is written into the state (a blob that fails its check
+        after earlier parts of the link were applied) has damaged the
+        state: the links before it are then decoded again.
+        """
+        snapshot: Snapshot | None = None
+        applied: list[CheckpointRow] = []
+        for k, link in enumerate(links):
+            previous = reuse_buffers(snapshot) if snapshot is not None else None
+            against = _link_ref(applied[-1]) if applied else None
+            try:
+                stream = self.chain.open_link(task_id, link)
+            except (CorruptCheckpoint, BlobNotFound) as exc:
+                self._unusable(task_id, link, exc)
+                break
+            try:
+                # The intermediate snapshots are ours alone: each link updates the
+                # previous one's buffers in place instead of copying the state;
+                # the catalog's raw sizes bound every decompression.
+                snapshot = decode(stream.parts, previous, against=against)
+            except (CorruptCheckpoint, BlobNotFound) as exc:
+                self._unusable(task_id, link, exc)
+                if previous is not None and previous.damaged:
+                    log.warning("CheckpointManager: task %r: decoding seq %d again up to seq %d",
+                                task_id, links[0].seq, applied[-1].seq)
+                    return self._apply_links(task_id, links[:k])
+                break
+            finally:
+                stream.close()
+            applied.append(link)
+        return snapshot, applied
+
+    @staticmethod
+    def _unusable(task_id: str, link: CheckpointRow, exc: Exception) -> None:
+        log.warning("CheckpointManager: task %r seq %d unusable (%s); restoring the last "
+                    "consistent checkpoint before it", task_id, link.seq, exc)
 
     # -- deletion -----------------------------------------------------------------------
 

@@ -85,6 +85,11 @@ class Plan:
     source: Callable[[int, int], Any] | None = None
     itemsize: int = 1
     array: bool = True
+    # For arrays: the payload is ``data[start:end]``, XORed with ``base[start:end]``
+    # when ``base`` is set (what ``source`` computes), so that the encoder can fuse
+    # the XOR with the byte shuffle instead of making the XOR first.
+    data: np.ndarray | None = None
+    base: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------- byte helpers
@@ -133,7 +138,8 @@ def _record(cur: Leaf, op: Op, ref: Any = None, extra: bytes | None = None) -> L
 
 def _full(cur: Leaf) -> Plan:
     data = cur.data
-    return Plan(_record(cur, Op.FULL), data.nbytes, lambda s, e: data[s:e], int(cur.meta["itemsize"]))
+    return Plan(_record(cur, Op.FULL), data.nbytes, lambda s, e: data[s:e], int(cur.meta["itemsize"]),
+                data=data)
 
 
 def _same(cur: Leaf) -> Plan:
@@ -165,14 +171,15 @@ def _rows(old: Leaf, cur: Leaf, rows: np.ndarray) -> Plan:
     delta = xor(cur.data.reshape(nrows, row_bytes)[rows].reshape(-1),
                 old.data.reshape(nrows, row_bytes)[rows].reshape(-1))
     record = _record(cur, Op.ROWS, extra=rows.astype("<i8").tobytes())
-    return Plan(record, delta.nbytes, lambda s, e: delta[s:e], int(cur.meta["itemsize"]))
+    return Plan(record, delta.nbytes, lambda s, e: delta[s:e], int(cur.meta["itemsize"]), data=delta)
 
 
 def _dense(old: Leaf, cur: Leaf, mode: str) -> Plan:
     a, b, itemsize = cur.data, old.data, int(cur.meta["itemsize"])
     if mode == "none" or not _xor_pays(a, b, itemsize, mode):
         return _full(cur)
-    return Plan(_record(cur, Op.XOR), a.nbytes, lambda s, e: xor(a[s:e], b[s:e]), itemsize)
+    return Plan(_record(cur, Op.XOR), a.nbytes, lambda s, e: xor(a[s:e], b[s:e]), itemsize,
+                data=a, base=b)
 
 
 def _xor_pays(a: np.ndarray, b: np.ndarray, itemsize: int, mode: str) -> bool:

@@ -1,7 +1,10 @@
 """The library's thread pools and their CPU priority, in one place.
 
-* the *codec pool* (``codec_pool``, ``pmap``): encoding, compression and
-  decoding of parts, one worker per core up to 8, at background priority;
+* the *codec pool* (``codec_pool``, ``pmap``): encoding and compression of
+  parts, one worker per core up to 8, at background priority;
+* the *restore pool* (``restore_pool``): decoding of parts, one worker per
+  core up to 8, at normal priority: whoever restores waits for it, and on a
+  busy machine background threads would get a fraction of a core;
 * the *copy helpers* (``copy_helpers``): up to 3 threads that help the task's
   own thread copy a large capture; they run at normal priority because the
   caller is paused while they work.
@@ -17,10 +20,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-__all__ = ["BACKGROUND_NICE", "codec_pool", "copy_helpers", "lower_thread_priority", "pmap", "width"]
+__all__ = [
+    "BACKGROUND_NICE", "codec_pool", "copy_helpers", "lower_thread_priority", "pmap", "restore_pool", "width",
+]
 
 BACKGROUND_NICE = 10
 _executor: ThreadPoolExecutor | None = None
+_restore: ThreadPoolExecutor | None = None
 _copy_helpers: ThreadPoolExecutor | None = None
 _helpers_lock = threading.Lock()
 
@@ -48,6 +54,16 @@ def codec_pool() -> ThreadPoolExecutor:
                                        thread_name_prefix="ckpt-codec",
                                        initializer=lower_thread_priority)
     return _executor
+
+
+def restore_pool() -> ThreadPoolExecutor:
+    """The shared pool that decodes parts (normal priority)."""
+    global _restore
+    with _helpers_lock:
+        if _restore is None:
+            _restore = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1),
+                                          thread_name_prefix="ckpt-decode")
+        return _restore
 
 
 def width(pool: ThreadPoolExecutor) -> int:

@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._snapshot import Snapshot
 
-__all__ = ["CommitInfo", "ManagerConfig", "PartRef", "Restored", "plan_kind"]
+__all__ = ["HASHES", "CommitInfo", "ManagerConfig", "PartRef", "Restored", "plan_kind"]
+
+
+#: The integrity hashes a manifest records, by the JSON key that holds the hex digest:
+#: SHA-256 for the index and every pickled part, xxh3-128 for numeric parts (never
+#: unpickled) since index version 2 (docs/architecture.md, "Threat model").
+HASHES = ("sha256", "xxh3_128")
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,11 @@ class ManagerConfig:
             core to its tasks this way; the bytes written do not depend on it.
         file_chunk_size: checkpointed files are stored in chunks of this many
             bytes (``checkpoint/_files.py``).
+        numeric_hash: the integrity hash of numeric parts (``xxh3_128``, or
+            ``sha256`` where the object store's writers are less trusted than
+            the catalog's and array values must be authentic; see the threat
+            model in docs/architecture.md). The index and pickled parts are
+            always SHA-256; restore reads either.
     """
 
     db_size_limit: int = 1 << 20
@@ -38,31 +49,45 @@ class ManagerConfig:
     key_prefix: str = "ckpt"
     encode_threads: int | None = None
     file_chunk_size: int = 4 << 20
+    numeric_hash: str = "xxh3_128"
 
     def __post_init__(self) -> None:
         if self.encode_threads is not None and self.encode_threads < 1:
             raise ValueError(f"encode_threads must be >= 1 or None, got {self.encode_threads}")
+        if self.numeric_hash not in HASHES:
+            raise ValueError(f"numeric_hash must be one of {HASHES}, got {self.numeric_hash!r}")
 
 
 @dataclass(frozen=True)
 class PartRef:
-    """One stored blob of a checkpoint, as recorded in the manifest."""
+    """One stored blob of a checkpoint, as recorded in the manifest.
+
+    ``digest`` is the hex digest of the stored bytes by ``hash`` (one of
+    ``HASHES``); the JSON form keys the digest by the hash's name.
+    """
 
     key: str
     tier: str  # "sql" | "object"
     size: int
     raw_size: int
-    sha256: str
+    digest: str
     codec: str
+    hash: str = "sha256"
+
+    @property
+    def sha256(self) -> str | None:
+        """The SHA-256 hex digest, or None for a part checked by another hash."""
+        return self.digest if self.hash == "sha256" else None
 
     def to_json(self) -> dict[str, Any]:
         return {"key": self.key, "tier": self.tier, "size": self.size,
-                "raw_size": self.raw_size, "sha256": self.sha256, "codec": self.codec}
+                "raw_size": self.raw_size, self.hash: self.digest, "codec": self.codec}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PartRef:
+        kind = next((h for h in HASHES if h in d), "sha256")
         return cls(str(d["key"]), str(d["tier"]), int(d["size"]), int(d["raw_size"]),
-                   str(d["sha256"]), str(d["codec"]))
+                   str(d[kind]), str(d["codec"]), kind)
 
 
 @dataclass(frozen=True)
@@ -110,11 +135,20 @@ class Restored:
     progress_percent: float | None
     chain: tuple[int, ...] = field(default=())  # seqs applied, base first
     files_dir: str | None = None  # where the link's files were restored, None without files
+    #: True when nothing but this object holds ``snapshot`` (``CheckpointManager.restore``):
+    #: ``state`` then takes over its buffers instead of copying them
+    exclusive: bool = False
 
     @cached_property
     def state(self) -> Any:
-        """The restored user state (``snapshot.to_state()``)."""
-        return self.snapshot.to_state()
+        """The restored user state (``snapshot.to_state()``).
+
+        When ``exclusive`` the arrays of the state are the snapshot's buffers
+        (no copy): ``snapshot`` changes with the state from then on. A
+        restore that a writer continues from (``open_attempt``) keeps the
+        snapshot as its delta reference, so its state is a copy.
+        """
+        return self.snapshot.to_state(share=self.exclusive)
 
 
 def plan_kind(*, has_previous: bool, deltas_since_base: int, delta_bytes_since_base: int,

@@ -42,9 +42,9 @@ class Leaf:
             return int(self.meta["nbytes"])
         return generic.leaf_size(self.kind, self.data)
 
-    def restore(self) -> object:
+    def restore(self, share: bool = False) -> object:
         if self.kind == ARRAY:
-            return codec_for(self.meta["fw"]).restore(self.meta, self.data)
+            return codec_for(self.meta["fw"]).restore(self.meta, self.data, share=share)
         return generic.unpickle_leaf(self.kind, self.meta, self.data)
 
     def same_content(self, other: Leaf) -> bool:
@@ -93,6 +93,8 @@ class Snapshot:
     leaves: tuple[Leaf, ...] = ()
     owner: BufferOwner | None = field(default=None, repr=False, compare=False)
     reuse: bool = field(default=False, repr=False, compare=False)
+    # set by a decode that failed while writing into this snapshot's buffers
+    damaged: bool = field(default=False, repr=False, compare=False)
     _by_path: dict[str, Leaf] | None = field(default=None, init=False, repr=False, compare=False)
 
     def leaf_map(self) -> dict[str, Leaf]:
@@ -100,24 +102,28 @@ class Snapshot:
             self._by_path = {leaf.path: leaf for leaf in self.leaves}
         return self._by_path
 
-    def to_state(self) -> object:
+    def to_state(self, *, share: bool = False) -> object:
         """Rebuild the original structure; array values are fresh copies.
+
+        With ``share`` array values take over the snapshot's writable buffers
+        instead (no copy): for a snapshot nothing else uses again, such as
+        one just restored; it then changes with the state.
 
         Raises:
             CorruptCheckpoint: a leaf or the tree definition cannot be rebuilt
                 (e.g. it names a class whose module is not imported).
         """
         try:
-            return inflate(self.treedef, {leaf.path: _restore(leaf) for leaf in self.leaves})
+            return inflate(self.treedef, {leaf.path: _restore(leaf, share) for leaf in self.leaves})
         except CorruptCheckpoint:
             raise
         except Exception as exc:   # stored data that does not rebuild is a corrupt checkpoint
             raise CorruptCheckpoint(f"cannot rebuild the state: {type(exc).__name__}: {exc}") from exc
 
 
-def _restore(leaf: Leaf) -> object:
+def _restore(leaf: Leaf, share: bool) -> object:
     try:
-        return leaf.restore()
+        return leaf.restore(share)
     except Exception as exc:
         raise CorruptCheckpoint(f"cannot rebuild state leaf {leaf.path or '<root>'!r}: "
                                 f"{type(exc).__name__}: {exc}") from exc

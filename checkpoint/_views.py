@@ -76,7 +76,8 @@ class BlobView:
     stored_bytes: int
     raw_bytes: int
     codec: str
-    sha256: str
+    sha256: str | None          # SHA-256 of the stored bytes (the index, pickled parts)
+    xxh3_128: str | None = None  # xxh3-128 instead, for numeric parts since index version 2
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,8 @@ class StorageView:
 def _blob(seq: int, part: int, kind: str, ref: PartRef,
           locate: Callable[[PartRef], str]) -> BlobView:
     return BlobView(seq, part, kind, ref.key, ref.tier, locate(ref), ref.size,
-                    ref.raw_size, ref.codec, ref.sha256)
+                    ref.raw_size, ref.codec, ref.sha256,
+                    ref.digest if ref.hash == "xxh3_128" else None)
 
 
 def _chunks(rows: Sequence[CheckpointRow], locate: Callable[[PartRef], str]) -> tuple[BlobView, ...]:

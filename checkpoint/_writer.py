@@ -149,7 +149,8 @@ class TaskWriter:
         reference = head if kind == "delta" else None
         parts = encode(reference.snapshot if reference else None, snapshot,
                        compression=self.config.compression, threads=self.config.encode_threads,
-                       against=reference.ref if reference else None)
+                       against=reference.ref if reference else None,
+                       bandwidth=self.chain.tiers.objects.bandwidth)
         refs = self.chain.put_parts(self.job_id, self.task_id, self.epoch, seq, parts)
         new_chunks: list[PartRef] = []
         row = self._row(kind, seq, refs, snapshot, progress_percent, head)
@@ -270,7 +271,7 @@ class TaskWriter:
 def _advance(head: ChainHead | None, row: CheckpointRow, snapshot: Snapshot,
              refs: list[PartRef]) -> ChainHead:
     summary = link_summary(row)
-    ref = (row.seq, refs[0].sha256)
+    ref = (row.seq, refs[0].digest)   # the index part: always SHA-256
     if row.kind == "base" or head is None or head.base is None:
         return ChainHead(snapshot, ref, summary, files=row.files)
     return ChainHead(snapshot, ref, head.base, (*head.deltas, summary), files=row.files)

@@ -47,8 +47,12 @@ class ArrayCodec(Protocol):
         """Copy the leaf's bytes (C order) into ``out``, a host buffer of ``nbytes``."""
         ...
 
-    def restore(self, meta: dict[str, Any], data: np.ndarray) -> object:
-        """An object equal to the captured one, from its metadata and bytes."""
+    def restore(self, meta: dict[str, Any], data: np.ndarray, *, share: bool = False) -> object:
+        """An object equal to the captured one, from its metadata and bytes.
+
+        With ``share`` the object may use ``data``'s memory (when it is
+        writable) instead of a copy: ``data`` then belongs to it.
+        """
         ...
 
     def version_token(self, obj: Any) -> Any:

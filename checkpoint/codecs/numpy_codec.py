@@ -53,7 +53,7 @@ def copy_into(obj: np.ndarray, out: Any, *, non_blocking: bool = False) -> None:
         np.copyto(out.view(obj.dtype).reshape(obj.shape), obj, casting="no")
 
 
-def restore(meta: dict[str, Any], data: np.ndarray) -> np.ndarray:
+def restore(meta: dict[str, Any], data: np.ndarray, *, share: bool = False) -> np.ndarray:
     dtype = dtype_from_token(meta["dtype"])
     shape = tuple(meta["shape"])
     if dtype.hasobject or dtype.itemsize != meta["itemsize"]:
@@ -61,4 +61,7 @@ def restore(meta: dict[str, Any], data: np.ndarray) -> np.ndarray:
     if meta["nbytes"] == 0:
         return np.empty(shape, dtype)
     count = math.prod(shape)
-    return np.frombuffer(data, dtype=dtype, count=count).reshape(shape).copy()
+    value = np.frombuffer(data, dtype=dtype, count=count).reshape(shape)
+    if share and data.flags.writeable and isinstance(data, np.ndarray):
+        return data[:meta["nbytes"]].view(dtype).reshape(shape)   # the buffer, writable
+    return value.copy()

@@ -54,7 +54,8 @@ def copy_into(obj: Any, out: np.ndarray, *, non_blocking: bool = False) -> None:
         np.copyto(out.view(value.dtype).reshape(value.shape), value, casting="no")
 
 
-def restore(meta: dict[str, Any], data: np.ndarray) -> Any:
+def restore(meta: dict[str, Any], data: np.ndarray, *, share: bool = False) -> Any:
+    # TensorFlow copies host memory into its own tensors: ``share`` changes nothing.
     dtype = tf.as_dtype(meta["dtype"])
     if dtype.size != meta["itemsize"]:
         raise ValueError(f"dtype {dtype.name} does not match the recorded item size {meta['itemsize']}")

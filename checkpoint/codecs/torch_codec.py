@@ -116,13 +116,19 @@ def _device_available(device: str) -> bool:
     return False
 
 
-def restore(meta: dict[str, Any], data: np.ndarray) -> torch.Tensor:
+def restore(meta: dict[str, Any], data: np.ndarray, *, share: bool = False) -> torch.Tensor:
     dtype = vars(torch).get(meta["dtype"])
     if not isinstance(dtype, torch.dtype) or dtype.itemsize != meta["itemsize"]:
         raise ValueError(f"{meta['dtype']!r} is not a torch dtype of {meta['itemsize']} bytes")
-    t = torch.empty(tuple(meta["shape"]), dtype=dtype)
-    if meta["nbytes"]:
-        t.reshape(-1).view(torch.uint8).numpy()[:] = np.frombuffer(data, np.uint8, count=meta["nbytes"])
+    nbytes = meta["nbytes"]
+    if share and nbytes and isinstance(data, np.ndarray) and data.flags.writeable \
+            and data.ctypes.data % dtype.itemsize == 0:
+        # the decoded buffer becomes the tensor's storage: no copy, no fresh pages
+        t = torch.from_numpy(data[:nbytes]).view(dtype).view(tuple(meta["shape"]))
+    else:
+        t = torch.empty(tuple(meta["shape"]), dtype=dtype)
+        if nbytes:
+            t.reshape(-1).view(torch.uint8).numpy()[:] = np.frombuffer(data, np.uint8, count=nbytes)
     device = meta.get("device", "cpu")
     if device != "cpu":
         if _device_available(device):

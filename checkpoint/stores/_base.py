@@ -60,6 +60,9 @@ class BlobStore(ABC):
 
     #: how the manifest names the tier this store backs ("sql" or "object")
     tier: str = "object"
+    #: bytes/s one stream moves to or from the store, as the ``auto`` compression
+    #: weighs it (None: unknown; then only the bytes a compression saves count)
+    bandwidth: float | None = None
 
     @abstractmethod
     def put(self, key: str, data: bytes) -> None:

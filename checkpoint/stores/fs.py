@@ -44,6 +44,7 @@ class FsStore(BlobStore):
     """Blobs as files under ``root``; the key is the relative path."""
 
     tier = "object"
+    bandwidth = 2e9   # a local SSD, or the page cache
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()

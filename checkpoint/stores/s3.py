@@ -90,6 +90,7 @@ class S3Store(BlobStore):
     """
 
     tier = "object"
+    bandwidth = 1e8   # one S3 stream
 
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
                  client: Any = None, max_workers: int = 8, create_bucket: bool = False) -> None:

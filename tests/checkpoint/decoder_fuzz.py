@@ -175,6 +175,9 @@ def _codec_fields(data: bytes, codec: str) -> list[tuple[int, int]]:
     """(offset, width) of size fields in a stored blob: zstd header, gzip trailer, shuffle byte."""
     if codec == "gzip" and len(data) >= 8:
         return [(len(data) - 4, 4), (len(data) - 8, 4)]
+    if codec == "planes" and len(data) >= 1:
+        # element size, one flag per plane, one 8-byte stored length per plane
+        return [(0, 1), *((1 + k, 1) for k in range(data[0])), *((1 + data[0] + 8 * k, 8) for k in range(data[0]))]
     start = 1 if codec == "shuffle+zstd" else 0
     fields = [(0, 1)] if codec == "shuffle+zstd" else []
     if codec in ("zstd", "shuffle+zstd") and len(data) > start + 6:
@@ -252,7 +255,7 @@ def mutated(link: Link, target: str, kind: str, seed: int, triples: bool) -> lis
 
             def fix(value: dict[str, Any]) -> None:
                 crc, size, codec_ = value["parts"][k - 1]
-                value["parts"][k - 1] = (zlib.crc32(new), size, codec_)
+                value["parts"][k - 1] = (_format.part_check(new, value["v"]), size, codec_)
             parts = [with_value(link, fix)[0], *parts[1:]]
     elif target == "index-body":
         raw = index_raw(link)
@@ -272,7 +275,7 @@ def mutated(link: Link, target: str, kind: str, seed: int, triples: bool) -> lis
 def stage(exc: CorruptCheckpoint) -> str:
     """Where a CorruptCheckpoint came from, from its message."""
     text = str(exc)
-    for needle, name in (("CRC-32", "crc"), ("index pickle", "index pickle"), ("index refers", "index pickle"),
+    for needle, name in (("CRC-32", "crc"), ("xxh3", "crc"), ("index pickle", "index pickle"), ("index refers", "index pickle"),
                          ("cannot be read", "index pickle"), ("no valid header", "index header"),
                          ("rebuild", "to_state"), ("tree", "tree definition"),
                          ("layout", "index layout"), ("malformed", "index layout"),
@@ -374,7 +377,7 @@ def _payload_bomb(data: bytes, codec: str) -> list[tuple[Any, ...]]:
 
     def point(value: dict[str, Any]) -> None:
         _crc, size, _codec = value["parts"][0]
-        value["parts"][0] = (zlib.crc32(data), size, codec)
+        value["parts"][0] = (_format.part_check(data, value["v"]), size, codec)
     return [with_value(link, point)[0], (data, codec, link.parts[1][2])]
 
 

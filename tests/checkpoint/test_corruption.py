@@ -24,9 +24,20 @@ def history(manager: CheckpointManager, monkeypatch: pytest.MonkeyPatch):
     decoded: list[bytes] = []
     real = manager_module.decode
 
+    def seen(data):
+        # parts after the index arrive as functions that fetch and check them
+        if not callable(data):
+            decoded.append(data)
+            return data
+
+        def fetch():
+            out = data()
+            decoded.append(out)
+            return out
+        return fetch
+
     def spy(parts, previous, **kwargs):
-        decoded.extend(part[0] for part in parts)
-        return real(parts, previous, **kwargs)
+        return real([(seen(part[0]), *part[1:]) for part in parts], previous, **kwargs)
 
     monkeypatch.setattr(manager_module, "decode", spy)
     return states, decoded

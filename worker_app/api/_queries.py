@@ -75,6 +75,7 @@ def _blob(b: Any) -> BlobLocation:
         stored_size=b.stored_bytes,
         codec=b.codec,
         sha256=b.sha256,
+        xxh3_128=b.xxh3_128,
     )
 
 

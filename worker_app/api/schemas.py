@@ -152,6 +152,9 @@ class BlobLocation(_Model):
     stored_size: int = Field(ge=0, description="Bytes after compression.")
     codec: str | None = None
     sha256: str | None = None
+    xxh3_128: str | None = Field(
+        default=None, description="Integrity hash of a numeric part (index version 2) instead of SHA-256."
+    )
 
 
 class StorageTotals(_Model):
