@@ -132,13 +132,17 @@ class _LocalSession(CheckpointSession):
             self.commits += 1
         return taken
 
+    def checkpoint_due(self) -> bool:
+        # Explicit: the base class defines it, so ``__getattr__`` would never forward it.
+        return bool(self.inner.checkpoint_due())
+
     def checkpoint_files(self, path: str) -> None:
         self.inner.checkpoint_files(path)
 
     def restore_files(self) -> str | None:
         return self.inner.restore_files()  # type: ignore[no-any-return]
 
-    def __getattr__(self, name: str) -> Any:   # checkpoint_due and the rest of the session API
+    def __getattr__(self, name: str) -> Any:   # the rest of the session API
         return getattr(self.inner, name)
 
     def heartbeat_details(self) -> dict[str, Any]:

@@ -16,7 +16,13 @@ CFG = {"seed": 3, "steps": 20}
 def test_without_checkpoints_current_task_works() -> None:
     out = sdk.run_local(tasks.context_info, 5, job_id="unit", index=2)
     assert (out["job_id"], out["task_id"], out["index"], out["attempt"]) == ("unit", "unit:2", 2, 1)
-    assert out["restore"] is None and out["checkpoint"] is False
+    assert out["restore"] is None and out["checkpoint"] is False and out["due"] is False
+
+
+def test_checkpoint_due_answers_as_in_a_worker() -> None:
+    # Interval 0: every call is due, and checkpoint_due() says so before the call.
+    out = sdk.run_local(tasks.context_info, 5, checkpoint_interval=0)
+    assert (out["due"], out["checkpoint"]) == (True, True)
 
 
 def test_an_interrupted_run_resumes_exactly() -> None:

@@ -35,6 +35,7 @@ def context_info(x: int) -> dict[str, Any]:
         "index": ctx.index,
         "attempt": ctx.attempt,
         "restore": ctx.restore(),
+        "due": ctx.checkpoint_due(),
         "checkpoint": ctx.checkpoint({"x": x}, progress_percent=50.0),
     }
 
