@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from temporalio import activity
+from temporalio.api.common.v1 import Payload
+from temporalio.common import RawValue
 
 from activities._ipc import InitSpec, RunSpec
 from activities._pool import AttemptEvents, ProcessPool
@@ -29,12 +31,15 @@ from workflows.models import (
     TaskStarted,
     task_id_for,
 )
+from workflows.payloads import is_given
 
 log = logging.getLogger(__name__)
 
 # A task that finishes sooner than this never signals "running": short tasks
 # cost no extra history events, long ones show up as running in the query.
 START_SIGNAL_DELAY = 1.0
+# ``run_task``'s item when a first-format workflow passes none.
+NO_ITEM = RawValue(Payload())
 
 
 class CheckpointProvider(Protocol):
@@ -84,13 +89,25 @@ class TaskActivities:
                         memory_limit=self.settings.task_memory_limit)
 
     @activity.defn(name="run_task")
-    async def run_task(self, arg: RunTaskInput) -> str:
-        """Run the user function on one item in a task process; return its pickled result."""
+    async def run_task(self, arg: RunTaskInput, item: RawValue = NO_ITEM) -> RawValue | str:
+        """Run the user function on one item in a task process; return its result.
+
+        ``item`` is the item's payload and the result is one too; a task of a
+        first-format job has neither (``arg.payload`` and the result are base64
+        pickles).
+        """
+        if not is_given(item):
+            return str(await self._run_task(arg, None))
+        result = await self._run_task(arg, item.payload.SerializeToString())
+        assert isinstance(result, bytes)  # the task process answers in the item's format
+        return RawValue(Payload.FromString(result))
+
+    async def _run_task(self, arg: RunTaskInput, item: bytes | None) -> str | bytes:
         info = activity.info()
         hinted_seq, hinted_catalog = previous_heartbeat(info.heartbeat_details)
         spec = RunSpec(
             job_id=arg.job_id, task_id=task_id_for(arg.job_id, arg.index), index=arg.index,
-            attempt=info.attempt, fn=arg.fn, payload=arg.payload,
+            attempt=info.attempt, fn=arg.fn, payload=arg.payload, item=item,
             checkpoint_interval=arg.checkpoint_interval,
             checkpoint_every_steps=arg.checkpoint_every_steps,
             max_checkpoint_age=arg.max_checkpoint_age,

@@ -8,14 +8,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
+from temporalio.api.common.v1 import Payload
 from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError, CancelledError, TerminatedError
 from temporalio.service import RPCError
 
-from sdk._codec import decode_value, encode_value
+from sdk import _codec
 from sdk._connection import Connection, connect, default_connection
 from sdk._functions import function_path
 from sdk._job_items import build_job_item_store
+from sdk._values import decode_value, encode_value
 from sdk.errors import JobCancelled, JobFailed
 from workflows.job import JobWorkflow
 from workflows.models import (
@@ -34,6 +37,7 @@ from workflows.models import (
     task_id_for,
     validate_job_id,
 )
+from workflows.payloads import is_json, json_value, unpack
 
 # Seconds: "checkpoint by steps only" (ten years, longer than any task runs).
 STEPS_ONLY_INTERVAL = 10 * 365 * 86400.0
@@ -53,7 +57,7 @@ class JobHandle:
     async def result(self) -> list[Any]:
         """The results in input order; :class:`JobFailed` / :class:`JobCancelled` otherwise."""
         try:
-            encoded: list[str] = await self._handle.result()
+            raw: RawValue = await self._result_handle().result()
         except WorkflowFailureError as err:
             cause = err.cause
             if isinstance(cause, (CancelledError, TerminatedError)):
@@ -61,13 +65,17 @@ class JobHandle:
                 raise JobCancelled(f"job {self.job_id} was {how}") from err
             msg = cause.message if isinstance(cause, ApplicationError) else str(cause)
             raise JobFailed(f"job {self.job_id} failed: {msg}") from err
-        if not encoded:
+        results: list[Payload] | list[str] = unpack(raw.payload)
+        if not results:
             # A job with stored items returns nothing itself: its batches wrote
             # their results to the item store.
             store = build_job_item_store(self._conn.settings)
-            stored = await asyncio.to_thread(store.read_results, self.job_id)
-            encoded = stored or []
-        return [decode_value(e) for e in encoded]
+            results = await asyncio.to_thread(store.read_results, self.job_id) or []
+        return [_decode_result(r) for r in results]
+
+    def _result_handle(self) -> WorkflowHandle[Any, RawValue]:
+        return self._conn.client.get_workflow_handle(
+            self.job_id, run_id=self._handle.run_id, result_type=RawValue)
 
     async def progress(self, batch: int | None = None) -> JobProgress:
         """Per-state counts of every task, and the state and attempt of tasks.
@@ -183,7 +191,14 @@ def _options(
                        checkpoint_every_steps)
 
 
-def _encode_items(items: Iterable[Any]) -> list[str]:
+def _decode_result(result: Payload | str) -> Any:
+    # A job started by an earlier version returns base64 pickles (JSON strings).
+    if isinstance(result, str):
+        return _codec.decode_value(result)
+    return decode_value(result)
+
+
+def _encode_items(items: Iterable[Any]) -> list[Payload]:
     """Every item encoded; an item that cannot be is named by its index."""
     encoded = []
     for index, item in enumerate(items):
@@ -236,30 +251,46 @@ async def start_job(
     conn: Connection,
     job_id: str,
     fn: str,
-    encoded: list[str],
+    encoded: list[Payload],
     options: TaskOptions,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     window: int = DEFAULT_WINDOW,
     batches_per_run: int = BATCHES_PER_RUN,
 ) -> JobHandle:
-    """Start ``JobWorkflow``; items of a job larger than one batch go to the item store.
+    """Start ``JobWorkflow``; items that are not all JSON, or more than one batch, go to the item store.
 
-    A small job keeps its items in the workflow input (today's path, readable in
-    the Temporal UI); a larger one writes them once, in chunks of its batch size,
-    and passes only their count.
+    A small job of JSON items keeps them in the workflow input (readable in the
+    Temporal UI and CLI); any other writes them once, in chunks of its batch
+    size, and passes only their count (each task's item is then its own payload).
     """
     size = batch_size_for(batch_size, options)
-    arg = JobInput(job_id=job_id, fn=fn, items=encoded, options=options, batch_size=batch_size,
+    arg = JobInput(job_id=job_id, fn=fn, items=[], options=options, batch_size=batch_size,
                    window=window, batches_per_run=batches_per_run)
-    if len(encoded) > size:
+    if len(encoded) <= size and all(is_json(p) for p in encoded):
+        arg = replace(arg, items=[json_value(p) for p in encoded])
+    else:
         store = build_job_item_store(conn.settings)
         await asyncio.to_thread(store.put_items, job_id, encoded, size)
-        arg = replace(arg, items=[], item_count=len(encoded))
+        arg = replace(arg, item_count=len(encoded))
     handle = await conn.client.start_workflow(
-        JobWorkflow.run, arg, id=job_id, task_queue=conn.settings.task_queue
+        JobWorkflow.run, arg, id=job_id, task_queue=conn.settings.task_queue,
+        static_summary=job_summary(fn, len(encoded), options),
     )
     return JobHandle(job_id, handle, conn)
+
+
+def job_summary(fn: str, count: int, options: TaskOptions) -> str:
+    """The job's line in the Temporal UI: function, item count, checkpointing."""
+    if options.checkpoint_interval is None:
+        how = "no checkpoints"
+    elif options.checkpoint_interval >= STEPS_ONLY_INTERVAL:
+        how = f"checkpoint every {options.checkpoint_every_steps} steps"
+    else:
+        how = f"checkpoint every {options.checkpoint_interval:g} s"
+        if options.checkpoint_every_steps is not None:
+            how += f" or {options.checkpoint_every_steps} steps"
+    return f"{fn} over {count} item{'s' if count != 1 else ''}, {how}"
 
 
 async def map(  # noqa: A001 - the public name is part of the API

@@ -13,7 +13,8 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.api.common.v1 import Payload
+from temporalio.common import RawValue, RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 from workflows.models import (
@@ -40,6 +41,18 @@ NON_RETRYABLE_TYPES = ["FunctionNotFound", "UnpicklableResult", "BadTaskInput"]
 # Recorded when a stop first cancels tasks a wave at a time; histories written
 # before it cancelled every task in one activation and replay that way.
 CANCEL_IN_WAVES_PATCH = "cancel-tasks-in-waves"
+# Recorded by a job (or batch) whose items and results are payloads of their own
+# encodings; histories written before it carry base64 pickles and replay that way.
+PAYLOADS_PATCH = "native-payloads"
+
+
+def legacy_payloads(given: bool) -> bool:
+    """True when this workflow carries base64-pickle items (call first in ``run``).
+
+    ``given``: the input says so (a later run or a batch of such a job, which
+    replays no old history of its own and must be told).
+    """
+    return given or not workflow.patched(PAYLOADS_PATCH)
 
 
 def _observe(fut: asyncio.Future[Any]) -> None:
@@ -98,21 +111,27 @@ def describe_failure(task_id: str, err: BaseException) -> str:
 
 
 class TaskRunner:
-    """Schedules one ``run_task`` activity per item and tracks their states."""
+    """Schedules one ``run_task`` activity per item and tracks their states.
+
+    ``items`` are payloads (each task gets its own as a raw second argument and
+    returns its result as one), or base64 strings of a first-format job
+    (passed in ``RunTaskInput.payload``; their results are strings).
+    """
 
     def __init__(
-        self, job_id: str, fn: str, items: list[str], offset: int, options: TaskOptions
+        self, job_id: str, fn: str, items: Sequence[Payload | str], offset: int,
+        options: TaskOptions,
     ) -> None:
         self.job_id = job_id
         self.fn = fn
-        self.items = items
+        self.items = list(items)
         self.offset = offset
         self.options = options
         self.tasks = [
             TaskProgress(index=offset + i, task_id=task_id_for(job_id, offset + i))
-            for i in range(len(items))
+            for i in range(len(self.items))
         ]
-        self.results: list[str | None] = [None] * len(items)
+        self.results: list[Any] = [None] * len(self.items)
 
     def mark_started(self, index: int, attempt: int) -> None:
         """Record that an attempt of task ``index`` is running (a signal)."""
@@ -128,8 +147,11 @@ class TaskRunner:
             out[task.state] = out.get(task.state, 0) + 1
         return out
 
-    async def run(self) -> list[str]:
-        """Run every task; on the first failure cancel the rest and fail."""
+    async def run(self) -> list[Any]:
+        """Run every task; on the first failure cancel the rest and fail.
+
+        Returns the results in order: payloads (strings for a legacy job).
+        """
         # One gather rather than a wait() loop: re-waiting on every pending task after
         # each completion costs O(tasks) per activation, O(tasks²) per batch.
         futures: list[asyncio.Future[None]] = []
@@ -151,31 +173,19 @@ class TaskRunner:
     async def _run_one(self, pos: int) -> None:
         task = self.tasks[pos]
         opts = self.options
+        item = self.items[pos]
         arg = RunTaskInput(
             job_id=self.job_id,
             index=task.index,
             fn=self.fn,
-            payload=self.items[pos],
+            payload=item if isinstance(item, str) else "",
             checkpoint_interval=opts.checkpoint_interval,
             max_checkpoint_age=opts.max_checkpoint_age,
             heartbeat_timeout=opts.heartbeat_timeout,
             checkpoint_every_steps=opts.checkpoint_every_steps,
         )
         try:
-            result = await workflow.execute_activity(
-                "run_task",
-                arg,
-                result_type=str,
-                activity_id=str(task.index),
-                start_to_close_timeout=TASK_START_TO_CLOSE,
-                heartbeat_timeout=timedelta(seconds=opts.heartbeat_timeout),
-                retry_policy=RetryPolicy(
-                    maximum_attempts=opts.max_attempts,
-                    # A retry after a worker died should not wait minutes: cap the backoff.
-                    maximum_interval=MAX_RETRY_INTERVAL,
-                    non_retryable_error_types=NON_RETRYABLE_TYPES,
-                ),
-            )
+            result = await self._execute(arg, item, task.index)
         except (ActivityError, CancelledError, asyncio.CancelledError) as err:
             if isinstance(err, ActivityError) and not isinstance(err.cause, CancelledError):
                 task.state, task.error = TASK_FAILED, describe_failure(task.task_id, err)
@@ -191,3 +201,24 @@ class TaskRunner:
                 CleanupTaskInput(job_id=self.job_id, task_id=task.task_id),
                 start_to_close_timeout=timedelta(minutes=5),
             )
+
+    async def _execute(self, arg: RunTaskInput, item: Payload | str, index: int) -> Any:
+        """The ``run_task`` activity of one item; its result (a payload, or a legacy string)."""
+        opts = self.options
+        common: dict[str, Any] = {
+            "activity_id": str(index),
+            "start_to_close_timeout": TASK_START_TO_CLOSE,
+            "heartbeat_timeout": timedelta(seconds=opts.heartbeat_timeout),
+            "retry_policy": RetryPolicy(
+                maximum_attempts=opts.max_attempts,
+                # A retry after a worker died should not wait minutes: cap the backoff.
+                maximum_interval=MAX_RETRY_INTERVAL,
+                non_retryable_error_types=NON_RETRYABLE_TYPES,
+            ),
+        }
+        if isinstance(item, str):
+            return await workflow.execute_activity("run_task", arg, result_type=str, **common)
+        raw: RawValue = await workflow.execute_activity(
+            "run_task", args=[arg, RawValue(item)], result_type=RawValue,
+            summary=f"task {index} of {self.fn}", **common)
+        return raw.payload

@@ -2,14 +2,17 @@
 
 Sandbox-safe: standard library only. Every model is a dataclass whose fields are
 only ever added (with defaults), never renamed, so running histories replay.
-User items and results cross Temporal as opaque base64 strings of pickles; the
-workflow never unpickles them.
+User items and results cross Temporal as payloads of their own encodings
+(``workflows.payloads``): JSON values as JSON, inline in these models; others
+as opaque payloads the workflow never decodes. Jobs started before that (their
+``items`` are base64 strings of pickles) run on as they started.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
@@ -74,11 +77,16 @@ class TaskOptions:
 
 @dataclass
 class JobInput:
-    """Input of ``JobWorkflow``: ``items`` are base64 pickles, in input order."""
+    """Input of ``JobWorkflow``: ``items`` are JSON values, in input order.
+
+    A job with other items (or more than one batch of them) has them in the job
+    item store instead. Jobs of the first payload format carried base64 pickles
+    here (``legacy_payloads``).
+    """
 
     job_id: str
     fn: str
-    items: list[str]
+    items: list[Any]
     options: TaskOptions = field(default_factory=TaskOptions)
     batch_size: int = DEFAULT_BATCH_SIZE
     # > 0: the items are in the job item store (``items`` is empty), in chunks
@@ -89,6 +97,8 @@ class JobInput:
     # Carried across continue-as-new: the next batch to start, tasks completed.
     next_batch: int = 0
     completed: int = 0
+    # Set by a job of base64-pickle items for the runs and batches it starts.
+    legacy_payloads: bool = False
 
 
 @dataclass
@@ -97,12 +107,13 @@ class BatchInput:
 
     job_id: str
     fn: str
-    items: list[str]
+    items: list[Any]
     offset: int = 0
     options: TaskOptions = field(default_factory=TaskOptions)
     # >= 0: ``items`` is empty; read chunk ``chunk`` from the job item store and
     # write the results there (the batch then returns an empty list).
     chunk: int = -1
+    legacy_payloads: bool = False
 
 
 @dataclass
@@ -111,11 +122,17 @@ class ChunkRef:
 
     job_id: str
     chunk: int
+    # True: the chunk is one payload of payloads; False: base64 lines (first format).
+    payloads: bool = False
 
 
 @dataclass
 class ChunkResults:
-    """Input of the ``write_job_results`` activity: the results of one chunk."""
+    """Input of the ``write_job_results`` activity: the results of one chunk.
+
+    ``results`` holds base64 lines of the first format; today's batches send
+    their results as a second, raw argument instead.
+    """
 
     job_id: str
     chunk: int
@@ -124,12 +141,16 @@ class ChunkResults:
 
 @dataclass
 class RunTaskInput:
-    """Input of the ``run_task`` activity: one item of one job."""
+    """Input of the ``run_task`` activity: one item of one job.
+
+    The item is the activity's second argument, a payload of its own encoding;
+    ``payload`` held a base64 pickle in the first format.
+    """
 
     job_id: str
     index: int
     fn: str
-    payload: str
+    payload: str = ""
     checkpoint_interval: float | None = None
     max_checkpoint_age: float | None = 3600.0
     heartbeat_timeout: float = 30.0
