@@ -18,13 +18,13 @@ from temporalio.client import Client, WorkflowHistory
 
 import sdk
 from sdk._files import write_atomic
-from sdk._values import decode_value, encode_value
-from workflows.payloads import pack, unpack
 from sdk._job_items import FsJobItemStore, build_job_item_store
 from sdk._jobs import start_job
+from sdk._values import decode_value, encode_value
 from worker_app.settings import Settings
 from worker_app.worker import running_worker
 from workflows.models import TaskOptions
+from workflows.payloads import pack, unpack
 
 MAX_EVENTS = 10_240
 _OPENED = EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED
