@@ -204,7 +204,7 @@ class ChildProcess:
             svc.manager, ctx, interval=spec.checkpoint_interval,
             every_steps=spec.checkpoint_every_steps, max_age=spec.max_checkpoint_age,
             memory_budget=svc.memory_budget, observer=svc.observer)
-        session.start(spec.hinted_seq, spec.hinted_catalog)
+        session.start(spec.hinted_seq, spec.hinted_catalog, fresh=spec.fresh)
         return session
 
     def _close_session(self, run: _Run, *, succeeded: bool) -> None:

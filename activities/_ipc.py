@@ -50,6 +50,8 @@ class RunSpec:
     max_checkpoint_age: float | None = None
     hinted_seq: int | None = None
     hinted_catalog: str | None = None
+    # Start over: delete the task's checkpoints rather than resume from them.
+    fresh: bool = False
 
 
 @dataclass(frozen=True)

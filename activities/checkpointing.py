@@ -133,12 +133,15 @@ class TaskCheckpointSession(CheckpointSession):
 
     # -- attempt start -------------------------------------------------------------------
 
-    def start(self, hinted_seq: int | None = None, hinted_catalog: str | None = None) -> None:
+    def start(self, hinted_seq: int | None = None, hinted_catalog: str | None = None, *,
+              fresh: bool = False) -> None:
         """Take a new fencing epoch and restore the newest committed checkpoint.
 
         ``hinted_seq`` / ``hinted_catalog``: what the previous attempt's last
         heartbeat named. Raises CatalogMismatch when that attempt committed to
-        another catalog (this one would restart the task from zero).
+        another catalog (this one would restart the task from zero). ``fresh``:
+        the task was asked to start over (see ``run_task``): its checkpoints
+        are deleted instead of restored.
         """
         ctx = self.ctx
         mine = self.manager.catalog_id
@@ -152,6 +155,13 @@ class TaskCheckpointSession(CheckpointSession):
                 "at the same catalog.")
         attempt = self.manager.open_attempt(ctx.job_id, ctx.task_id, ctx.attempt,
                                             max_age=self.max_age)
+        if fresh and attempt.restored is not None:
+            log.info("CheckpointHandler: task %s starts over (reset with its heartbeat details "
+                     "cleared): deleting its checkpoints up to seq %d", ctx.task_id,
+                     attempt.restored.seq)
+            self.manager.delete_task(ctx.task_id)
+            attempt = self.manager.open_attempt(ctx.job_id, ctx.task_id, ctx.attempt,
+                                                max_age=self.max_age)
         self.epoch, self.restored, self._writer = attempt.epoch, attempt.restored, attempt.writer
         if self.restored is not None:
             self.observer.restored(self.restored.truncated)

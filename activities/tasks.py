@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -111,7 +111,7 @@ class TaskActivities:
             checkpoint_interval=arg.checkpoint_interval,
             checkpoint_every_steps=arg.checkpoint_every_steps,
             max_checkpoint_age=arg.max_checkpoint_age,
-            hinted_seq=hinted_seq, hinted_catalog=hinted_catalog)
+            hinted_seq=hinted_seq, hinted_catalog=hinted_catalog, fresh=_starts_over(info))
         # Until the task process reports its own, this attempt's heartbeats carry the last
         # one's checkpoint and catalog: an attempt that fails before it checkpoints (a
         # catalog mismatch, a crash) must not erase what the next one is checked against.
@@ -144,7 +144,8 @@ class TaskActivities:
             try:
                 attempt.send_final = lambda: child.chan.send("final")
                 self._running.add(attempt)
-                return await child.run(spec, self._events(attempt), lambda: self._stop_grace)
+                return await self._run_in(child.run(spec, self._events(attempt),
+                                                    lambda: self._stop_grace), attempt)
             finally:
                 self._running.discard(attempt)
                 if attempt.final is not None and not attempt.final.done():
@@ -154,6 +155,39 @@ class TaskActivities:
             timer.cancel()
             for task in beat:
                 task.cancel()
+
+    async def _run_in(self, running: Coroutine[Any, Any, str | bytes],
+                      attempt: _Attempt) -> str | bytes:
+        """Await the attempt in its task process; a pause or reset first saves a checkpoint.
+
+        Temporal delivers ``temporal activity pause`` / ``reset`` (and the UI's) as a
+        cancellation at the next heartbeat. A checkpointed task then takes a final
+        checkpoint before its process is stopped, so unpausing (or the reset's
+        new attempt) resumes from where it paused, not from the last interval.
+        """
+        run = asyncio.ensure_future(running)
+        try:
+            return await asyncio.shield(run)
+        except asyncio.CancelledError:
+            await self._final_on_pause(attempt, run)
+            run.cancel()
+            await asyncio.wait({run})
+            if not run.cancelled():
+                run.exception()  # retrieved: the attempt is being cancelled anyway
+            raise
+
+    async def _final_on_pause(self, attempt: _Attempt, run: asyncio.Future[Any]) -> None:
+        why = activity.cancellation_details()
+        if why is None or not (why.paused or why.reset) or not attempt.checkpointed or run.done():
+            return
+        loop = asyncio.get_running_loop()
+        attempt.final = final = loop.create_future()
+        attempt.send_final()
+        done, _ = await asyncio.wait({final}, timeout=self.settings.shutdown_grace_seconds)
+        saved = bool(done) and final.result()
+        log.info("task %s attempt %d %s: final checkpoint %s", attempt.spec.task_id,
+                 attempt.spec.attempt, "paused" if why.paused else "reset",
+                 "committed" if saved else "not taken in time")
 
     def _events(self, attempt: _Attempt) -> AttemptEvents:
         observer = self.checkpoints.observer if self.checkpoints is not None else None
@@ -224,6 +258,18 @@ class TaskActivities:
         """Delete whatever checkpoint data remains for a finished job."""
         if self.checkpoints is not None:
             await self.checkpoints.cleanup_job(arg.job_id)
+
+
+def _starts_over(info: activity.Info) -> bool:
+    """True for an attempt told to start over rather than resume.
+
+    Attempt 1 without heartbeat details: either the task's first attempt (it has
+    no checkpoints, so nothing changes) or one after ``temporal activity reset
+    --clear-heartbeat-details`` (or a workflow reset), whose checkpoints are then
+    deleted. A plain ``reset`` keeps the details and resumes: the attempt count
+    starts over, the task's progress does not. Every retry has attempt > 1.
+    """
+    return info.attempt == 1 and not info.heartbeat_details
 
 
 __all__ = ["CheckpointProvider", "TaskActivities"]

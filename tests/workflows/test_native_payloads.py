@@ -120,7 +120,7 @@ async def test_a_numpy_item_round_trips_and_the_codec_server_previews_it(
 
 
 async def test_the_codec_server_speaks_the_remote_codec_protocol(
-        settings: Settings) -> None:
+        worker: None, conn: sdk.Connection, settings: Settings, temporal_address: str) -> None:
     import httpx
 
     port = free_port()
@@ -134,8 +134,7 @@ async def test_the_codec_server_speaks_the_remote_codec_protocol(
         assert b"codec server on" in line, line
         url = f"http://127.0.0.1:{port}"
         big = np.zeros((600, 100))  # 480 kB: stored externally
-        stored = await sdk.connect(settings=settings)
-        [ref] = await stored.client.data_converter.encode([big])
+        [ref] = await conn.client.data_converter.encode([big])
         assert len(ref.data) < 1024
         pickled = encode_value(("a", 1))
         body = {"payloads": [_wire(p) for p in [ref, pickled, encode_value(7)]]}
@@ -154,6 +153,14 @@ async def test_the_codec_server_speaks_the_remote_codec_protocol(
         assert encoded == body
         assert preflight.status_code == 200
         assert preflight.headers["access-control-allow-origin"] == "http://localhost:8233"
+        # The CLI renders a task's NumPy item through it.
+        job_id = f"codec-{uuid.uuid4().hex[:8]}"
+        await sdk.map(tasks.array_stats, [np.ones((2, 5), dtype=np.float32)], job_id=job_id)
+        shown = await temporal(temporal_address, "workflow", "show", "--workflow-id",
+                               f"{job_id}--batch-0", "--detailed", "--codec-endpoint", url)
+        assert "input[1].dtype: float32" in shown
+        assert "input[1].shape[1]: 5" in shown
+        assert "result[0].type: numpy.ndarray" in shown
     finally:
         proc.terminate()
         await proc.wait()
