@@ -194,7 +194,7 @@ class JobWorkflow(_RunsTasks):
             self._continuing = True
             workflow.continue_as_new(
                 replace(arg, next_batch=next_chunk, completed=self._completed,
-                        legacy_payloads=arg.legacy_payloads or self._legacy)
+                        legacy_payloads=self._legacy)
             )
         return []
 
