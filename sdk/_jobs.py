@@ -226,7 +226,8 @@ async def submit(
 
     Args:
         fn: a top-level function of an importable module (or ``"module:function"``).
-        items: picklable inputs, one task each.
+        items: inputs, one task each: JSON values travel as JSON (readable in the
+            Temporal UI and CLI), NumPy arrays as ``.npy`` bytes, anything else pickled.
         checkpoint_interval: seconds between checkpoints; None disables them (unless
             ``checkpoint_every_steps`` is set).
         job_id: the workflow id (generated when omitted).

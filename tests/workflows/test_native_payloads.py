@@ -20,10 +20,12 @@ from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
 
 import sdk
+from sdk._jobs import STEPS_ONLY_INTERVAL, job_summary
 from sdk._values import decode_value, encode_value, is_json_value
 from worker_app.codec_server import decode_payloads, preview_payload
 from worker_app.dev import find_temporal_binary
 from worker_app.settings import Settings
+from workflows.models import TaskOptions
 from workflows.payloads import ENCODING_LIST, ENCODING_NPY, ENCODING_PICKLE, encoding_of, pack
 
 
@@ -200,3 +202,13 @@ async def test_a_job_started_by_a_plain_temporal_client_runs(
         "JobWorkflow", {"job_id": job_id, "fn": "tasks:square", "items": [4, 5]},
         id=job_id, task_queue=settings.task_queue)
     assert result == [16, 25]
+
+
+def test_job_summaries_name_function_items_and_checkpointing() -> None:
+    assert job_summary("m:f", 1, TaskOptions()) == "m:f over 1 item, no checkpoints"
+    assert job_summary("m:f", 8, TaskOptions(checkpoint_interval=10.0)) == (
+        "m:f over 8 items, checkpoint every 10 s")
+    both = TaskOptions(checkpoint_interval=2.5, checkpoint_every_steps=100)
+    assert job_summary("m:f", 2, both) == "m:f over 2 items, checkpoint every 2.5 s or 100 steps"
+    steps = TaskOptions(checkpoint_interval=STEPS_ONLY_INTERVAL, checkpoint_every_steps=50)
+    assert job_summary("m:f", 2, steps) == "m:f over 2 items, checkpoint every 50 steps"
