@@ -115,9 +115,24 @@ def preview_payload(payload: Payload) -> Payload:
 
 
 async def decode_payloads(converter: DataConverter, payloads: list[Payload]) -> list[Payload]:
-    """Externally stored payloads resolved, then previewed."""
-    raws = await converter.decode(payloads, [RawValue] * len(payloads))
+    """Externally stored payloads resolved, then previewed.
+
+    One that cannot be fetched (deleted, unreachable store) becomes a preview
+    of the error; the others are still shown.
+    """
+    try:
+        raws = await converter.decode(payloads, [RawValue] * len(payloads))
+    except Exception:  # find which: one at a time
+        return [await _decode_one(converter, p) for p in payloads]
     return [preview_payload(raw.payload) for raw in raws]
+
+
+async def _decode_one(converter: DataConverter, payload: Payload) -> Payload:
+    try:
+        [raw] = await converter.decode([payload], [RawValue])
+    except Exception as exc:  # shown in the UI instead of failing the whole page
+        return json_payload({"error": f"cannot fetch the stored payload: {exc}"})
+    return preview_payload(raw.payload)
 
 
 def _parse(body: bytes) -> list[Payload]:

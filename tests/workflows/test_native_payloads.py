@@ -140,10 +140,18 @@ async def test_the_codec_server_speaks_the_remote_codec_protocol(
         assert len(ref.data) < 1024
         pickled = encode_value(("a", 1))
         body = {"payloads": [_wire(p) for p in [ref, pickled, encode_value(7)]]}
+        # a reference to a payload that is not in the store (deleted, say)
+        missing = Payload()
+        missing.CopyFrom(ref)
+        claim = json.loads(ref.data)
+        digest = claim["claimData"]["sha256"]
+        missing.data = ref.data.replace(digest.encode(), b"0" * 64)
         async with httpx.AsyncClient() as http:
             decoded = (await http.post(f"{url}/decode", json=body,
                                        headers={"X-Namespace": "default"})).json()
             encoded = (await http.post(f"{url}/encode", json=body)).json()
+            broken = (await http.post(f"{url}/decode", json={"payloads": [
+                _wire(missing), _wire(encode_value(8))]})).json()
             preflight = await http.options(f"{url}/decode", headers={
                 "Origin": "http://localhost:8233", "Access-Control-Request-Method": "POST",
                 "Access-Control-Request-Headers": "content-type,x-namespace"})
@@ -153,6 +161,9 @@ async def test_the_codec_server_speaks_the_remote_codec_protocol(
                              "size": len(pickled.data)}
         assert values[2] == 7
         assert encoded == body
+        [error, eight] = [json.loads(base64.b64decode(p["data"])) for p in broken["payloads"]]
+        assert error["error"].startswith("cannot fetch the stored payload")
+        assert eight == 8
         assert preflight.status_code == 200
         assert preflight.headers["access-control-allow-origin"] == "http://localhost:8233"
         # The CLI renders a task's NumPy item through it.
