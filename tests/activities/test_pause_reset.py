@@ -95,11 +95,12 @@ async def test_pause_unpause_and_reset_resume_from_a_final_checkpoint(
     assert 10 <= resumed <= paused_at
     await _until("progress after the unpause", lambda: _last_step(log) >= resumed + 10)
 
-    # A reset of a running task: Temporal starts the new attempt at once (which
-    # fences the old one), so it resumes from the newest committed checkpoint.
+    # A reset of a running task resumes from the newest committed checkpoint:
+    # the pause's (Temporal starts the new attempt at once, which fences the old
+    # one), or a final one if the old attempt saw the reset in time.
     await temporal(temporal_address, "activity", "reset", *act)
     third = await _until("an attempt after the reset", lambda: _starts(log)[2:])
-    assert third[0][1] == resumed
+    assert third[0][1] >= resumed
     await _until("progress after the reset", lambda: _last_step(log) >= resumed + 10)
 
     # A fresh start: pause (a final checkpoint), then reset clearing the details.
