@@ -171,16 +171,15 @@ class ChildProcess:
         succeeded = False
         try:
             from activities._resolve import resolve_function
-            from sdk._codec import decode_value, encode_value
 
             fn = resolve_function(spec.fn)
-            item = _decode_item(spec, decode_value)
+            item = _decode_item(spec)
             if spec.checkpoint_interval is not None or spec.checkpoint_every_steps is not None:
                 run.session = self._open_session(ctx, spec)
                 ctx.session = run.session
             self.current = run
             result = asyncio.run(fn(item)) if inspect.iscoroutinefunction(fn) else fn(item)
-            encoded = _encode_result(spec, result, encode_value)
+            encoded = _encode_result(spec, result)
             succeeded = True
         except BaseException as exc:  # noqa: BLE001 - every failure goes to the worker
             self._close_session(run, succeeded=False)
@@ -206,7 +205,7 @@ class ChildProcess:
             every_steps=spec.checkpoint_every_steps, max_age=spec.max_checkpoint_age,
             memory_budget=svc.memory_budget, observer=svc.observer, keep=spec.keep,
             warm_start_from=spec.warm_start_from)
-        session.start(spec.hinted_seq, spec.hinted_catalog)
+        session.start(spec.hinted_seq, spec.hinted_catalog, fresh=spec.fresh)
         return session
 
     def _close_session(self, run: _Run, *, succeeded: bool) -> None:
@@ -240,21 +239,31 @@ class _ForwardingObserver:
         return forward
 
 
-def _decode_item(spec: RunSpec, decode: Any) -> Any:
+def _decode_item(spec: RunSpec) -> Any:
+    from temporalio.api.common.v1 import Payload
     from temporalio.exceptions import ApplicationError
 
+    from sdk import _codec, _values
+
     try:
-        return decode(spec.payload)
+        if spec.item is None:
+            return _codec.decode_value(spec.payload)
+        return _values.decode_value(Payload.FromString(spec.item))
     except Exception as exc:
-        raise ApplicationError(f"cannot unpickle item {spec.index}: {type(exc).__name__}: {exc}",
+        raise ApplicationError(f"cannot decode item {spec.index}: {type(exc).__name__}: {exc}",
                                type="BadTaskInput", non_retryable=True) from exc
 
 
-def _encode_result(spec: RunSpec, result: Any, encode: Any) -> str:
+def _encode_result(spec: RunSpec, result: Any) -> str | bytes:
+    """The result as the worker returns it: a payload, or a base64 pickle (first format)."""
     from temporalio.exceptions import ApplicationError
 
+    from sdk import _codec, _values
+
     try:
-        return str(encode(result))
+        if spec.item is None:
+            return _codec.encode_value(result)
+        return _values.encode_value(result).SerializeToString()
     except Exception as exc:
         raise ApplicationError(
             f"result of task {spec.task_id} cannot be pickled: {type(exc).__name__}: {exc}",

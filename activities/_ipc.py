@@ -2,13 +2,13 @@
 
 One Unix socket pair per child; every message is a 4-byte big-endian length and a
 pickled tuple ``(op, *args)``. Messages are small (a run request carries the
-item's base64 pickle; a result the result's), never checkpoint bytes: the child
+item's payload; a result the result's), never checkpoint bytes: the child
 persists its checkpoints itself.
 
 Parent → child: ``("init", InitSpec)``, ``("run", RunSpec)``, ``("stop",)``,
 ``("final",)``. Child → parent: ``("ready", pid)``, ``("beat", details)``,
 ``("observe", method, args)``, ``("final_done", ok)``, ``("fenced",)``,
-``("done", encoded_result)``, ``("error", TaskError)``.
+``("done", result)`` (a serialized payload, or a base64 string for a first-format job), ``("error", TaskError)``.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ class RunSpec:
     attempt: int
     fn: str
     payload: str
+    # The item's serialized ``Payload``; None for a first-format job (``payload``).
+    item: bytes | None = None
     checkpoint_interval: float | None = None
     checkpoint_every_steps: int | None = None
     max_checkpoint_age: float | None = None
@@ -50,6 +52,8 @@ class RunSpec:
     hinted_catalog: str | None = None
     keep: str = "none"
     warm_start_from: str | None = None
+    # Start over: delete the task's checkpoints rather than resume from them.
+    fresh: bool = False
 
 
 @dataclass(frozen=True)

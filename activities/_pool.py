@@ -101,7 +101,7 @@ class TaskProcess:
         return self.proc.returncode is None
 
     async def run(self, spec: RunSpec, events: AttemptEvents,
-                  stop_grace: Callable[[], float]) -> str:
+                  stop_grace: Callable[[], float]) -> str | bytes:
         """Run one attempt; its encoded result, or raise what ended it.
 
         Cancelling this coroutine asks the child to stop and kills it when it has
@@ -117,7 +117,7 @@ class TaskProcess:
                 await self._end_within(reading, stop_grace())
             raise
 
-    async def _end_within(self, reading: asyncio.Task[str], grace: float) -> None:
+    async def _end_within(self, reading: asyncio.Task[str | bytes], grace: float) -> None:
         await asyncio.wait({reading}, timeout=grace)
         if not reading.done():
             log.warning("task process %d did not stop within %.1f s; killing it", self.pid, grace)
@@ -126,7 +126,7 @@ class TaskProcess:
         if not reading.cancelled():
             reading.exception()  # retrieved: the attempt is being cancelled anyway
 
-    async def _relay(self, spec: RunSpec, events: AttemptEvents, stop_grace: float) -> str:
+    async def _relay(self, spec: RunSpec, events: AttemptEvents, stop_grace: float) -> str | bytes:
         fenced = False
         loop = asyncio.get_running_loop()
         while True:
@@ -154,7 +154,8 @@ class TaskProcess:
             elif op == "done":
                 if fenced:
                     raise _fenced_error(spec)
-                return str(msg[1])
+                done: str | bytes = msg[1]
+                return done
             elif op == "error":
                 raise _fenced_error(spec) if fenced else _raised(msg[1])
 

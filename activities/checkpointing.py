@@ -153,12 +153,15 @@ class TaskCheckpointSession(CheckpointSession):
 
     # -- attempt start -------------------------------------------------------------------
 
-    def start(self, hinted_seq: int | None = None, hinted_catalog: str | None = None) -> None:
+    def start(self, hinted_seq: int | None = None, hinted_catalog: str | None = None, *,
+              fresh: bool = False) -> None:
         """Take a new fencing epoch and restore the newest committed checkpoint.
 
         ``hinted_seq`` / ``hinted_catalog``: what the previous attempt's last
         heartbeat named. Raises CatalogMismatch when that attempt committed to
-        another catalog (this one would restart the task from zero).
+        another catalog (this one would restart the task from zero). ``fresh``:
+        the task was asked to start over (see ``run_task``): its checkpoints
+        are deleted instead of restored.
         """
         ctx = self.ctx
         mine = self.manager.catalog_id
@@ -174,6 +177,17 @@ class TaskCheckpointSession(CheckpointSession):
         try:
             attempt = self.manager.open_attempt(ctx.job_id, ctx.task_id, ctx.attempt,
                                                 max_age=self.max_age, files_dir=self._restore_dir)
+            if fresh and attempt.restored is not None:
+                log.info("CheckpointHandler: task %s starts over (reset with its heartbeat "
+                         "details cleared): deleting its checkpoints up to seq %d", ctx.task_id,
+                         attempt.restored.seq)
+                self.manager.delete_task(ctx.task_id)
+                # The files of what was restored go with it.
+                self._remove_restore_dir()
+                self._restore_dir = tempfile.mkdtemp(prefix="crowdcompute-files-")
+                attempt = self.manager.open_attempt(ctx.job_id, ctx.task_id, ctx.attempt,
+                                                    max_age=self.max_age,
+                                                    files_dir=self._restore_dir)
         except BaseException:
             self._remove_restore_dir()
             raise

@@ -11,9 +11,15 @@ from collections.abc import Callable
 from typing import Any
 
 from temporalio import activity
+from temporalio.api.common.v1 import Payload
+from temporalio.common import RawValue
 
 from sdk._job_items import ITEMS, RESULTS, JobItemStore
 from workflows.models import ChunkRef, ChunkResults
+from workflows.payloads import is_given
+
+# ``write_job_results``' results when a first-format batch passes them in ``ChunkResults``.
+NO_RESULTS = RawValue(Payload())
 
 __all__ = ["JobItemActivities"]
 
@@ -28,11 +34,18 @@ class JobItemActivities:
         return [self.read_job_items, self.write_job_results]
 
     @activity.defn(name="read_job_items")
-    async def read_job_items(self, arg: ChunkRef) -> list[str]:
-        """The encoded items of one chunk of a job."""
+    async def read_job_items(self, arg: ChunkRef) -> RawValue | list[str]:
+        """The items of one chunk of a job: one payload of them (base64 lines, first format)."""
+        if arg.payloads:
+            payload = await asyncio.to_thread(self.store.get_payload, arg.job_id, ITEMS, arg.chunk)
+            return RawValue(payload)
         return await asyncio.to_thread(self.store.get_chunk, arg.job_id, ITEMS, arg.chunk)
 
     @activity.defn(name="write_job_results")
-    async def write_job_results(self, arg: ChunkResults) -> None:
-        """Store the encoded results of one chunk (idempotent: a retry rewrites them)."""
+    async def write_job_results(self, arg: ChunkResults, results: RawValue = NO_RESULTS) -> None:
+        """Store the results of one chunk (idempotent: a retry rewrites them)."""
+        if is_given(results):
+            await asyncio.to_thread(self.store.put_payload, arg.job_id, RESULTS, arg.chunk,
+                                    results.payload)
+            return
         await asyncio.to_thread(self.store.put_chunk, arg.job_id, RESULTS, arg.chunk, arg.results)

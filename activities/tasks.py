@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from temporalio import activity
+from temporalio.api.common.v1 import Payload
+from temporalio.common import RawValue
 
 from activities._ipc import InitSpec, RunSpec
 from activities._pool import AttemptEvents, ProcessPool
@@ -29,12 +31,15 @@ from workflows.models import (
     TaskStarted,
     task_id_for,
 )
+from workflows.payloads import is_given
 
 log = logging.getLogger(__name__)
 
 # A task that finishes sooner than this never signals "running": short tasks
 # cost no extra history events, long ones show up as running in the query.
 START_SIGNAL_DELAY = 1.0
+# ``run_task``'s item when a first-format workflow passes none.
+NO_ITEM = RawValue(Payload())
 
 
 class CheckpointProvider(Protocol):
@@ -102,18 +107,30 @@ class TaskActivities:
                         memory_limit=self.settings.task_memory_limit)
 
     @activity.defn(name="run_task")
-    async def run_task(self, arg: RunTaskInput) -> str:
-        """Run the user function on one item in a task process; return its pickled result."""
+    async def run_task(self, arg: RunTaskInput, item: RawValue = NO_ITEM) -> RawValue | str:
+        """Run the user function on one item in a task process; return its result.
+
+        ``item`` is the item's payload and the result is one too; a task of a
+        first-format job has neither (``arg.payload`` and the result are base64
+        pickles).
+        """
+        if not is_given(item):
+            return str(await self._run_task(arg, None))
+        result = await self._run_task(arg, item.payload.SerializeToString())
+        assert isinstance(result, bytes)  # the task process answers in the item's format
+        return RawValue(Payload.FromString(result))
+
+    async def _run_task(self, arg: RunTaskInput, item: bytes | None) -> str | bytes:
         info = activity.info()
         hinted_seq, hinted_catalog = previous_heartbeat(info.heartbeat_details)
         spec = RunSpec(
             job_id=arg.job_id, task_id=task_id_for(arg.job_id, arg.index), index=arg.index,
-            attempt=info.attempt, fn=arg.fn, payload=arg.payload,
+            attempt=info.attempt, fn=arg.fn, payload=arg.payload, item=item,
             checkpoint_interval=arg.checkpoint_interval,
             checkpoint_every_steps=arg.checkpoint_every_steps,
             max_checkpoint_age=arg.max_checkpoint_age,
             hinted_seq=hinted_seq, hinted_catalog=hinted_catalog, keep=arg.keep,
-            warm_start_from=arg.warm_start_from)
+            warm_start_from=arg.warm_start_from, fresh=_starts_over(info))
         # Until the task process reports its own, this attempt's heartbeats carry the last
         # one's checkpoint and catalog: an attempt that fails before it checkpoints (a
         # catalog mismatch, a crash) must not erase what the next one is checked against.
@@ -146,7 +163,8 @@ class TaskActivities:
             try:
                 attempt.send_final = lambda: child.chan.send("final")
                 self._running.add(attempt)
-                return await child.run(spec, self._events(attempt), lambda: self._stop_grace)
+                return await self._run_in(child.run(spec, self._events(attempt),
+                                                    lambda: self._stop_grace), attempt)
             finally:
                 self._running.discard(attempt)
                 if attempt.final is not None and not attempt.final.done():
@@ -156,6 +174,39 @@ class TaskActivities:
             timer.cancel()
             for task in beat:
                 task.cancel()
+
+    async def _run_in(self, running: Coroutine[Any, Any, str | bytes],
+                      attempt: _Attempt) -> str | bytes:
+        """Await the attempt in its task process; a pause or reset first saves a checkpoint.
+
+        Temporal delivers ``temporal activity pause`` / ``reset`` (and the UI's) as a
+        cancellation at the next heartbeat. A checkpointed task then takes a final
+        checkpoint before its process is stopped, so unpausing (or the reset's
+        new attempt) resumes from where it paused, not from the last interval.
+        """
+        run = asyncio.ensure_future(running)
+        try:
+            return await asyncio.shield(run)
+        except asyncio.CancelledError:
+            await self._final_on_pause(attempt, run)
+            run.cancel()
+            await asyncio.wait({run})
+            if not run.cancelled():
+                run.exception()  # retrieved: the attempt is being cancelled anyway
+            raise
+
+    async def _final_on_pause(self, attempt: _Attempt, run: asyncio.Future[Any]) -> None:
+        why = activity.cancellation_details()
+        if why is None or not (why.paused or why.reset) or not attempt.checkpointed or run.done():
+            return
+        loop = asyncio.get_running_loop()
+        attempt.final = final = loop.create_future()
+        attempt.send_final()
+        done, _ = await asyncio.wait({final}, timeout=self.settings.shutdown_grace_seconds)
+        saved = bool(done) and final.result()
+        log.info("task %s attempt %d %s: final checkpoint %s", attempt.spec.task_id,
+                 attempt.spec.attempt, "paused" if why.paused else "reset",
+                 "committed" if saved else "not taken in time")
 
     def _events(self, attempt: _Attempt) -> AttemptEvents:
         observer = self.checkpoints.observer if self.checkpoints is not None else None
@@ -228,6 +279,18 @@ class TaskActivities:
         ``forget``, every row an earlier job of the id left)."""
         if self.checkpoints is not None:
             await self.checkpoints.cleanup_job(arg.job_id, arg.outcome, forget=arg.forget)
+
+
+def _starts_over(info: activity.Info) -> bool:
+    """True for an attempt told to start over rather than resume.
+
+    Attempt 1 without heartbeat details: either the task's first attempt (it has
+    no checkpoints, so nothing changes) or one after ``temporal activity reset
+    --clear-heartbeat-details`` (or a workflow reset), whose checkpoints are then
+    deleted. A plain ``reset`` keeps the details and resumes: the attempt count
+    starts over, the task's progress does not. Every retry has attempt > 1.
+    """
+    return info.attempt == 1 and not info.heartbeat_details
 
 
 __all__ = ["CheckpointProvider", "TaskActivities"]

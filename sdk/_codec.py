@@ -1,7 +1,8 @@
-"""Items and results cross Temporal as base64 strings of pickles.
+"""The first payload format: items and results as base64 strings of pickles.
 
-Used on the client and in activities only; workflows pass the strings through
-untouched and never unpickle user data.
+Jobs started before Temporal-native payloads (``sdk._values``) still carry
+these; task processes decode their items and encode their results this way,
+and the client decodes such a job's results.
 """
 
 from __future__ import annotations

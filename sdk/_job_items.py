@@ -9,11 +9,13 @@ Workflows never touch the store themselves (they do no I/O).
 Layout, below the payload store (``<state dir>/payloads`` on the embedded
 stack, ``s3://bucket/<prefix>/payloads/`` at scale)::
 
-    jobs/<job id>/manifest          {"count": N, "chunk_size": S}
-    jobs/<job id>/items/<k>         chunk k: one base64 item per line
+    jobs/<job id>/manifest          {"count": N, "chunk_size": S, "format": "payloads"}
+    jobs/<job id>/items/<k>         chunk k: one serialized payload of its items
     jobs/<job id>/results/<k>       the results of chunk k, the same way
 
-Base64 has no newlines, so a chunk is its lines joined with ``\\n``.
+A chunk is one ``Payload``: a JSON list when all of its values are JSON, else a
+payload list (``workflows.payloads``). Jobs written before that have no
+``format`` and one base64 pickle per line (base64 has no newlines).
 """
 
 from __future__ import annotations
@@ -26,14 +28,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from temporalio.api.common.v1 import Payload
+
 from sdk._files import write_atomic
 from workflows.models import validate_job_id
+from workflows.payloads import pack, unpack
 
 if TYPE_CHECKING:
     from sdk._settings import ClientSettings
 
 ITEMS = "items"
 RESULTS = "results"
+FORMAT_PAYLOADS = "payloads"
 
 
 class JobItemsMissing(LookupError):
@@ -68,45 +74,63 @@ class JobItemStore(ABC):
         validate_job_id(job_id)
         self._delete_prefix(f"jobs/{job_id}/{ITEMS}/")
 
-    def put_items(self, job_id: str, items: Sequence[str], chunk_size: int) -> int:
+    def put_items(self, job_id: str, items: Sequence[Payload], chunk_size: int) -> int:
         """Store ``items`` in chunks of ``chunk_size``; return the number of chunks."""
         validate_job_id(job_id)
         chunks = 0
         for start in range(0, len(items), chunk_size):
-            self.put_chunk(job_id, ITEMS, chunks, items[start : start + chunk_size])
+            self.put_payload(job_id, ITEMS, chunks, pack(items[start : start + chunk_size]))
             chunks += 1
         # Written last: a job whose manifest exists has all of its chunks.
-        manifest = {"count": len(items), "chunk_size": chunk_size}
+        manifest = {"count": len(items), "chunk_size": chunk_size, "format": FORMAT_PAYLOADS}
         self._put(f"jobs/{job_id}/manifest", json.dumps(manifest).encode())
         return chunks
 
-    def manifest(self, job_id: str) -> dict[str, int] | None:
-        """``{"count", "chunk_size"}`` of a stored job, None if it has no items here."""
+    def manifest(self, job_id: str) -> dict[str, Any] | None:
+        """``{"count", "chunk_size"[, "format"]}`` of a stored job, None if it has no items here."""
         validate_job_id(job_id)
         try:
             data = self._get(f"jobs/{job_id}/manifest")
         except JobItemsMissing:
             return None
-        out: dict[str, int] = json.loads(data)
+        out: dict[str, Any] = json.loads(data)
         return out
 
+    def put_payload(self, job_id: str, kind: str, chunk: int, payload: Payload) -> None:
+        """Store one chunk as a payload (its values: ``unpack(payload)``)."""
+        self._put(self._key(job_id, kind, chunk), payload.SerializeToString())
+
+    def get_payload(self, job_id: str, kind: str, chunk: int) -> Payload:
+        return Payload.FromString(self._get(self._key(job_id, kind, chunk)))
+
     def put_chunk(self, job_id: str, kind: str, chunk: int, lines: Sequence[str]) -> None:
+        """Store one chunk of base64 lines (jobs of the first payload format)."""
         self._put(self._key(job_id, kind, chunk), "\n".join(lines).encode("ascii"))
 
     def get_chunk(self, job_id: str, kind: str, chunk: int) -> list[str]:
         data = self._get(self._key(job_id, kind, chunk)).decode("ascii")
         return data.split("\n") if data else []
 
-    def read_results(self, job_id: str) -> list[str] | None:
-        """Every result of a stored job in input order; None if it has no items here."""
+    def read_results(self, job_id: str) -> list[Payload] | list[str] | None:
+        """Every result of a stored job in input order; None if it has no items here.
+
+        Payloads, or base64 strings for a job of the first payload format.
+        """
         manifest = self.manifest(job_id)
         if manifest is None:
             return None
         count, size = manifest["count"], manifest["chunk_size"]
-        out: list[str] = []
-        for chunk in range(-(-count // size)):
-            out.extend(self.get_chunk(job_id, RESULTS, chunk))
-        return out
+        chunks = range(-(-count // size))
+        if manifest.get("format") == FORMAT_PAYLOADS:
+            return [p for k in chunks for p in unpack(self.get_payload(job_id, RESULTS, k))]
+        return [line for k in chunks for line in self.get_chunk(job_id, RESULTS, k)]
+
+    def read_result_chunk(self, job_id: str, chunk: int) -> list[Payload] | list[str]:
+        """The results of chunk ``chunk`` (JobItemsMissing until its batch wrote them)."""
+        manifest = self.manifest(job_id)
+        if manifest is not None and manifest.get("format") == FORMAT_PAYLOADS:
+            return unpack(self.get_payload(job_id, RESULTS, chunk))
+        return self.get_chunk(job_id, RESULTS, chunk)
 
     @staticmethod
     def _key(job_id: str, kind: str, chunk: int) -> str:

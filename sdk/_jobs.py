@@ -9,15 +9,18 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+from temporalio.api.common.v1 import Payload
 from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError, CancelledError, TerminatedError
 from temporalio.service import RPCError
 
-from sdk._codec import decode_value, encode_value
+from sdk import _codec
 from sdk._connection import Connection, connect, default_connection
 from sdk._functions import function_path
 from sdk._heartbeats import with_heartbeats
-from sdk._job_items import RESULTS, JobItemsMissing, build_job_item_store
+from sdk._job_items import JobItemsMissing, build_job_item_store
+from sdk._values import decode_value, encode_value
 from sdk.errors import JobCancelled, JobFailed, TaskFailed
 from workflows.job import JobWorkflow
 from workflows.models import (
@@ -32,7 +35,6 @@ from workflows.models import (
     BatchProgress,
     JobInput,
     JobProgress,
-    PartialResults,
     TaskOptions,
     TaskProgress,
     batch_size_for,
@@ -41,6 +43,7 @@ from workflows.models import (
     task_id_for,
     validate_job_id,
 )
+from workflows.payloads import is_json, json_value, task_error_of, unpack
 
 # Seconds: "checkpoint by steps only" (ten years, longer than any task runs).
 STEPS_ONLY_INTERVAL = 10 * 365 * 86400.0
@@ -65,7 +68,7 @@ class JobHandle:
     async def result(self) -> list[Any]:
         """The results in input order; :class:`JobFailed` / :class:`JobCancelled` otherwise."""
         try:
-            encoded: list[str] = await self._handle.result()
+            raw: RawValue = await self._result_handle().result()
         except WorkflowFailureError as err:
             cause = err.cause
             if isinstance(cause, (CancelledError, TerminatedError)):
@@ -73,13 +76,17 @@ class JobHandle:
                 raise JobCancelled(f"job {self.job_id} was {how}") from err
             msg = cause.message if isinstance(cause, ApplicationError) else str(cause)
             raise JobFailed(f"job {self.job_id} failed: {msg}") from err
-        if not encoded:
+        results: list[Payload] | list[str] = unpack(raw.payload)
+        if not results:
             # A job with stored items returns nothing itself: its batches wrote
             # their results to the item store.
             store = build_job_item_store(self._conn.settings)
-            stored = await asyncio.to_thread(store.read_results, self.job_id)
-            encoded = stored or []
-        return [_decode_result(e) for e in encoded]
+            results = await asyncio.to_thread(store.read_results, self.job_id) or []
+        return [_decode_result(r) for r in results]
+
+    def _result_handle(self) -> WorkflowHandle[Any, RawValue]:
+        return self._conn.client.get_workflow_handle(
+            self.job_id, run_id=self._handle.run_id, result_type=RawValue)
 
     async def partial_results(self) -> dict[int, Any]:
         """The result of every task that completed, by item index, however the job ended.
@@ -98,26 +105,35 @@ class JobHandle:
                                            for b in top.batches))
         else:
             parts = [await self._query_results(self.job_id)]
-        return {i: _decode_result(e) for part in parts for i, e in part.items()}
+        return {i: value for part in parts for i, value in part.items()}
 
-    async def _query_results(self, workflow_id: str) -> dict[int, str]:
-        """The ``partial_results`` query of one workflow (nothing if it never ran)."""
+    async def _query_results(self, workflow_id: str) -> dict[int, Any]:
+        """The ``partial_results`` query of one workflow, decoded (nothing if it never ran)."""
         try:
             handle = self._conn.client.get_workflow_handle(workflow_id)
-            got: PartialResults = await handle.query("partial_results", result_type=PartialResults)
+            raw: RawValue = await handle.query("partial_results", result_type=RawValue)
         except RPCError:
             return {}
-        return dict(zip(got.indexes, got.results, strict=True))
+        header, *payloads = unpack(raw.payload)
+        results: list[Payload | str] = list(payloads)
+        head = json_value(header)
+        # A first-format job's results are base64 strings, sent as JSON strings.
+        legacy = bool(head["legacy"])
+        if legacy:
+            results = [str(json_value(p)) for p in payloads]
+        values = [_decode_result(r) for r in results]
+        return dict(zip(head["indexes"], values, strict=True))
 
-    async def _stored_batch_results(self, top: JobProgress, chunk: int) -> dict[int, str]:
+    async def _stored_batch_results(self, top: JobProgress, chunk: int) -> dict[int, Any]:
         """A stored job's batch: its chunk of results once written, else its own query."""
         store = build_job_item_store(self._conn.settings)
+        results: list[Payload | str]
         try:
-            lines = await asyncio.to_thread(store.get_chunk, self.job_id, RESULTS, chunk)
+            results = list(await asyncio.to_thread(store.read_result_chunk, self.job_id, chunk))
         except JobItemsMissing:  # the batch has not written its results (yet)
-            lines = []
-        if lines:
-            return {chunk * top.batch_size + i: e for i, e in enumerate(lines)}
+            results = []
+        if results:
+            return {chunk * top.batch_size + i: _decode_result(r) for i, r in enumerate(results)}
         return await self._query_results(batch_workflow_id(self.job_id, chunk))
 
     async def progress(self, batch: int | None = None) -> JobProgress:
@@ -211,15 +227,6 @@ class JobHandle:
         await self._handle.cancel()
 
 
-def _decode_result(encoded: str) -> Any:
-    """A task's result, or the :class:`TaskFailed` that stands for a failed task."""
-    error = parse_task_error(encoded)
-    if error is None:
-        return decode_value(encoded)
-    return TaskFailed(str(error["type"]), str(error["message"]), int(error["attempts"]),
-                      str(error["task_id"]), int(error["index"]))
-
-
 def _options(
     max_attempts: int,
     heartbeat_timeout: float,
@@ -260,7 +267,22 @@ def _options(
                        return_exceptions=bool(return_exceptions))
 
 
-def _encode_items(items: Iterable[Any]) -> list[str]:
+def _decode_result(result: Payload | str) -> Any:
+    """A task's result, or the :class:`TaskFailed` that stands for a failed task."""
+    # A job started by an earlier version returns base64 pickles (JSON strings).
+    if isinstance(result, str):
+        error = parse_task_error(result)
+        if error is None:
+            return _codec.decode_value(result)
+    else:
+        error = task_error_of(result)
+        if error is None:
+            return decode_value(result)
+    return TaskFailed(str(error["type"]), str(error["message"]), int(error["attempts"]),
+                      str(error["task_id"]), int(error["index"]))
+
+
+def _encode_items(items: Iterable[Any]) -> list[Payload]:
     """Every item encoded; an item that cannot be is named by its index."""
     encoded = []
     for index, item in enumerate(items):
@@ -291,7 +313,8 @@ async def submit(
 
     Args:
         fn: a top-level function of an importable module (or ``"module:function"``).
-        items: picklable inputs, one task each.
+        items: inputs, one task each: JSON values travel as JSON (readable in the
+            Temporal UI and CLI), NumPy arrays as ``.npy`` bytes, anything else pickled.
         checkpoint_interval: seconds between checkpoints; None disables them (unless
             ``checkpoint_every_steps`` is set).
         job_id: the workflow id (generated when omitted).
@@ -329,30 +352,46 @@ async def start_job(
     conn: Connection,
     job_id: str,
     fn: str,
-    encoded: list[str],
+    encoded: list[Payload],
     options: TaskOptions,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     window: int = DEFAULT_WINDOW,
     batches_per_run: int = BATCHES_PER_RUN,
 ) -> JobHandle:
-    """Start ``JobWorkflow``; items of a job larger than one batch go to the item store.
+    """Start ``JobWorkflow``; items that are not all JSON, or more than one batch, go to the item store.
 
-    A small job keeps its items in the workflow input (today's path, readable in
-    the Temporal UI); a larger one writes them once, in chunks of its batch size,
-    and passes only their count.
+    A small job of JSON items keeps them in the workflow input (readable in the
+    Temporal UI and CLI); any other writes them once, in chunks of its batch
+    size, and passes only their count (each task's item is then its own payload).
     """
     size = batch_size_for(batch_size, options)
-    arg = JobInput(job_id=job_id, fn=fn, items=encoded, options=options, batch_size=batch_size,
+    arg = JobInput(job_id=job_id, fn=fn, items=[], options=options, batch_size=batch_size,
                    window=window, batches_per_run=batches_per_run)
-    if len(encoded) > size:
+    if len(encoded) <= size and all(is_json(p) for p in encoded):
+        arg = replace(arg, items=[json_value(p) for p in encoded])
+    else:
         store = build_job_item_store(conn.settings)
         await asyncio.to_thread(store.put_items, job_id, encoded, size)
-        arg = replace(arg, items=[], item_count=len(encoded))
+        arg = replace(arg, item_count=len(encoded))
     handle = await conn.client.start_workflow(
-        JobWorkflow.run, arg, id=job_id, task_queue=conn.settings.task_queue
+        JobWorkflow.run, arg, id=job_id, task_queue=conn.settings.task_queue,
+        static_summary=job_summary(fn, len(encoded), options),
     )
     return JobHandle(job_id, handle, conn)
+
+
+def job_summary(fn: str, count: int, options: TaskOptions) -> str:
+    """The job's line in the Temporal UI: function, item count, checkpointing."""
+    if options.checkpoint_interval is None:
+        how = "no checkpoints"
+    elif options.checkpoint_interval >= STEPS_ONLY_INTERVAL:
+        how = f"checkpoint every {options.checkpoint_every_steps} steps"
+    else:
+        how = f"checkpoint every {options.checkpoint_interval:g} s"
+        if options.checkpoint_every_steps is not None:
+            how += f" or {options.checkpoint_every_steps} steps"
+    return f"{fn} over {count} item{'s' if count != 1 else ''}, {how}"
 
 
 async def map(  # noqa: A001 - the public name is part of the API

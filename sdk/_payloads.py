@@ -1,4 +1,4 @@
-"""The data converter shared by clients and workers: large payloads go external.
+"""The data converter shared by clients and workers: our encodings, large payloads external.
 
 Payloads of 256 KiB or more are stored through ``temporalio``'s
 ``ExternalStorage``: in a local directory on the embedded stack (shared by the
@@ -26,6 +26,7 @@ from temporalio.converter import (
 )
 
 from sdk._files import write_atomic
+from sdk._values import ValuePayloadConverter
 
 if TYPE_CHECKING:
     from sdk._settings import ClientSettings
@@ -81,8 +82,13 @@ def build_storage_driver(settings: ClientSettings) -> StorageDriver:
 
 
 def build_data_converter(settings: ClientSettings) -> DataConverter:
-    """The data converter every client and worker of a deployment must share."""
+    """The data converter every client and worker of a deployment must share.
+
+    Temporal's default converters plus our item encodings (``sdk._values``); a
+    client without it still reads and writes the JSON ones.
+    """
     storage = ExternalStorage(
         drivers=[build_storage_driver(settings)], payload_size_threshold=EXTERNAL_THRESHOLD
     )
-    return dataclasses.replace(DataConverter.default, external_storage=storage)
+    return dataclasses.replace(DataConverter.default, external_storage=storage,
+                               payload_converter_class=ValuePayloadConverter)

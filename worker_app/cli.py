@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--ui-port", type=int, default=8233)
     dev.add_argument("--api-port", type=int, default=8000)
     dev.add_argument("--workers", type=int, default=1)
+    dev.add_argument("--codec-port", type=int, default=8081,
+                     help="port of the codec server the UI decodes payloads with")
     worker = sub.add_parser("worker", help="run a worker (configured by CROWDCOMPUTE_* variables)")
     worker.add_argument("--max-tasks", type=int, metavar="N",
                         help="tasks run at once, one process each (default: "
@@ -53,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
                          "DAYS days (0: all of them)")
     db = sub.add_parser("db", help="database maintenance")
     db.add_argument("action", choices=["upgrade"])
+    codec = sub.add_parser("codec-server",
+                           help="run a Temporal remote codec server (payload previews for the UI)")
+    codec.add_argument("--port", type=int, default=8081)
+    codec.add_argument("--host", default="127.0.0.1")
+    codec.add_argument("--cors-origin", action="append", metavar="URL",
+                       help="a Temporal UI origin allowed to call it (repeatable; default "
+                            "http://localhost:8233 and http://127.0.0.1:8233)")
     api = sub.add_parser("api", help="run the REST API")
     api.add_argument("--port", type=int, default=8000)
     api.add_argument("--host", default="127.0.0.1",
@@ -115,6 +124,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         serve_api(settings, args.port, host=args.host)
         return 0
+    if cmd == "codec-server":
+        from worker_app.codec_server import serve as serve_codec
+
+        serve_codec(settings, args.port, host=args.host, origins=args.cors_origin)
+        return 0
     raise AssertionError(cmd)
 
 
@@ -133,11 +147,12 @@ def _raise_interrupt(*_: object) -> None:
 def _dev(args: argparse.Namespace, settings: Settings) -> int:
     from worker_app.dev import DevStack, DevStackError, port_in_use
 
-    stack = DevStack(settings, port=args.port, ui_port=args.ui_port)
+    stack = DevStack(settings, port=args.port, ui_port=args.ui_port, codec_port=args.codec_port)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         ports = ((args.port, "Temporal gRPC", "--port"), (args.ui_port, "Temporal UI", "--ui-port"),
-                 (args.api_port, "REST API", "--api-port"))
+                 (args.api_port, "REST API", "--api-port"),
+                 (args.codec_port, "codec server", "--codec-port"))
         taken = [(p, what, flag) for p, what, flag in ports if port_in_use(p)]
         if taken:
             raise DevStackError(
@@ -148,8 +163,12 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
         for _ in range(max(1, args.workers)):
             stack.start_worker()
         stack.start_api(args.api_port)
+        stack.start_codec_server()
         print(f"Temporal:     {stack.address} (namespace {settings.namespace})")
-        print(f"Temporal UI:  http://localhost:{args.ui_port}")
+        print(f"Temporal UI:  http://localhost:{args.ui_port} (decodes payloads with the codec "
+              f"server: it was started with --ui-codec-endpoint {stack.codec_endpoint})")
+        print(f"codec server: {stack.codec_endpoint}; for the CLI: temporal workflow show "
+              f"--workflow-id JOB_ID --codec-endpoint {stack.codec_endpoint}")
         print(f"REST API:     http://localhost:{args.api_port}/api/checkpoints/jobs/JOB_ID "
               f"(docs: http://localhost:{args.api_port}/docs)")
         print(f"workers:      {len(stack.workers)} on task queue {settings.task_queue!r}")

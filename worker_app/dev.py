@@ -87,6 +87,8 @@ class DevStack:
     settings: Settings
     port: int
     ui_port: int
+    # The codec server's port; the dev server's UI is pointed at it. None: none.
+    codec_port: int | None = None
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     services: list[_Service] = field(default_factory=list)
@@ -96,6 +98,10 @@ class DevStack:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def codec_endpoint(self) -> str | None:
+        return f"http://localhost:{self.codec_port}" if self.codec_port is not None else None
 
     def start_server(self, timeout: float = 60.0) -> None:
         for port, what in ((self.port, "Temporal gRPC"), (self.ui_port, "Temporal UI")):
@@ -111,6 +117,9 @@ class DevStack:
             "--port", str(self.port), "--ui-port", str(self.ui_port),
             "--ip", "127.0.0.1", "--log-level", "error", *DEV_SERVER_ARGS,
         ]  # fmt: skip
+        if self.codec_endpoint is not None:
+            # The UI (in the browser) calls it: the same host name as the UI's URL.
+            cmd += ["--ui-codec-endpoint", self.codec_endpoint]
         log = open(self.settings.state_dir / "temporal.log", "ab")
         self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True))
         deadline = time.monotonic() + timeout
@@ -138,6 +147,14 @@ class DevStack:
         # Only this machine: the embedded stack is for one user.
         command = ["api", "--host", "127.0.0.1", "--port", str(port)]
         return self._supervised("REST API", lambda: self._spawn(command, log_path))
+
+    def start_codec_server(self) -> subprocess.Popen[bytes] | None:
+        """Start the codec server on ``codec_port``; its log goes to ``<state dir>/codec.log``."""
+        if self.codec_port is None:
+            return None
+        command = ["codec-server", "--host", "127.0.0.1", "--port", str(self.codec_port)]
+        log_path = self.settings.state_dir / "codec.log"
+        return self._supervised("codec server", lambda: self._spawn(command, log_path))
 
     def _supervised(self, name: str, start: Callable[[], subprocess.Popen[bytes]]
                     ) -> subprocess.Popen[bytes]:

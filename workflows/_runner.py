@@ -13,7 +13,8 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.api.common.v1 import Payload
+from temporalio.common import RawValue, RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, RetryState
 
 from workflows.models import (
@@ -24,13 +25,14 @@ from workflows.models import (
     TASK_RUNNING,
     TASK_STATES,
     CleanupTaskInput,
-    PartialResults,
     RunTaskInput,
     TaskOptions,
     TaskProgress,
+    task_error_body,
     task_error_result,
     task_id_for,
 )
+from workflows.payloads import json_payload, pack, task_error_payload
 
 T = TypeVar("T")
 
@@ -46,6 +48,18 @@ CANCEL_IN_WAVES_PATCH = "cancel-tasks-in-waves"
 # Recorded when a failed checkpointed task is first cleaned up (and marked failed in
 # the catalog) as it fails; histories written before it left that to the job's end.
 FAILED_TASK_CLEANUP_PATCH = "cleanup-failed-task"
+# Recorded by a job (or batch) whose items and results are payloads of their own
+# encodings; histories written before it carry base64 pickles and replay that way.
+PAYLOADS_PATCH = "native-payloads"
+
+
+def legacy_payloads(given: bool) -> bool:
+    """True when this workflow carries base64-pickle items (call first in ``run``).
+
+    ``given``: the input says so (a later run or a batch of such a job, which
+    replays no old history of its own and must be told).
+    """
+    return given or not workflow.patched(PAYLOADS_PATCH)
 
 
 def _observe(fut: asyncio.Future[Any]) -> None:
@@ -120,21 +134,27 @@ def attempts_made(err: BaseException, task: TaskProgress, max_attempts: int) -> 
 
 
 class TaskRunner:
-    """Schedules one ``run_task`` activity per item and tracks their states."""
+    """Schedules one ``run_task`` activity per item and tracks their states.
+
+    ``items`` are payloads (each task gets its own as a raw second argument and
+    returns its result as one), or base64 strings of a first-format job
+    (passed in ``RunTaskInput.payload``; their results are strings).
+    """
 
     def __init__(
-        self, job_id: str, fn: str, items: list[str], offset: int, options: TaskOptions
+        self, job_id: str, fn: str, items: Sequence[Payload | str], offset: int,
+        options: TaskOptions,
     ) -> None:
         self.job_id = job_id
         self.fn = fn
-        self.items = items
+        self.items = list(items)
         self.offset = offset
         self.options = options
         self.tasks = [
             TaskProgress(index=offset + i, task_id=task_id_for(job_id, offset + i))
-            for i in range(len(items))
+            for i in range(len(self.items))
         ]
-        self.results: list[str | None] = [None] * len(items)
+        self.results: list[Any] = [None] * len(self.items)
 
     def mark_started(self, index: int, attempt: int) -> None:
         """Record that an attempt of task ``index`` is running (a signal)."""
@@ -150,16 +170,25 @@ class TaskRunner:
             out[task.state] = out.get(task.state, 0) + 1
         return out
 
-    def completed_results(self) -> PartialResults:
-        """The encoded results of the tasks that completed (a failed task's error record
-        counts when the job returns exceptions)."""
-        done = [(self.tasks[pos].index, r) for pos, r in enumerate(self.results) if r is not None]
-        return PartialResults([i for i, _ in done], [r for _, r in done])
+    def completed_results(self) -> RawValue:
+        """The results of the tasks that completed so far (a failed task's error record
+        counts when the job returns exceptions), for the ``partial_results`` query.
 
-    async def run(self) -> list[str]:
+        One payload list: first a JSON header ``{"indexes": [...], "legacy": bool}``,
+        then each result's payload in that order (a first-format job's strings as
+        JSON strings).
+        """
+        done = [(self.tasks[pos].index, r) for pos, r in enumerate(self.results) if r is not None]
+        legacy = any(isinstance(r, str) for _, r in done)
+        header = json_payload({"indexes": [i for i, _ in done], "legacy": legacy})
+        return RawValue(pack([header, *(json_payload(r) if isinstance(r, str) else r
+                                        for _, r in done)]))
+
+    async def run(self) -> list[Any]:
         """Run every task; on the first failure cancel the rest and fail.
 
-        With ``options.return_exceptions`` a failed task's result is its error record
+        Returns the results in order: payloads (strings for a legacy job). With
+        ``options.return_exceptions`` a failed task's result is its error record
         instead and the others go on.
         """
         # One gather rather than a wait() loop: re-waiting on every pending task after
@@ -183,11 +212,12 @@ class TaskRunner:
     async def _run_one(self, pos: int) -> None:
         task = self.tasks[pos]
         opts = self.options
+        item = self.items[pos]
         arg = RunTaskInput(
             job_id=self.job_id,
             index=task.index,
             fn=self.fn,
-            payload=self.items[pos],
+            payload=item if isinstance(item, str) else "",
             checkpoint_interval=opts.checkpoint_interval,
             max_checkpoint_age=opts.max_checkpoint_age,
             heartbeat_timeout=opts.heartbeat_timeout,
@@ -196,20 +226,7 @@ class TaskRunner:
             warm_start_from=opts.warm_start_from,
         )
         try:
-            result = await workflow.execute_activity(
-                "run_task",
-                arg,
-                result_type=str,
-                activity_id=str(task.index),
-                start_to_close_timeout=TASK_START_TO_CLOSE,
-                heartbeat_timeout=timedelta(seconds=opts.heartbeat_timeout),
-                retry_policy=RetryPolicy(
-                    maximum_attempts=opts.max_attempts,
-                    # A retry after a worker died should not wait minutes: cap the backoff.
-                    maximum_interval=MAX_RETRY_INTERVAL,
-                    non_retryable_error_types=NON_RETRYABLE_TYPES,
-                ),
-            )
+            result = await self._execute(arg, item, task.index)
         except (ActivityError, CancelledError, asyncio.CancelledError) as err:
             if isinstance(err, ActivityError) and not isinstance(err.cause, CancelledError):
                 await self._failed(pos, err)
@@ -233,8 +250,12 @@ class TaskRunner:
         if not self.options.return_exceptions:
             raise ApplicationError(task.error, type="TaskFailed", non_retryable=True) from err
         kind, message = _cause(err)
-        self.results[pos] = task_error_result(kind, message, task.attempt, task.task_id,
-                                              task.index)
+        if isinstance(self.items[pos], str):  # a first-format job: a string record
+            self.results[pos] = task_error_result(kind, message, task.attempt, task.task_id,
+                                                  task.index)
+        else:
+            self.results[pos] = task_error_payload(
+                task_error_body(kind, message, task.attempt, task.task_id, task.index))
 
     async def _cleanup(self, task: TaskProgress, status: str) -> None:
         """Delete the task's checkpoints and record its final status in the catalog."""
@@ -243,3 +264,24 @@ class TaskRunner:
             CleanupTaskInput(job_id=self.job_id, task_id=task.task_id, status=status),
             start_to_close_timeout=timedelta(minutes=5),
         )
+
+    async def _execute(self, arg: RunTaskInput, item: Payload | str, index: int) -> Any:
+        """The ``run_task`` activity of one item; its result (a payload, or a legacy string)."""
+        opts = self.options
+        common: dict[str, Any] = {
+            "activity_id": str(index),
+            "start_to_close_timeout": TASK_START_TO_CLOSE,
+            "heartbeat_timeout": timedelta(seconds=opts.heartbeat_timeout),
+            "retry_policy": RetryPolicy(
+                maximum_attempts=opts.max_attempts,
+                # A retry after a worker died should not wait minutes: cap the backoff.
+                maximum_interval=MAX_RETRY_INTERVAL,
+                non_retryable_error_types=NON_RETRYABLE_TYPES,
+            ),
+        }
+        if isinstance(item, str):
+            return await workflow.execute_activity("run_task", arg, result_type=str, **common)
+        raw: RawValue = await workflow.execute_activity(
+            "run_task", args=[arg, RawValue(item)], result_type=RawValue,
+            summary=f"task {index} of {self.fn}", **common)
+        return raw.payload

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
+from temporalio.api.common.v1 import Payload
+from temporalio.common import RawValue
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -15,7 +18,13 @@ from temporalio.exceptions import (
 )
 from temporalio.workflow import ParentClosePolicy
 
-from workflows._runner import TaskRunner, cancel_in_waves, settled, start_observed
+from workflows._runner import (
+    TaskRunner,
+    cancel_in_waves,
+    legacy_payloads,
+    settled,
+    start_observed,
+)
 from workflows.models import (
     TASK_CANCELLED,
     TASK_COMPLETED,
@@ -30,11 +39,11 @@ from workflows.models import (
     CleanupJobInput,
     JobInput,
     JobProgress,
-    PartialResults,
     TaskStarted,
     batch_size_for,
     batch_workflow_id,
 )
+from workflows.payloads import json_payload, list_result, pack, unpack
 
 ITEM_STORE_TIMEOUT = timedelta(minutes=5)
 CLEANUP_TIMEOUT = timedelta(minutes=10)
@@ -53,6 +62,7 @@ class _RunsTasks:
     def __init__(self) -> None:
         self._runner: TaskRunner | None = None
         self._early: list[TaskStarted] = []
+        self._legacy = False  # items and results are base64 pickles (first format)
 
     def _start_runner(self, runner: TaskRunner) -> TaskRunner:
         self._runner = runner
@@ -69,9 +79,11 @@ class _RunsTasks:
             self._runner.mark_started(sig.index, sig.attempt)
 
     @workflow.query
-    def partial_results(self) -> PartialResults:
-        """The encoded results of this workflow's own tasks that completed so far."""
-        return self._runner.completed_results() if self._runner is not None else PartialResults()
+    def partial_results(self) -> RawValue:
+        """This workflow's own tasks' results so far (see ``TaskRunner.completed_results``)."""
+        if self._runner is not None:
+            return self._runner.completed_results()
+        return RawValue(pack([json_payload({"indexes": [], "legacy": self._legacy})]))
 
 
 @workflow.defn(name="BatchWorkflow")
@@ -79,10 +91,30 @@ class BatchWorkflow(_RunsTasks):
     """Runs tasks ``offset .. offset+len(items)-1`` of a job; returns their results."""
 
     @workflow.run
-    async def run(self, arg: BatchInput) -> list[str]:
+    async def run(self, arg: BatchInput) -> Any:
+        self._legacy = legacy = legacy_payloads(arg.legacy_payloads)
         if arg.chunk < 0:
-            runner = TaskRunner(arg.job_id, arg.fn, arg.items, arg.offset, arg.options)
-            return await self._start_runner(runner).run()
+            items = arg.items if legacy else [json_payload(v) for v in arg.items]
+            runner = TaskRunner(arg.job_id, arg.fn, items, arg.offset, arg.options)
+            results = await self._start_runner(runner).run()
+            return results if legacy else list_result(results)
+        if legacy:
+            return await self._run_legacy_chunk(arg)
+        ref = ChunkRef(job_id=arg.job_id, chunk=arg.chunk, payloads=True)
+        raw: RawValue = await workflow.execute_activity(
+            "read_job_items", ref, result_type=RawValue, start_to_close_timeout=ITEM_STORE_TIMEOUT,
+            summary=f"items of batch {arg.chunk}")
+        runner = TaskRunner(arg.job_id, arg.fn, unpack(raw.payload), arg.offset, arg.options)
+        results = await self._start_runner(runner).run()
+        await workflow.execute_activity(
+            "write_job_results",
+            args=[ChunkResults(job_id=arg.job_id, chunk=arg.chunk), RawValue(pack(results))],
+            start_to_close_timeout=ITEM_STORE_TIMEOUT, summary=f"results of batch {arg.chunk}",
+        )
+        return []
+
+    async def _run_legacy_chunk(self, arg: BatchInput) -> list[str]:
+        """A chunk of base64 lines (first payload format): read, run, write back."""
         ref = ChunkRef(job_id=arg.job_id, chunk=arg.chunk)
         items: list[str] = await workflow.execute_activity(
             "read_job_items", ref, result_type=list[str], start_to_close_timeout=ITEM_STORE_TIMEOUT
@@ -122,16 +154,19 @@ class JobWorkflow(_RunsTasks):
         # Tasks of finished batches, this run's and (carried) earlier runs'.
         self._completed = 0
         self._continuing = False
+        self._legacy = False
 
     @workflow.run
-    async def run(self, arg: JobInput) -> list[str]:
+    async def run(self, arg: JobInput) -> Any:
         self._input = arg
         self._completed = arg.completed
+        self._legacy = legacy = legacy_payloads(arg.legacy_payloads)
         checkpointed = arg.options.checkpoint_interval is not None
         size = batch_size_for(arg.batch_size, arg.options)
         if arg.item_count == 0 and len(arg.items) <= size:
             # Built first, so the progress query lists the tasks (pending) meanwhile.
-            self._start_runner(TaskRunner(arg.job_id, arg.fn, arg.items, 0, arg.options))
+            items = arg.items if legacy else [json_payload(v) for v in arg.items]
+            self._start_runner(TaskRunner(arg.job_id, arg.fn, items, 0, arg.options))
         if (checkpointed and workflow.info().continued_run_id is None
                 and workflow.patched(FORGET_EARLIER_JOB_PATCH)):
             # A job id used again: the earlier job's task rows (statuses, counters)
@@ -154,12 +189,15 @@ class JobWorkflow(_RunsTasks):
             if checkpointed and not self._continuing:
                 await self._cleanup_job(CleanupJobInput(job_id=arg.job_id, outcome=outcome))
 
-    async def _run_tasks(self, arg: JobInput, size: int) -> list[str]:
-        if self._runner is not None:
-            return await self._runner.run()
+    async def _run_tasks(self, arg: JobInput, size: int) -> Any:
+        """The job's result: a list of JSON values, a payload list, or legacy strings."""
         if arg.item_count > 0:
-            return await self._run_window(arg, size)
-        return await self._run_batches(arg, size)
+            return await self._run_window(arg, size)  # results are in the item store
+        if self._runner is not None:
+            results = await self._runner.run()
+        else:
+            results = [r for part in await self._run_batches(arg, size) for r in part]
+        return results if self._legacy else list_result(results)
 
     async def _run_window(self, arg: JobInput, size: int) -> list[str]:
         """Batches of stored items, at most ``arg.window`` in flight.
@@ -195,20 +233,21 @@ class JobWorkflow(_RunsTasks):
         if next_chunk < chunks:
             self._continuing = True
             workflow.continue_as_new(
-                replace(arg, next_batch=next_chunk, completed=self._completed)
+                replace(arg, next_batch=next_chunk, completed=self._completed,
+                        legacy_payloads=self._legacy)
             )
         return []
 
     async def _run_stored_batch(self, arg: JobInput, batch: BatchProgress, chunk: int) -> None:
         child = BatchInput(
             job_id=arg.job_id, fn=arg.fn, items=[], offset=batch.offset, options=arg.options,
-            chunk=chunk,
+            chunk=chunk, legacy_payloads=self._legacy,
         )
         await self._execute_batch(batch, child)
         self._completed += batch.size
         self._batches.remove(batch)
 
-    async def _run_batches(self, arg: JobInput, size: int) -> list[str]:
+    async def _run_batches(self, arg: JobInput, size: int) -> list[list[Any]]:
         starts = range(0, len(arg.items), size)
         self._batches = [
             BatchProgress(batch_workflow_id(arg.job_id, k), off, len(arg.items[off : off + size]))
@@ -216,31 +255,27 @@ class JobWorkflow(_RunsTasks):
         ]
         futures = [start_observed(self._run_batch(arg, b)) for b in self._batches]
         try:
-            parts = await settled(asyncio.gather(*futures))
+            return await settled(asyncio.gather(*futures))
         except BaseException:
             await cancel_in_waves(futures)
             raise
-        return [r for part in parts for r in part]
 
-    async def _run_batch(self, arg: JobInput, batch: BatchProgress) -> list[str]:
+    async def _run_batch(self, arg: JobInput, batch: BatchProgress) -> list[Any]:
         child = BatchInput(
             job_id=arg.job_id,
             fn=arg.fn,
             items=arg.items[batch.offset : batch.offset + batch.size],
             offset=batch.offset,
             options=arg.options,
+            legacy_payloads=self._legacy,
         )
         return await self._execute_batch(batch, child)
 
-    async def _execute_batch(self, batch: BatchProgress, child: BatchInput) -> list[str]:
+    async def _execute_batch(self, batch: BatchProgress, child: BatchInput) -> list[Any]:
+        """Run one child batch; its results (payloads, or strings of a legacy job)."""
         batch.state = TASK_RUNNING
         try:
-            result: list[str] = await workflow.execute_child_workflow(
-                BatchWorkflow.run,
-                child,
-                id=batch.workflow_id,
-                parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
-            )
+            result = await self._child(batch, child)
         except ChildWorkflowError as err:
             batch.state = TASK_FAILED
             cause = err.cause
@@ -249,6 +284,22 @@ class JobWorkflow(_RunsTasks):
             raise
         batch.state = TASK_COMPLETED
         return result
+
+    async def _child(self, batch: BatchProgress, child: BatchInput) -> list[Any]:
+        if self._legacy:
+            legacy: list[str] = await workflow.execute_child_workflow(
+                "BatchWorkflow", child, id=batch.workflow_id, result_type=list[str],
+                parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
+            )
+            return legacy
+        last = batch.offset + batch.size - 1
+        raw: RawValue = await workflow.execute_child_workflow(
+            "BatchWorkflow", child, id=batch.workflow_id, result_type=RawValue,
+            parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
+            static_summary=f"tasks {batch.offset}-{last} of {child.fn} (job {child.job_id})",
+        )
+        parts: list[Payload] = unpack(raw.payload)
+        return parts
 
     async def _cleanup_job(self, arg: CleanupJobInput) -> None:
         await workflow.execute_activity(

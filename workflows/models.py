@@ -2,8 +2,10 @@
 
 Sandbox-safe: standard library only. Every model is a dataclass whose fields are
 only ever added (with defaults), never renamed, so running histories replay.
-User items and results cross Temporal as opaque base64 strings of pickles; the
-workflow never unpickles them.
+User items and results cross Temporal as payloads of their own encodings
+(``workflows.payloads``): JSON values as JSON, inline in these models; others
+as opaque payloads the workflow never decodes. Jobs started before that (their
+``items`` are base64 strings of pickles) run on as they started.
 """
 
 from __future__ import annotations
@@ -99,11 +101,16 @@ class TaskOptions:
 
 @dataclass
 class JobInput:
-    """Input of ``JobWorkflow``: ``items`` are base64 pickles, in input order."""
+    """Input of ``JobWorkflow``: ``items`` are JSON values, in input order.
+
+    A job with other items (or more than one batch of them) has them in the job
+    item store instead. Jobs of the first payload format carried base64 pickles
+    here (``legacy_payloads``).
+    """
 
     job_id: str
     fn: str
-    items: list[str]
+    items: list[Any]
     options: TaskOptions = field(default_factory=TaskOptions)
     batch_size: int = DEFAULT_BATCH_SIZE
     # > 0: the items are in the job item store (``items`` is empty), in chunks
@@ -114,6 +121,8 @@ class JobInput:
     # Carried across continue-as-new: the next batch to start, tasks completed.
     next_batch: int = 0
     completed: int = 0
+    # Set by a job of base64-pickle items for the runs and batches it starts.
+    legacy_payloads: bool = False
 
 
 @dataclass
@@ -122,12 +131,13 @@ class BatchInput:
 
     job_id: str
     fn: str
-    items: list[str]
+    items: list[Any]
     offset: int = 0
     options: TaskOptions = field(default_factory=TaskOptions)
     # >= 0: ``items`` is empty; read chunk ``chunk`` from the job item store and
     # write the results there (the batch then returns an empty list).
     chunk: int = -1
+    legacy_payloads: bool = False
 
 
 @dataclass
@@ -136,11 +146,17 @@ class ChunkRef:
 
     job_id: str
     chunk: int
+    # True: the chunk is one payload of payloads; False: base64 lines (first format).
+    payloads: bool = False
 
 
 @dataclass
 class ChunkResults:
-    """Input of the ``write_job_results`` activity: the results of one chunk."""
+    """Input of the ``write_job_results`` activity: the results of one chunk.
+
+    ``results`` holds base64 lines of the first format; today's batches send
+    their results as a second, raw argument instead.
+    """
 
     job_id: str
     chunk: int
@@ -149,12 +165,16 @@ class ChunkResults:
 
 @dataclass
 class RunTaskInput:
-    """Input of the ``run_task`` activity: one item of one job."""
+    """Input of the ``run_task`` activity: one item of one job.
+
+    The item is the activity's second argument, a payload of its own encoding;
+    ``payload`` held a base64 pickle in the first format.
+    """
 
     job_id: str
     index: int
     fn: str
-    payload: str
+    payload: str = ""
     checkpoint_interval: float | None = None
     max_checkpoint_age: float | None = 3600.0
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
@@ -244,19 +264,18 @@ class JobProgress:
     unanswered: int = 0
 
 
-@dataclass
-class PartialResults:
-    """Result of the ``partial_results`` query: the encoded results of completed tasks."""
-
-    indexes: list[int] = field(default_factory=list)
-    results: list[str] = field(default_factory=list)
+def task_error_body(error_type: str, message: str, attempts: int, task_id: str,
+                    index: int) -> dict[str, Any]:
+    """The error record of a failed task of a ``return_exceptions`` job."""
+    return {"type": error_type, "message": message, "attempts": attempts, "task_id": task_id,
+            "index": index}
 
 
 def task_error_result(error_type: str, message: str, attempts: int, task_id: str,
                       index: int) -> str:
-    """The result that stands for a failed task of a ``return_exceptions`` job."""
-    body = {"type": error_type, "message": message, "attempts": attempts, "task_id": task_id,
-            "index": index}
+    """The result that stands for a failed task of a first-format ``return_exceptions`` job
+    (a payload-format job's is ``workflows.payloads.task_error_payload``)."""
+    body = task_error_body(error_type, message, attempts, task_id, index)
     return TASK_ERROR_PREFIX + json.dumps(body, sort_keys=True)
 
 

@@ -236,3 +236,21 @@ def reference_torch_dropout(cfg: dict[str, Any]) -> dict[str, Any]:
     while state["step"] < cfg["steps"]:
         _dropout_step(model, opt, state)
     return state
+
+
+def pausable(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Counts to ``cfg["steps"]``, logging ``start``/``step`` like ``_run``; stops when cancelled.
+
+    Meant for a long ``checkpoint_interval``: only forced (final) checkpoints capture.
+    """
+    ctx = current_task()
+    state = ctx.restore() or {"step": 0}
+    _log(cfg, ctx.task_id, ctx.attempt, os.getppid(), "start", state["step"])
+    while state["step"] < cfg["steps"]:
+        if ctx.cancelled:
+            raise RuntimeError(f"{ctx.task_id} attempt {ctx.attempt} stopped")
+        time.sleep(cfg["step_seconds"])
+        state["step"] += 1
+        _log(cfg, ctx.task_id, ctx.attempt, os.getppid(), "step", state["step"])
+        ctx.checkpoint(state)
+    return {"steps": state["step"]}

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _helpers import clean_env
@@ -41,21 +42,32 @@ def healthy(port: int) -> bool:
         return False
 
 
-def _start_dev(tmp_path: Path) -> tuple[subprocess.Popen[str], Path, tuple[int, int, int]]:
+def _start_dev(tmp_path: Path) -> tuple[subprocess.Popen[str], Path, tuple[int, int, int, int]]:
     """`crowdcompute dev` with two workers on free ports; (process, state dir, ports)."""
-    port, ui, api = free_port(), free_port(), free_port()
+    port, ui, api, codec = free_port(), free_port(), free_port(), free_port()
     state = tmp_path / "state"
     proc = subprocess.Popen(
         [EXE, "dev", "--state-dir", str(state), "--port", str(port), "--ui-port", str(ui),
-         "--api-port", str(api), "--workers", "2"],
+         "--api-port", str(api), "--codec-port", str(codec), "--workers", "2"],
         env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return proc, state, (port, ui, api)
+    return proc, state, (port, ui, api, codec)
+
+
+def _decode(codec: int, payloads: list[dict[str, Any]]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{codec}/decode", data=json.dumps({"payloads": payloads}).encode(),
+        headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as r:
+        body: dict[str, Any] = json.loads(r.read())
+    return body
 
 
 def test_dev_runs_a_job_serves_the_api_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    proc, state, (port, ui, api) = _start_dev(tmp_path)
+    proc, state, (port, ui, api, codec) = _start_dev(tmp_path)
     try:
-        wait_until(lambda: port_in_use(port) and healthy(api))
+        wait_until(lambda: port_in_use(port) and healthy(api) and port_in_use(codec))
+        json_payload = {"metadata": {"encoding": "anNvbi9wbGFpbg=="}, "data": "WzEsMl0="}
+        assert _decode(codec, [json_payload]) == {"payloads": [json_payload]}
         job = subprocess.run(
             [EXE, "submit", "tasks:square", "--items", str(_items(tmp_path, [1, 2, 3])),
              "--job-id", "dev-job", "--wait"],
@@ -73,6 +85,7 @@ def test_dev_runs_a_job_serves_the_api_and_stops_cleanly_on_sigterm(tmp_path: Pa
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert f"Temporal UI:  http://localhost:{ui}" in out
+    assert f"--ui-codec-endpoint http://localhost:{codec}" in out
     assert not port_in_use(port) and not port_in_use(api)
     assert (state / "temporal.db").exists()  # jobs survive a restart of the dev server
 
@@ -84,7 +97,8 @@ def test_dev_reports_a_taken_port(tmp_path: Path) -> None:
         taken = s.getsockname()[1]
         out = subprocess.run(
             [EXE, "dev", "--state-dir", str(tmp_path), "--port", str(taken),
-             "--ui-port", str(free_port()), "--api-port", str(free_port())],
+             "--ui-port", str(free_port()), "--api-port", str(free_port()),
+             "--codec-port", str(free_port())],
             env=clean_env(), capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert f"already in use: port {taken} (Temporal gRPC). Is another" in out.stderr
@@ -99,7 +113,8 @@ def test_dev_names_every_taken_port(tmp_path: Path) -> None:
         port, api_port = grpc.getsockname()[1], api.getsockname()[1]
         out = subprocess.run(
             [EXE, "dev", "--state-dir", str(tmp_path), "--port", str(port),
-             "--ui-port", str(free_port()), "--api-port", str(api_port)],
+             "--ui-port", str(free_port()), "--api-port", str(api_port),
+             "--codec-port", str(free_port())],
             env=clean_env(), capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert (f"already in use: port {port} (Temporal gRPC), port {api_port} (REST API)"
@@ -137,7 +152,7 @@ def test_dev_restarts_a_worker_that_died_and_the_job_completes(tmp_path: Path) -
     import re
     import threading
 
-    proc, state, (port, ui, api) = _start_dev(tmp_path)
+    proc, state, (port, ui, api, _) = _start_dev(tmp_path)
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
 

@@ -6,6 +6,8 @@ breaks one breaks running jobs.
 - ``v1-*.json`` (``record.py`` there records new ones): one job of each shape —
   plain, checkpointed, failed, batched (and its batches), cancelled — recorded
   before items and results became Temporal-native payloads.
+- ``v3-*.json`` / ``v3-windowed-*.json.gz``: the same shapes (and a job of a
+  NumPy item) with items and results as Temporal-native payloads.
 - ``old-*.json.gz`` were recorded before a stop cancelled tasks in waves
   (``CANCEL_IN_WAVES_PATCH``): a job cancelled while it ran its tasks itself, one
   whose task failed (the others were cancelled), one cancelled while it ran three
@@ -27,7 +29,7 @@ from workflows import WORKFLOWS
 
 HERE = Path(__file__).resolve().parent / "histories"
 HISTORIES = (sorted(HERE.glob("v1-*.json")) + sorted(HERE.glob("old-*.json.gz"))
-             + sorted(HERE.glob("v2-*.json.gz")))
+             + sorted(HERE.glob("v2-*.json.gz")) + sorted(HERE.glob("v3-*.json*")))
 
 
 def _name(path: Path) -> str:
@@ -47,6 +49,10 @@ def test_histories_of_every_shape_are_recorded() -> None:
     assert len([n for n in names if n.startswith("old-")]) == 10
     for shape in ("windowed-run0", "windowed-run1", "windowed-run2", "windowed--batch-0"):
         assert f"v2-{shape}" in names
+    for shape in ("plain", "checkpointed", "failed", "batched", "batched--batch-0", "cancelled",
+                  "numpy", "numpy--batch-0", "windowed-run0", "windowed-run2",
+                  "windowed--batch-0"):
+        assert f"v3-{shape}" in names
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=_name)

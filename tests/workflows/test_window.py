@@ -17,12 +17,14 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
 
 import sdk
-from sdk._codec import encode_value
+from sdk._files import write_atomic
 from sdk._job_items import FsJobItemStore, build_job_item_store
 from sdk._jobs import start_job
+from sdk._values import decode_value, encode_value
 from worker_app.settings import Settings
 from worker_app.worker import running_worker
 from workflows.models import TaskOptions
+from workflows.payloads import pack, unpack
 
 MAX_EVENTS = 10_240
 _OPENED = EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED
@@ -90,15 +92,27 @@ async def test_failed_task_fails_a_windowed_job(worker: None, conn: sdk.Connecti
 
 def test_item_store_round_trip(tmp_path: Path) -> None:
     store = FsJobItemStore(tmp_path)
-    assert store.put_items("job-a", ["a", "b", "c"], 2) == 2
-    assert store.manifest("job-a") == {"count": 3, "chunk_size": 2}
+    items = [encode_value("a"), encode_value(b"b"), encode_value(("c",))]
+    assert store.put_items("job-a", items, 2) == 2
+    assert store.manifest("job-a") == {"count": 3, "chunk_size": 2, "format": "payloads"}
+    assert [decode_value(p) for p in unpack(store.get_payload("job-a", "items", 1))] == [("c",)]
+    store.put_payload("job-a", "results", 0, pack([encode_value("x"), encode_value(2)]))
+    store.put_payload("job-a", "results", 1, pack([encode_value(None)]))
+    assert [decode_value(p) for p in store.read_results("job-a") or []] == ["x", 2, None]
+    assert store.read_results("job-b") is None
+    store.delete_job("job-a")
+    assert store.manifest("job-a") is None
+
+
+def test_item_store_reads_first_format_chunks(tmp_path: Path) -> None:
+    # A job stored before native payloads: no "format", base64 lines per chunk.
+    store = FsJobItemStore(tmp_path)
+    write_atomic(tmp_path / "jobs/job-a/manifest", b'{"count": 3, "chunk_size": 2}')
+    store.put_chunk("job-a", "items", 1, ["c"])
     assert store.get_chunk("job-a", "items", 1) == ["c"]
     store.put_chunk("job-a", "results", 0, ["x", "y"])
     store.put_chunk("job-a", "results", 1, ["z"])
     assert store.read_results("job-a") == ["x", "y", "z"]
-    assert store.read_results("job-b") is None
-    store.delete_job("job-a")
-    assert store.manifest("job-a") is None
 
 
 async def test_progress_of_a_100000_task_job_counts_every_task_and_pages(
@@ -145,7 +159,7 @@ async def test_progress_of_a_100000_task_job_counts_every_task_and_pages(
     with pytest.raises(sdk.JobCancelled):
         await job.result()
     assert build_job_item_store(conn.settings).manifest(job.job_id) == {
-        "count": n, "chunk_size": 1000}
+        "count": n, "chunk_size": 1000, "format": "payloads"}
 
 
 @pytest.fixture

@@ -5,7 +5,9 @@ writes each workflow's history as JSON beside this file, named
 ``<format>-<shape>[--batch-k].json``; ``HISTORY_SHAPE=windowed`` records only
 a job of stored items (its runs and a batch, gzipped). Histories recorded by earlier versions
 of the workflows are kept: the replay test checks that today's code still
-replays every one of them.
+replays every one of them. It records today's payload format: ``v1`` and ``v2``
+were recorded by earlier versions of this script (base64 pickles in JSON),
+``v3`` (``HISTORY_FORMAT=v3``) with Temporal-native payloads.
 """
 
 from __future__ import annotations
@@ -48,13 +50,14 @@ async def main(fmt: str) -> None:
 
 
 async def _record(conn: sdk.Connection, fmt: str) -> None:
+    import numpy as np
     import tasks
-
-    from sdk._codec import encode_value  # the SDK's own item encoding
 
     client = conn.client
     jobs = {
         "plain": (tasks.square, [1, 2, 3], {}),
+        # not JSON: its item goes through the item store, as a payload of its own
+        "numpy": (tasks.array_stats, [np.arange(4.0)], {}),
         "checkpointed": ("ckpt_tasks:train_numpy", [{"seed": 1, "steps": 3, "step_seconds": 0.05,
                                                        "log": os.devnull}],
                          {"checkpoint_interval": 0.01}),
@@ -67,10 +70,11 @@ async def _record(conn: sdk.Connection, fmt: str) -> None:
         except Exception:
             pass
         await _save(client, f"{fmt}-{shape}")
+    await _save(client, f"{fmt}-numpy--batch-0")
     # a job large enough for child batches (batch_size is a workflow input)
     handle = await client.start_workflow(
         JobWorkflow.run,
-        JobInput(job_id=f"{fmt}-batched", fn="tasks:square", items=[encode_value(i) for i in range(5)],
+        JobInput(job_id=f"{fmt}-batched", fn="tasks:square", items=list(range(5)),
                  options=TaskOptions(), batch_size=2),
         id=f"{fmt}-batched", task_queue=conn.settings.task_queue)
     await handle.result()
@@ -92,8 +96,8 @@ async def record_windowed(conn: sdk.Connection, fmt: str) -> None:
     continues as new twice) and one batch, gzipped as ``<fmt>-windowed-run<k>``."""
     import gzip
 
-    from sdk._codec import encode_value
     from sdk._jobs import start_job
+    from sdk._values import encode_value
 
     job_id = f"{fmt}-windowed"
     job = await start_job(conn, job_id, "tasks:square", [encode_value(i) for i in range(25)],
