@@ -265,16 +265,18 @@ class CheckpointManager:
     def delete_job(self, job_id: str, *, forget: bool = False) -> None:
         """Delete the checkpoint data of every task of the job but the kept ones.
 
-        With ``forget=True`` the task rows (summary counters) go as well.
+        With ``forget=True`` (the job id is used again by a new job) the task rows
+        (summary counters) go as well, and so do kept final checkpoints: a new
+        job must never resume from the data of an earlier one of the same id.
         """
         validate_id(job_id, "job id")
         with Session(self._reader, expire_on_commit=False) as s, s.begin():
             tasks = list(cat.job_tasks(s, job_id))
         for task in tasks:
-            self.delete_task(task.task_id)
+            self.delete_task(task.task_id, kept=forget)
         with Session(self.engine, expire_on_commit=False) as s, s.begin():
             cat.delete_job_rows(s, job_id, forget=forget)
-        if not any(t.kept_at is not None for t in tasks):
+        if forget or not any(t.kept_at is not None for t in tasks):
             self.chain.delete_prefix(job_prefix(self.config.key_prefix, job_id))
         log.info("CheckpointManager: deleted checkpoints of job %r (%d tasks)", job_id,
                  len(tasks))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -22,6 +23,7 @@ from sdk._heartbeats import with_heartbeats
 from sdk._job_items import JobItemsMissing, build_job_item_store
 from sdk._values import decode_value, encode_value
 from sdk.errors import JobCancelled, JobFailed, TaskFailed
+from workflows._runner import PAYLOADS_PATCH
 from workflows.job import JobWorkflow
 from workflows.models import (
     BATCHES_PER_RUN,
@@ -47,6 +49,9 @@ from workflows.payloads import is_json, json_value, task_error_of, unpack
 
 # Seconds: "checkpoint by steps only" (ten years, longer than any task runs).
 STEPS_ONLY_INTERVAL = 10 * 365 * 86400.0
+# Events of a job's history read to tell its payload format (the patch marker
+# follows the first workflow task, within the first few events).
+PATCH_LOOKAHEAD = 20
 # How long progress() waits for each batch in flight to answer. A batch whose
 # worker is busy scheduling its first waves can take many seconds to answer a
 # query; its tasks then count as the job sees them (pending) and
@@ -82,7 +87,30 @@ class JobHandle:
             # their results to the item store.
             store = build_job_item_store(self._conn.settings)
             results = await asyncio.to_thread(store.read_results, self.job_id) or []
+        elif all(isinstance(r, Payload) and is_json(r) and isinstance(json_value(r), str)
+                 for r in results) and not await self._payload_format():
+            # A job started before payloads had their own encodings returns base64
+            # pickles as JSON strings; strings of a payload-format job are just strings.
+            return [_decode_result(str(json_value(r))) for r in results if isinstance(r, Payload)]
         return [_decode_result(r) for r in results]
+
+    async def _payload_format(self) -> bool:
+        """True when the job records the payload-format patch (its first workflow task does)."""
+        handle = self._conn.client.get_workflow_handle(self.job_id, run_id=self._handle.run_id)
+        seen_task = False
+        async for event in handle.fetch_history_events(page_size=PATCH_LOOKAHEAD):
+            attrs = event.marker_recorded_event_attributes
+            if event.HasField("marker_recorded_event_attributes") and attrs.marker_name == "core_patch":
+                data = attrs.details["patch-data"].payloads[0].data
+                if json.loads(data).get("id") == PAYLOADS_PATCH:
+                    return True
+            elif event.HasField("workflow_task_completed_event_attributes"):
+                if seen_task:  # the patch is marked in the first task's commands
+                    return False
+                seen_task = True
+            if event.event_id >= PATCH_LOOKAHEAD:
+                return False
+        return False
 
     def _result_handle(self) -> WorkflowHandle[Any, RawValue]:
         return self._conn.client.get_workflow_handle(

@@ -25,9 +25,9 @@ from rich.console import Console
 from temporalio.worker import Replayer
 
 import sdk
-from sdk._codec import encode_value
 from sdk._jobs import start_job
 from sdk._payloads import build_data_converter
+from sdk._values import encode_value
 from worker_app.api import create_app
 from worker_app.settings import Settings
 from worker_app.status_view import fetch_status, render_status

@@ -167,8 +167,12 @@ def jobs_with_checkpoints(s: Session) -> list[str]:
 
 
 def delete_job_rows(s: Session, job_id: str, *, forget: bool) -> None:
-    """Every checkpoint row of the job but those of kept tasks; with ``forget`` the task
-    rows (kept ones excepted) as well."""
+    """Every checkpoint row of the job but those of kept tasks; with ``forget`` every
+    row of the job, task rows and kept ones included."""
+    if forget:
+        s.execute(delete(CheckpointRow).where(CheckpointRow.job_id == job_id))
+        s.execute(delete(TaskRow).where(TaskRow.job_id == job_id))
+        return
     kept = select(TaskRow.task_id).where(TaskRow.job_id == job_id, TaskRow.kept_at.is_not(None))
     s.execute(delete(CheckpointRow).where(CheckpointRow.job_id == job_id,
                                           CheckpointRow.task_id.not_in(kept)))

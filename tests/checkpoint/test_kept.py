@@ -34,13 +34,13 @@ def test_cleanup_leaves_kept_tasks_and_delete_kept_removes_them(backend, tmp_pat
     assert manager.mark_kept("job:0", kept_epoch) is True
 
     manager.delete_task("job:0")          # the per-task cleanup after its result
-    manager.delete_job("job", forget=True)  # the job's cleanup
+    manager.delete_job("job")  # the job's cleanup when it ends
     assert chain(manager, "job:0")[-1].seq == 3
     assert chain(manager, "job:1") == []
     assert [t.task_id for t in manager.kept_tasks()] == ["job:0"]
     with Session(manager.engine) as s:
         assert jobs_with_checkpoints(s) == []  # gc's list: nothing left to collect
-    assert manager.task_view("job:1") is None  # forgotten; the kept task row stays
+    assert manager.task_view("job:1").chain == ()  # its counters stay, its data went
     keys = set(all_blob_keys(manager))
     assert keys and all("/job%3A0/" in k for k in keys)
 
@@ -55,6 +55,19 @@ def test_cleanup_leaves_kept_tasks_and_delete_kept_removes_them(backend, tmp_pat
     assert manager.delete_kept(older_than_seconds=0) == ["job:0"]
     assert manager.kept_tasks() == []
     assert chain(manager, "job:0") == []
+    assert all_blob_keys(manager) == []
+
+
+def test_a_new_job_of_the_same_id_forgets_kept_checkpoints(backend, tmp_path) -> None:
+    manager = build_manager(backend, db_size_limit=4096)
+    assert manager.mark_kept("job:0", _run(manager, "job:0", 3, tmp_path / "a")) is True
+    manager.delete_job("job")
+    assert [t.task_id for t in manager.kept_tasks()] == ["job:0"]
+    # The first run of a new job "job" forgets the earlier one, kept data included:
+    # its task 0 must start from scratch, not from the earlier job's final state.
+    manager.delete_job("job", forget=True)
+    assert manager.kept_tasks() == [] and manager.task_view("job:0") is None
+    assert manager.restore("job", "job:0") is None
     assert all_blob_keys(manager) == []
 
 
