@@ -29,6 +29,7 @@ from workflows.models import (
     CleanupTaskInput,
     RunTaskInput,
     TaskStarted,
+    flat_model,
     task_id_for,
 )
 from workflows.payloads import is_given
@@ -115,6 +116,10 @@ class TaskActivities:
         pickles).
         """
         if not is_given(item):
+            if isinstance(arg, dict):
+                # One argument where the definition has two: Temporal then decodes it
+                # without type hints, as the JSON object it is.
+                arg = flat_model(RunTaskInput, arg)
             return str(await self._run_task(arg, None))
         result = await self._run_task(arg, item.payload.SerializeToString())
         assert isinstance(result, bytes)  # the task process answers in the item's format

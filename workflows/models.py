@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+M = TypeVar("M")
 
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
@@ -51,6 +53,16 @@ TASK_ERROR_PREFIX = "!crowdcompute-task-error:"
 KEEP_NONE = "none"
 KEEP_FINAL = "final"
 KEEP_CHOICES = (KEEP_NONE, KEEP_FINAL)
+
+
+def flat_model(cls: type[M], data: dict[str, Any]) -> M:
+    """``cls`` (a model whose fields are all JSON values) from its JSON object.
+
+    Keys it does not know are ignored and missing ones take their defaults, as
+    Temporal's own dataclass conversion does (fields are only ever added).
+    """
+    names = {f.name for f in fields(cls) if f.init}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def validate_job_id(job_id: str) -> str:

@@ -14,6 +14,10 @@ import numpy as np
 from sdk import current_task
 
 
+def shout(s: str) -> str:
+    return s.upper()
+
+
 def square(x: int) -> int:
     return x * x
 

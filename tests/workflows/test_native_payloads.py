@@ -223,3 +223,52 @@ def test_job_summaries_name_function_items_and_checkpointing() -> None:
     assert job_summary("m:f", 2, both) == "m:f over 2 items, checkpoint every 2.5 s or 100 steps"
     steps = TaskOptions(checkpoint_interval=STEPS_ONLY_INTERVAL, checkpoint_every_steps=50)
     assert job_summary("m:f", 2, steps) == "m:f over 2 items, checkpoint every 50 steps"
+
+
+async def test_a_first_format_job_still_returns_decoded_results(
+    worker: None, conn: sdk.Connection, settings: Settings
+) -> None:
+    """A job of the first payload format (base64 pickles, no payload patch marker, as
+    a job started before the upgrade runs on) returns its values, not base64 text;
+    a payload-format job whose results are strings keeps them as they are."""
+    from sdk import _codec
+    from sdk._jobs import JobHandle
+    from workflows.job import JobWorkflow
+    from workflows.models import JobInput
+
+    job_id = f"first-format-{uuid.uuid4().hex[:8]}"
+    handle = await conn.client.start_workflow(
+        JobWorkflow.run, JobInput(job_id=job_id, fn="tasks:square",
+                                  items=[_codec.encode_value(i) for i in (1, 2, 3)],
+                                  legacy_payloads=True),
+        id=job_id, task_queue=settings.task_queue)
+    assert await JobHandle(job_id, handle, conn).result() == [1, 4, 9]
+    # Strings that look like base64 pickles stay strings in a payload-format job.
+    lookalikes = [_codec.encode_value(i) for i in (1, 2)]
+    assert await sdk.map(tasks.shout, lookalikes) == [x.upper() for x in lookalikes]
+
+
+async def test_a_first_format_job_in_stored_batches_still_completes(
+    worker: None, conn: sdk.Connection, settings: Settings
+) -> None:
+    """The same for a job whose items are in the item store as base64 lines: its
+    batches read and write the first format (one argument per item store call)."""
+    import json as _json
+
+    from sdk import _codec
+    from sdk._job_items import ITEMS, build_job_item_store
+    from sdk._jobs import JobHandle
+    from workflows.job import JobWorkflow
+    from workflows.models import JobInput
+
+    job_id = f"first-stored-{uuid.uuid4().hex[:8]}"
+    store = build_job_item_store(settings)
+    lines = [_codec.encode_value(i) for i in range(5)]
+    for k in range(3):
+        store.put_chunk(job_id, ITEMS, k, lines[2 * k : 2 * k + 2])
+    store._put(f"jobs/{job_id}/manifest", _json.dumps({"count": 5, "chunk_size": 2}).encode())
+    handle = await conn.client.start_workflow(
+        JobWorkflow.run, JobInput(job_id=job_id, fn="tasks:square", items=[], item_count=5,
+                                  batch_size=2, window=2, legacy_payloads=True),
+        id=job_id, task_queue=settings.task_queue)
+    assert await JobHandle(job_id, handle, conn).result() == [i * i for i in range(5)]
