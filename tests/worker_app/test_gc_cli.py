@@ -64,7 +64,7 @@ async def test_gc_trims_the_job_item_store(settings: Settings, conn: sdk.Connect
     # A big job that keeps running: its items are still being read.
     running = await sdk.submit(tasks.sleep_until_cancelled, [60.0] * 1001,
                                job_id="items-running")
-    assert store.manifest("items-running") == {"count": 1001, "chunk_size": 1000}
+    assert store.manifest("items-running") == {"count": 1001, "chunk_size": 1000, "format": "payloads"}
     # A finished job's entry (as a stored job leaves it), and one Temporal never knew.
     for job_id in ("items-done", "items-unknown"):
         store.put_items(job_id, [json_payload("a"), json_payload("b")], 1)
