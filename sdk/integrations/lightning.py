@@ -27,20 +27,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from sdk.integrations._common import lazy_attribute
 from sdk.integrations._common import task as _task
 
 __all__ = ["CrowdComputeCallback"]
 
 FORMAT = "crowdcompute.lightning/1"
-_built: dict[str, Any] = {}
-
-
-def __getattr__(name: str) -> Any:
-    if name == "CrowdComputeCallback":
-        if name not in _built:
-            _built[name] = _build()
-        return _built[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attribute(__name__, "CrowdComputeCallback", lambda: _build())
 
 
 def _build() -> Any:

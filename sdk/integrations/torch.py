@@ -25,18 +25,12 @@ import importlib
 from collections.abc import Iterator
 from typing import Any
 
+from sdk.integrations._common import lazy_attribute
+
 __all__ = ["ResumableDataLoader"]
 
 FORMAT = "crowdcompute.torch.dataloader/1"
-_built: dict[str, Any] = {}
-
-
-def __getattr__(name: str) -> Any:
-    if name == "ResumableDataLoader":
-        if name not in _built:
-            _built[name] = _build()
-        return _built[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attribute(__name__, "ResumableDataLoader", lambda: _build())
 
 
 def _is_loader_state(state: Any) -> bool:
