@@ -15,7 +15,7 @@ from temporalio.api.common.v1 import Payload
 from temporalio.common import RawValue
 
 from sdk._job_items import ITEMS, RESULTS, JobItemStore
-from workflows.models import ChunkRef, ChunkResults, flat_model
+from workflows.models import ChunkRef, ChunkResults, model_from_json
 from workflows.payloads import is_given
 
 # ``write_job_results``' results when a first-format batch passes them in ``ChunkResults``.
@@ -47,7 +47,7 @@ class JobItemActivities:
         if isinstance(arg, dict):
             # A first-format batch passes one argument where the definition has two:
             # Temporal then decodes it without type hints, as the JSON object it is.
-            arg = flat_model(ChunkResults, arg)
+            arg = model_from_json(ChunkResults, arg)
         if is_given(results):
             await asyncio.to_thread(self.store.put_payload, arg.job_id, RESULTS, arg.chunk,
                                     results.payload)

@@ -29,7 +29,7 @@ from workflows.models import (
     CleanupTaskInput,
     RunTaskInput,
     TaskStarted,
-    flat_model,
+    model_from_json,
     task_id_for,
 )
 from workflows.payloads import is_given
@@ -119,7 +119,7 @@ class TaskActivities:
             if isinstance(arg, dict):
                 # One argument where the definition has two: Temporal then decodes it
                 # without type hints, as the JSON object it is.
-                arg = flat_model(RunTaskInput, arg)
+                arg = model_from_json(RunTaskInput, arg)
             return str(await self._run_task(arg, None))
         result = await self._run_task(arg, item.payload.SerializeToString())
         assert isinstance(result, bytes)  # the task process answers in the item's format

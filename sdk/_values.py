@@ -10,15 +10,11 @@ processes only; workflows never decode a non-JSON payload.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import io
 import math
 import pickle
 import sys
-import typing
-import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from temporalio.api.common.v1 import Payload
@@ -30,6 +26,7 @@ from temporalio.converter import (
     JSONTypeConverter,
 )
 
+from workflows.models import is_model, model_from_json
 from workflows.payloads import (
     ENCODING_BYTES,
     ENCODING_JSON,
@@ -145,63 +142,6 @@ class _ValueConverter(EncodingPayloadConverter):
         return decode_value(payload)
 
 
-_Field = tuple[str, Callable[[Any], Any] | None]
-
-
-# Weak keys: the workflow sandbox imports ``workflows.models`` afresh for each
-# workflow run, so each run's classes get (and drop) their own entries.
-_FIELDS: weakref.WeakKeyDictionary[type, tuple[_Field, ...]] = weakref.WeakKeyDictionary()
-
-
-def _model_fields(cls: Any) -> tuple[_Field, ...] | None:
-    """How to build ``cls`` (one of our models) from JSON: per field, a converter or None.
-
-    None for anything that is not a dataclass of ``workflows.models``. A field of
-    another model (or a list of them) converts recursively; every other field of
-    our models is a JSON value already (str, int, float, bool, None, lists and
-    dicts of them) and is passed through.
-    """
-    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)
-            and cls.__module__ == "workflows.models"):
-        return None
-    known = _FIELDS.get(cls)
-    if known is not None:
-        return known
-    hints = typing.get_type_hints(cls)
-    fields: list[_Field] = []
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
-        hint = hints[f.name]
-        inner = typing.get_args(hint)[0] if typing.get_origin(hint) is list else None
-        if _model_fields(hint) is not None:
-            fields.append((f.name, functools.partial(_build_model, hint)))
-        elif inner is not None and _model_fields(inner) is not None:
-            fields.append((f.name, functools.partial(_build_models, inner)))
-        else:
-            fields.append((f.name, None))
-    _FIELDS[cls] = out = tuple(fields)
-    return out
-
-
-def _build_model(cls: type, value: Any) -> Any:
-    fields = _model_fields(cls)
-    if fields is None or not isinstance(value, dict):
-        raise TypeError(f"cannot convert {type(value).__name__} to {cls.__name__}")
-    kwargs = {}
-    for name, convert in fields:
-        if name in value:  # unknown keys are ignored, missing ones take their defaults
-            v = value[name]
-            kwargs[name] = convert(v) if convert is not None and v is not None else v
-    return cls(**kwargs)
-
-
-def _build_models(cls: type, values: Any) -> list[Any]:
-    if not isinstance(values, list):
-        raise TypeError(f"cannot convert {type(values).__name__} to a list of {cls.__name__}")
-    return [_build_model(cls, v) for v in values]
-
-
 class _ModelTypes(JSONTypeConverter):
     """Decodes our models with their field types resolved once per class.
 
@@ -211,9 +151,9 @@ class _ModelTypes(JSONTypeConverter):
     """
 
     def to_typed_value(self, hint: type, value: Any) -> Any:
-        if _model_fields(hint) is None:
+        if not is_model(hint):
             return JSONTypeConverter.Unhandled
-        return _build_model(hint, value)
+        return model_from_json(hint, value)
 
 
 def _payload_converters() -> list[EncodingPayloadConverter]:

@@ -10,9 +10,13 @@ as opaque payloads the workflow never decodes. Jobs started before that (their
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from dataclasses import dataclass, field, fields
+import typing
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, TypeVar
 
 M = TypeVar("M")
@@ -55,14 +59,66 @@ KEEP_FINAL = "final"
 KEEP_CHOICES = (KEEP_NONE, KEEP_FINAL)
 
 
-def flat_model(cls: type[M], data: dict[str, Any]) -> M:
-    """``cls`` (a model whose fields are all JSON values) from its JSON object.
+_Field = tuple[str, Callable[[Any], Any] | None]
+
+# Weak keys: the workflow sandbox imports this module afresh for each workflow
+# run, so each run's classes get (and drop) their own entries.
+_PLANS: weakref.WeakKeyDictionary[type, tuple[_Field, ...]] = weakref.WeakKeyDictionary()
+
+
+def is_model(cls: Any) -> bool:
+    """True for the dataclasses of this module (``model_from_json`` builds them)."""
+    return isinstance(cls, type) and is_dataclass(cls) and cls.__module__ == __name__
+
+
+def _plan(cls: type) -> tuple[_Field, ...]:
+    """How to build ``cls`` from JSON: per init field, a converter or None.
+
+    A field of another model (or a list of them) converts recursively; every
+    other field of our models is a JSON value already (str, int, float, bool,
+    None, lists and dicts of them) and is passed through. Type hints are
+    resolved once per class (string annotations are evaluated then).
+    """
+    known = _PLANS.get(cls)
+    if known is not None:
+        return known
+    hints = typing.get_type_hints(cls)
+    plan: list[_Field] = []
+    for f in fields(cls):
+        if not f.init:
+            continue
+        hint = hints[f.name]
+        inner = typing.get_args(hint)[0] if typing.get_origin(hint) is list else None
+        if is_model(hint):
+            plan.append((f.name, functools.partial(model_from_json, hint)))
+        elif inner is not None and is_model(inner):
+            plan.append((f.name, functools.partial(_models_from_json, inner)))
+        else:
+            plan.append((f.name, None))
+    _PLANS[cls] = out = tuple(plan)
+    return out
+
+
+def model_from_json(cls: type[M], data: Any) -> M:
+    """``cls`` (one of our models) from its JSON object.
 
     Keys it does not know are ignored and missing ones take their defaults, as
     Temporal's own dataclass conversion does (fields are only ever added).
     """
-    names = {f.name for f in fields(cls) if f.init}  # type: ignore[arg-type]
-    return cls(**{k: v for k, v in data.items() if k in names})
+    if not is_model(cls) or not isinstance(data, dict):
+        raise TypeError(f"cannot convert {type(data).__name__} to {cls.__name__}")
+    kwargs = {}
+    for name, convert in _plan(cls):
+        if name in data:
+            v = data[name]
+            kwargs[name] = convert(v) if convert is not None and v is not None else v
+    return cls(**kwargs)
+
+
+def _models_from_json(cls: type[M], values: Any) -> list[M]:
+    if not isinstance(values, list):
+        raise TypeError(f"cannot convert {type(values).__name__} to a list of {cls.__name__}")
+    return [model_from_json(cls, v) for v in values]
 
 
 def validate_job_id(job_id: str) -> str:
