@@ -120,14 +120,15 @@ class JobItemStore(ABC):
         if manifest is None:
             return None
         count, size = manifest["count"], manifest["chunk_size"]
-        chunks = range(-(-count // size))
-        if manifest.get("format") == FORMAT_PAYLOADS:
-            return [p for k in chunks for p in unpack(self.get_payload(job_id, RESULTS, k))]
-        return [line for k in chunks for line in self.get_chunk(job_id, RESULTS, k)]
+        out: list[Any] = []
+        for chunk in range(-(-count // size)):
+            out.extend(self.read_result_chunk(job_id, chunk, manifest))
+        return out
 
-    def read_result_chunk(self, job_id: str, chunk: int) -> list[Payload] | list[str]:
-        """The results of chunk ``chunk`` (JobItemsMissing until its batch wrote them)."""
-        manifest = self.manifest(job_id)
+    def read_result_chunk(self, job_id: str, chunk: int,
+                          manifest: dict[str, Any] | None) -> list[Payload] | list[str]:
+        """The results of chunk ``chunk`` of the job ``manifest`` describes
+        (JobItemsMissing until its batch wrote them)."""
         if manifest is not None and manifest.get("format") == FORMAT_PAYLOADS:
             return unpack(self.get_payload(job_id, RESULTS, chunk))
         return self.get_chunk(job_id, RESULTS, chunk)

@@ -20,7 +20,7 @@ from sdk import _codec
 from sdk._connection import Connection, connect, default_connection
 from sdk._functions import function_path
 from sdk._heartbeats import with_heartbeats
-from sdk._job_items import JobItemsMissing, build_job_item_store
+from sdk._job_items import JobItemsMissing, JobItemStore, build_job_item_store
 from sdk._values import decode_value, encode_value
 from sdk.errors import JobCancelled, JobFailed, TaskFailed
 from workflows._runner import PAYLOADS_PATCH
@@ -126,7 +126,9 @@ class JobHandle:
         """
         top: JobProgress = await self._handle.query(JobWorkflow.progress)
         if top.batch_size > 0:
-            parts = await asyncio.gather(*(self._stored_batch_results(top, k)
+            store = build_job_item_store(self._conn.settings)
+            manifest = await asyncio.to_thread(store.manifest, self.job_id)
+            parts = await asyncio.gather(*(self._stored_batch_results(store, manifest, top, k)
                                            for k in range(-(-top.total // top.batch_size))))
         elif top.batches:
             parts = await asyncio.gather(*(self._query_results(b.workflow_id)
@@ -152,12 +154,13 @@ class JobHandle:
         values = [_decode_result(r) for r in results]
         return dict(zip(head["indexes"], values, strict=True))
 
-    async def _stored_batch_results(self, top: JobProgress, chunk: int) -> dict[int, Any]:
+    async def _stored_batch_results(self, store: JobItemStore, manifest: dict[str, Any] | None,
+                                    top: JobProgress, chunk: int) -> dict[int, Any]:
         """A stored job's batch: its chunk of results once written, else its own query."""
-        store = build_job_item_store(self._conn.settings)
         results: list[Payload | str]
         try:
-            results = list(await asyncio.to_thread(store.read_result_chunk, self.job_id, chunk))
+            results = list(await asyncio.to_thread(store.read_result_chunk, self.job_id, chunk,
+                                                      manifest))
         except JobItemsMissing:  # the batch has not written its results (yet)
             results = []
         if results:
