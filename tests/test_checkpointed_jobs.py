@@ -232,8 +232,10 @@ async def test_zombie_attempt_stops_once_its_retry_started(settings: Settings, c
     items = cfgs(tmp_path, 1, steps=300)
     log = StepLog(tmp_path / "steps.log")
     zombie = await spawn()
+    # Attempts to spare: with a 2 s heartbeat timeout a loaded machine can time out a
+    # retry or two besides the one this test provokes (a full run hit the default 5).
     job = await sdk.submit(ckpt_tasks.train_numpy, items, checkpoint_interval=INTERVAL,
-                           heartbeat_timeout=2.0, job_id="zombie")
+                           heartbeat_timeout=2.0, job_id="zombie", max_attempts=10)
     await wait_for(lambda: log.steps() >= 30, timeout=60)
     (child,) = task_processes(zombie.pid)
     for pid in (zombie.pid, child):
