@@ -13,7 +13,6 @@ Parent → child: ``("init", InitSpec)``, ``("run", RunSpec)``, ``("stop",)``,
 
 from __future__ import annotations
 
-import asyncio
 import pickle
 import socket
 import struct
@@ -21,7 +20,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-_HEADER = struct.Struct(">I")
+HEADER = struct.Struct(">I")
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,7 @@ class TaskError:
 
 def encode(msg: tuple[Any, ...]) -> bytes:
     body = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(len(body)) + body
+    return HEADER.pack(len(body)) + body
 
 
 class BlockingChannel:
@@ -86,10 +85,10 @@ class BlockingChannel:
 
     def recv(self) -> tuple[Any, ...] | None:
         """The next message, or None at EOF (the worker is gone)."""
-        header = self._read(_HEADER.size)
+        header = self._read(HEADER.size)
         if header is None:
             return None
-        body = self._read(_HEADER.unpack(header)[0])
+        body = self._read(HEADER.unpack(header)[0])
         return None if body is None else pickle.loads(body)  # noqa: S301 - our own parent
 
     def _read(self, n: int) -> bytes | None:
@@ -100,31 +99,3 @@ class BlockingChannel:
                 return None
             buf += chunk
         return bytes(buf)
-
-
-class AsyncChannel:
-    """The worker's end, on its event loop."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader, self._writer = reader, writer
-
-    @classmethod
-    async def open(cls, sock: socket.socket) -> AsyncChannel:
-        reader, writer = await asyncio.open_unix_connection(sock=sock)
-        return cls(reader, writer)
-
-    def send(self, *msg: Any) -> None:
-        if not self._writer.is_closing():
-            self._writer.write(encode(msg))
-
-    async def recv(self) -> tuple[Any, ...] | None:
-        """The next message, or None once the child closed its end (or died)."""
-        try:
-            header = await self._reader.readexactly(_HEADER.size)
-            body = await self._reader.readexactly(_HEADER.unpack(header)[0])
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return None
-        return pickle.loads(body)  # type: ignore[no-any-return]  # noqa: S301 - our own child
-
-    def close(self) -> None:
-        self._writer.close()

@@ -21,7 +21,7 @@ from temporalio.api.common.v1 import Payload
 from temporalio.common import RawValue
 
 from activities._ipc import InitSpec, RunSpec
-from activities._pool import AttemptEvents, ProcessPool
+from activities._pool import Assignment, AttemptEvents, ProcessPool
 from activities._runtime import TaskRuntime
 from activities.checkpointing import CheckpointObserver, previous_heartbeat
 from workflows.models import (
@@ -60,7 +60,7 @@ class _Attempt:
     spec: RunSpec
     details: dict[str, Any]
     final: asyncio.Future[bool] | None = None
-    send_final: Callable[[], None] = field(default=lambda: None)
+    send_final: Callable[[], object] = field(default=lambda: None)
     beating: bool = False  # the heartbeat loop runs
 
     def update(self, details: dict[str, Any]) -> None:
@@ -159,23 +159,23 @@ class TaskActivities:
             beat.append(loop.create_task(self._signal_started(spec)))
 
         timer = loop.call_later(interval, heartbeats)
-        try:
-            try:
-                child = await self.pool.acquire()
-            finally:
-                timer.cancel()
+
+        def dispatched(assignment: Assignment) -> None:
+            # In the pool's read callback, as a process takes the attempt.
+            nonlocal timer
+            timer.cancel()
             timer = loop.call_later(min(START_SIGNAL_DELAY, interval), running_a_while)
-            try:
-                attempt.send_final = lambda: child.chan.send("final")
-                self._running.add(attempt)
-                return await self._run_in(child.run(spec, self._events(attempt),
-                                                    lambda: self._stop_grace), attempt)
-            finally:
-                self._running.discard(attempt)
-                if attempt.final is not None and not attempt.final.done():
-                    attempt.final.set_result(True)  # the attempt ended: nothing left to save
-                await self.pool.release(child)
+            attempt.send_final = lambda: assignment.send("final")
+            self._running.add(attempt)
+
+        try:
+            return await self._run_in(
+                self.pool.run(spec, self._events(attempt), lambda: self._stop_grace,
+                              on_dispatch=dispatched), attempt)
         finally:
+            self._running.discard(attempt)
+            if attempt.final is not None and not attempt.final.done():
+                attempt.final.set_result(True)  # the attempt ended: nothing left to save
             timer.cancel()
             for task in beat:
                 task.cancel()

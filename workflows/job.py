@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -50,6 +51,13 @@ CLEANUP_TIMEOUT = timedelta(minutes=10)
 # Recorded when a checkpointed job first deletes, before its tasks start, whatever
 # catalog rows an earlier job of the same id left (histories before it did not).
 FORGET_EARLIER_JOB_PATCH = "forget-earlier-job-rows"
+# Our workflows run outside Temporal's sandbox: on a 10,000-task job its per-activation
+# import and builtins patching was half of the worker's CPU (docs/performance.md, "Job
+# fan-out"). The code is deterministic without it (only workflow.* APIs, no I/O, no
+# clocks), and tests/workflows/test_replay.py replays every recorded history both
+# outside and inside the sandbox, which refuses what it would have refused before.
+# CROWDCOMPUTE_WORKFLOW_SANDBOX=1 puts them back in it (read when this module is imported).
+SANDBOXED = os.environ.get("CROWDCOMPUTE_WORKFLOW_SANDBOX", "") not in ("", "0")
 
 
 class _RunsTasks:
@@ -86,7 +94,7 @@ class _RunsTasks:
         return RawValue(pack([json_payload({"indexes": [], "legacy": self._legacy})]))
 
 
-@workflow.defn(name="BatchWorkflow")
+@workflow.defn(name="BatchWorkflow", sandboxed=SANDBOXED)
 class BatchWorkflow(_RunsTasks):
     """Runs tasks ``offset .. offset+len(items)-1`` of a job; returns their results."""
 
@@ -143,7 +151,7 @@ class BatchWorkflow(_RunsTasks):
         return self._runner.counts() if self._runner is not None else {}
 
 
-@workflow.defn(name="JobWorkflow")
+@workflow.defn(name="JobWorkflow", sandboxed=SANDBOXED)
 class JobWorkflow(_RunsTasks):
     """One job: runs its tasks itself, or in child ``BatchWorkflow`` s when large."""
 

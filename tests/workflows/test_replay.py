@@ -17,6 +17,9 @@ breaks one breaks running jobs.
 from __future__ import annotations
 
 import gzip
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,3 +64,51 @@ async def test_history_replays(path: Path, tmp_path: Path) -> None:
                         data_converter=build_data_converter(Settings(state_dir=tmp_path)))
     result = await replayer.replay_workflow(_load(path), raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{_name(path)}: {result.replay_failure}"
+
+
+_IN_SANDBOX = """
+import asyncio, sys, tempfile
+from pathlib import Path
+sys.path[:0] = [{root!r}, {here!r}]
+import test_replay as t
+from temporalio import workflow
+from workflows import WORKFLOWS
+assert all(workflow._Definition.must_from_class(w).sandboxed for w in WORKFLOWS)
+
+async def main():
+    failures = []
+    for path in t.HISTORIES:
+        with tempfile.TemporaryDirectory() as tmp:
+            replayer = t.Replayer(workflows=WORKFLOWS,
+                                  data_converter=t.build_data_converter(t.Settings(state_dir=Path(tmp))))
+            result = await replayer.replay_workflow(t._load(path), raise_on_replay_failure=False)
+        if result.replay_failure is not None:
+            failures.append(f"{{t._name(path)}}: {{result.replay_failure}}")
+    print(len(t.HISTORIES), "histories;", len(failures), "failed")
+    for f in failures:
+        print(f)
+    sys.exit(1 if failures else 0)
+
+asyncio.run(main())
+"""
+
+
+def test_histories_replay_inside_the_sandbox() -> None:
+    """The workflows run unsandboxed (``workflows.job.SANDBOXED``); Temporal's sandbox,
+    switched back on, still accepts every recorded history, so nothing they do relies
+    on running outside it (a clock, I/O, a non-deterministic import would fail here)."""
+    root = str(Path(__file__).resolve().parents[2])
+    code = _IN_SANDBOX.format(root=root, here=str(Path(__file__).resolve().parent))
+    env = {**os.environ, "CROWDCOMPUTE_WORKFLOW_SANDBOX": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{len(HISTORIES)} histories; 0 failed" in done.stdout
+
+
+def test_workflows_run_outside_the_sandbox_by_default() -> None:
+    from temporalio import workflow
+
+    if os.environ.get("CROWDCOMPUTE_WORKFLOW_SANDBOX", "") not in ("", "0"):
+        pytest.skip("CROWDCOMPUTE_WORKFLOW_SANDBOX is set for this run")
+    assert not any(workflow._Definition.must_from_class(w).sandboxed for w in WORKFLOWS)
