@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import zstandard
 
+from . import _native
 from .errors import CorruptCheckpoint
 
 __all__ = [
@@ -232,6 +233,8 @@ def unshuffle_into(dst: np.ndarray, planes: np.ndarray, itemsize: int, *,
     arrays of the same length.
     """
     if itemsize > 1:
+        if _native.interleave(dst, list(planes.reshape(itemsize, -1)), xor_with):
+            return
         # One pass per plane (long strided inner loops) is 2-3x faster in numpy
         # than copying through the transposed view (inner loops of itemsize).
         rows = dst.reshape(-1, itemsize)
@@ -382,22 +385,30 @@ def planes_into(dst: np.ndarray, data: Any, *, xor_with: np.ndarray | None = Non
     ``dst`` (flat ``uint8``, may be ``xor_with`` itself) has the recorded raw
     size; no plane decompresses past its share of it. Raises CorruptCheckpoint.
     """
-    itemsize, planes = _plane_views(data, dst.nbytes)
-    share = dst.nbytes // itemsize
+    itemsize, stored = _plane_views(data, dst.nbytes)
+    planes = [_plane(k, flag, part, dst.nbytes // itemsize) for k, (flag, part) in enumerate(stored)]
+    # Every plane is checked (decompressed to its exact size) before dst is written.
+    if _native.interleave(dst, planes, xor_with):
+        return itemsize
     rows = dst.reshape(-1, itemsize)
     base = None if xor_with is None else xor_with.reshape(-1, itemsize)
-    for k, (flag, stored) in enumerate(planes):
-        try:
-            plane = np.frombuffer(stored if flag == _RAW else _unzstd(stored, share, share), dtype=np.uint8)
-        except (zstandard.ZstdError, ValueError) as exc:
-            raise CorruptCheckpoint(f"cannot decompress plane {k}: {exc}") from exc
-        if plane.nbytes != share:
-            raise CorruptCheckpoint(f"plane {k} decoded to {plane.nbytes} bytes, expected {share}")
+    for k, plane in enumerate(planes):
         if base is None:
             rows[:, k] = plane
         else:
             np.bitwise_xor(base[:, k], plane, out=rows[:, k])
     return itemsize
+
+
+def _plane(k: int, flag: int, stored: memoryview, share: int) -> np.ndarray:
+    """Plane ``k`` as ``share`` plain bytes: the stored bytes themselves (raw) or decompressed."""
+    try:
+        plane = np.frombuffer(stored if flag == _RAW else _unzstd(stored, share, share), dtype=np.uint8)
+    except (zstandard.ZstdError, ValueError) as exc:
+        raise CorruptCheckpoint(f"cannot decompress plane {k}: {exc}") from exc
+    if plane.nbytes != share:
+        raise CorruptCheckpoint(f"plane {k} decoded to {plane.nbytes} bytes, expected {share}")
+    return plane
 
 
 def all_raw(blob: bytes) -> bool:
