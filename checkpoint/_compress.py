@@ -142,6 +142,11 @@ def _unzstd(data: Any, raw_size: int | None, bound: int | None) -> bytes:
         if declared > bound or (raw_size is not None and declared != raw_size):
             raise CorruptCheckpoint(f"zstd frame holds {declared} bytes, expected "
                                     f"{raw_size if raw_size is not None else f'at most {bound}'}")
+    if bound is not None and _ONE_SHOT:
+        # One call into an output of the declared size, on this thread's context;
+        # zstd itself refuses a cut frame, a bad checksum and trailing bytes.
+        out: bytes = _decompressor().decompress(data, allow_extra_data=False)
+        return out
     dobj = zstandard.ZstdDecompressor().decompressobj()
     out = dobj.decompress(data)
     if not dobj.eof:
@@ -149,6 +154,28 @@ def _unzstd(data: Any, raw_size: int | None, bound: int | None) -> bytes:
     if dobj.unused_data:
         raise CorruptCheckpoint("trailing bytes after zstd frame")
     return out
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    cached: zstandard.ZstdDecompressor | None = getattr(_local, "unzstd", None)
+    if cached is None:
+        cached = _local.unzstd = zstandard.ZstdDecompressor()
+    return cached
+
+
+def _one_shot() -> bool:
+    """Whether this zstandard refuses trailing bytes in ``decompress`` (``allow_extra_data``)."""
+    frame = zstandard.ZstdCompressor(write_checksum=True).compress(b"x")
+    try:
+        zstandard.ZstdDecompressor().decompress(frame + b"!", allow_extra_data=False)
+    except TypeError:
+        return False
+    except zstandard.ZstdError:
+        return True
+    return False
+
+
+_ONE_SHOT = _one_shot()
 
 
 def _ungzip(data: Any, bound: int | None) -> bytes:
