@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import mmap
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -167,9 +168,18 @@ class ChainStore:
 
     def _fetch(self, task_id: str, seq: int, ref: PartRef) -> bytes:
         data = self.tiers.store_for(ref.tier).get(ref.key)
-        if len(data) != ref.size or digest(data, ref.hash) != ref.digest:
-            raise CorruptCheckpoint(f"blob {ref.key!r} of task {task_id!r} seq {seq} "
-                                    f"fails its {ref.hash} check")
+        _check(task_id, seq, ref, data)
+        return data
+
+    def _fetch_mapped(self, task_id: str, seq: int, ref: PartRef) -> bytes | mmap.mmap:
+        """Like ``_fetch``, but a numeric part may come as the store's mapping of the blob.
+
+        Only numeric parts are mapped (the decoder copies them into the state
+        and drops the mapping); the index and pickled parts stay private bytes.
+        """
+        store = self.tiers.store_for(ref.tier)
+        data = store.get(ref.key) if ref.hash == "sha256" else store.get_buffer(ref.key)
+        _check(task_id, seq, ref, data)
         return data
 
     def open_link(self, task_id: str, link: CheckpointRow) -> LinkStream:
@@ -375,6 +385,12 @@ class ChainStore:
         return "sql"
 
 
+def _check(task_id: str, seq: int, ref: PartRef, data: bytes | mmap.mmap) -> None:
+    if len(data) != ref.size or digest(data, ref.hash) != ref.digest:
+        raise CorruptCheckpoint(f"blob {ref.key!r} of task {task_id!r} seq {seq} "
+                                f"fails its {ref.hash} check")
+
+
 def _freed(dropped: Sequence[CheckpointRow], kept: Sequence[CheckpointRow]) -> list[PartRef]:
     """The blobs deleting ``dropped`` frees: their parts, and their file chunks no kept row names."""
     parts = [PartRef.from_json(p) for r in dropped for p in r.parts]
@@ -395,7 +411,7 @@ class LinkStream:
         self.refs = [PartRef.from_json(p) for p in link.parts]
         self._chain, self._task_id, self._seq = chain, task_id, link.seq
         self._lock = threading.Lock()
-        self._futures: dict[int, Future[bytes]] = {}
+        self._futures: dict[int, Future[bytes | mmap.mmap]] = {}
         self._next = 1
         self._pool: ThreadPoolExecutor | None = None
         index = self.refs[0] if self.refs else None
@@ -403,7 +419,7 @@ class LinkStream:
         self.parts: list[tuple[Any, str, int]] = [(first, index.codec, index.raw_size)] if index else []
         self.parts += [(self._getter(i), r.codec, r.raw_size) for i, r in enumerate(self.refs[1:], start=1)]
 
-    def _getter(self, number: int) -> Callable[[], bytes]:
+    def _getter(self, number: int) -> Callable[[], bytes | mmap.mmap]:
         return lambda: self._get(number)
 
     def _submit_upto(self, last: int) -> None:
@@ -412,15 +428,16 @@ class LinkStream:
                                             thread_name_prefix="ckpt-fetch")
         while self._next <= min(last, len(self.refs) - 1):
             ref = self.refs[self._next]
-            self._futures[self._next] = self._pool.submit(self._chain._fetch, self._task_id, self._seq, ref)
+            self._futures[self._next] = self._pool.submit(self._chain._fetch_mapped, self._task_id, self._seq,
+                                                          ref)
             self._next += 1
 
-    def _get(self, number: int) -> bytes:
+    def _get(self, number: int) -> bytes | mmap.mmap:
         with self._lock:
             self._submit_upto(number + PREFETCH_PARTS)
             future = self._futures.pop(number, None)
         if future is None:   # asked for again: fetch it again
-            return self._chain._fetch(self._task_id, self._seq, self.refs[number])
+            return self._chain._fetch_mapped(self._task_id, self._seq, self.refs[number])
         return future.result()
 
     def close(self) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import zstandard
 
+from . import _native
 from .errors import CorruptCheckpoint
 
 __all__ = [
@@ -141,6 +142,11 @@ def _unzstd(data: Any, raw_size: int | None, bound: int | None) -> bytes:
         if declared > bound or (raw_size is not None and declared != raw_size):
             raise CorruptCheckpoint(f"zstd frame holds {declared} bytes, expected "
                                     f"{raw_size if raw_size is not None else f'at most {bound}'}")
+    if bound is not None and _ONE_SHOT:
+        # One call into an output of the declared size, on this thread's context;
+        # zstd itself refuses a cut frame, a bad checksum and trailing bytes.
+        out: bytes = _decompressor().decompress(data, allow_extra_data=False)
+        return out
     dobj = zstandard.ZstdDecompressor().decompressobj()
     out = dobj.decompress(data)
     if not dobj.eof:
@@ -148,6 +154,28 @@ def _unzstd(data: Any, raw_size: int | None, bound: int | None) -> bytes:
     if dobj.unused_data:
         raise CorruptCheckpoint("trailing bytes after zstd frame")
     return out
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    cached: zstandard.ZstdDecompressor | None = getattr(_local, "unzstd", None)
+    if cached is None:
+        cached = _local.unzstd = zstandard.ZstdDecompressor()
+    return cached
+
+
+def _one_shot() -> bool:
+    """Whether this zstandard refuses trailing bytes in ``decompress`` (``allow_extra_data``)."""
+    frame = zstandard.ZstdCompressor(write_checksum=True).compress(b"x")
+    try:
+        zstandard.ZstdDecompressor().decompress(frame + b"!", allow_extra_data=False)
+    except TypeError:
+        return False
+    except zstandard.ZstdError:
+        return True
+    return False
+
+
+_ONE_SHOT = _one_shot()
 
 
 def _ungzip(data: Any, bound: int | None) -> bytes:
@@ -232,6 +260,8 @@ def unshuffle_into(dst: np.ndarray, planes: np.ndarray, itemsize: int, *,
     arrays of the same length.
     """
     if itemsize > 1:
+        if _native.interleave(dst, list(planes.reshape(itemsize, -1)), xor_with):
+            return
         # One pass per plane (long strided inner loops) is 2-3x faster in numpy
         # than copying through the transposed view (inner loops of itemsize).
         rows = dst.reshape(-1, itemsize)
@@ -382,22 +412,30 @@ def planes_into(dst: np.ndarray, data: Any, *, xor_with: np.ndarray | None = Non
     ``dst`` (flat ``uint8``, may be ``xor_with`` itself) has the recorded raw
     size; no plane decompresses past its share of it. Raises CorruptCheckpoint.
     """
-    itemsize, planes = _plane_views(data, dst.nbytes)
-    share = dst.nbytes // itemsize
+    itemsize, stored = _plane_views(data, dst.nbytes)
+    planes = [_plane(k, flag, part, dst.nbytes // itemsize) for k, (flag, part) in enumerate(stored)]
+    # Every plane is checked (decompressed to its exact size) before dst is written.
+    if _native.interleave(dst, planes, xor_with):
+        return itemsize
     rows = dst.reshape(-1, itemsize)
     base = None if xor_with is None else xor_with.reshape(-1, itemsize)
-    for k, (flag, stored) in enumerate(planes):
-        try:
-            plane = np.frombuffer(stored if flag == _RAW else _unzstd(stored, share, share), dtype=np.uint8)
-        except (zstandard.ZstdError, ValueError) as exc:
-            raise CorruptCheckpoint(f"cannot decompress plane {k}: {exc}") from exc
-        if plane.nbytes != share:
-            raise CorruptCheckpoint(f"plane {k} decoded to {plane.nbytes} bytes, expected {share}")
+    for k, plane in enumerate(planes):
         if base is None:
             rows[:, k] = plane
         else:
             np.bitwise_xor(base[:, k], plane, out=rows[:, k])
     return itemsize
+
+
+def _plane(k: int, flag: int, stored: memoryview, share: int) -> np.ndarray:
+    """Plane ``k`` as ``share`` plain bytes: the stored bytes themselves (raw) or decompressed."""
+    try:
+        plane = np.frombuffer(stored if flag == _RAW else _unzstd(stored, share, share), dtype=np.uint8)
+    except (zstandard.ZstdError, ValueError) as exc:
+        raise CorruptCheckpoint(f"cannot decompress plane {k}: {exc}") from exc
+    if plane.nbytes != share:
+        raise CorruptCheckpoint(f"plane {k} decoded to {plane.nbytes} bytes, expected {share}")
+    return plane
 
 
 def all_raw(blob: bytes) -> bool:

@@ -25,6 +25,7 @@ errors are translated into :mod:`checkpoint.errors` types.
 
 from __future__ import annotations
 
+import mmap
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,6 +72,15 @@ class BlobStore(ABC):
     @abstractmethod
     def get(self, key: str) -> bytes:
         """Return the blob; :class:`BlobNotFound` if missing."""
+
+    def get_buffer(self, key: str) -> bytes | mmap.mmap:
+        """The blob as a read-only buffer; :class:`BlobNotFound` if missing.
+
+        For a reader that copies the bytes out and drops the buffer (a
+        restore decoding numeric parts): a store may map the blob instead of
+        copying it (:class:`FsStore` maps the file). The default is ``get``.
+        """
+        return self.get(key)
 
     @abstractmethod
     def exists(self, key: str) -> bool:

@@ -1,0 +1,134 @@
+"""The native interleave kernel against numpy: bit-exact for every size, width and alignment."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from checkpoint import _native
+from checkpoint._compress import encode_planes, planes_into, shuffle, unshuffle_into
+from checkpoint.errors import BlobNotFound
+from checkpoint.stores import FsStore
+
+WIDTHS = [1, 2, 3, 4, 5, 8, 16]
+
+
+def _reference(planes: list[np.ndarray], base: np.ndarray | None) -> np.ndarray:
+    out = np.stack(planes, axis=1).reshape(-1) if planes[0].size else np.empty(0, np.uint8)
+    return out if base is None else out ^ base
+
+
+def _at(data: bytes, offset: int) -> np.ndarray:
+    """``data`` as a writable flat uint8 array starting ``offset`` bytes into a fresh buffer."""
+    raw = np.zeros(len(data) + 16, dtype=np.uint8)
+    view = raw[offset:offset + len(data)]
+    view[:] = np.frombuffer(data, dtype=np.uint8)
+    return view
+
+
+def test_the_kernel_builds_where_a_compiler_exists():
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler on this machine: the numpy path is the one in use")
+    assert _native.available() is True
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.sampled_from(WIDTHS), st.integers(0, 300), st.booleans(), st.booleans(), st.integers(0, 15),
+       st.randoms(use_true_random=False))
+def test_interleave_is_bit_exact(width, count, xor, in_place, offset, rnd):
+    planes = [_at(rnd.randbytes(count), (offset + k) % 16) for k in range(width)]
+    base = _at(rnd.randbytes(count * width), offset) if xor else None
+    expected = _reference(planes, base)
+    dst = base if in_place and base is not None else _at(bytes(count * width), (offset + 3) % 16)
+    assert _native.interleave(dst, planes, base) is _native.available()
+    if _native.available():
+        assert dst.tobytes() == expected.tobytes()
+
+
+def test_interleave_refuses_what_it_cannot_write():
+    planes = [np.arange(8, dtype=np.uint8)] * 4
+    strided = np.zeros(64, dtype=np.uint8)[::2]
+    frozen = np.zeros(32, dtype=np.uint8)
+    frozen.flags.writeable = False
+    assert _native.interleave(strided, planes) is False
+    assert _native.interleave(frozen, planes) is False
+    assert _native.interleave(np.zeros(31, np.uint8), planes) is False          # not count * width
+    assert _native.interleave(np.zeros(32, np.uint8), planes, np.zeros(8, np.uint8)) is False
+    assert not frozen.any() and not strided.any()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from([1, 2, 4, 8]), st.integers(0, 2000), st.booleans(), st.randoms(use_true_random=False))
+def test_unshuffle_into_matches_numpy(itemsize, count, xor, rnd):
+    data = np.frombuffer(rnd.randbytes(count * itemsize), dtype=np.uint8)
+    base = np.frombuffer(rnd.randbytes(count * itemsize), dtype=np.uint8).copy() if xor else None
+    dst = np.empty(data.size, dtype=np.uint8)
+    unshuffle_into(dst, shuffle(data, itemsize), itemsize, xor_with=base)
+    assert dst.tobytes() == (data if base is None else data ^ base).tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["<f2", "<f4", "<f8", "<i4", "<u2"])
+def test_a_chain_of_planes_deltas_applies_in_place(dtype):
+    rng = np.random.default_rng(7)
+    values = [(rng.standard_normal(50_003) * 100).astype(dtype) for _ in range(5)]
+    itemsize = values[0].itemsize
+    flat = [v.view(np.uint8) for v in values]
+    state = np.empty(flat[0].size, dtype=np.uint8)
+    assert planes_into(state, encode_planes(flat[0], itemsize)) == itemsize
+    for before, now in zip(flat, flat[1:]):
+        planes_into(state, encode_planes(now, itemsize, base=before), xor_with=state)
+    assert state.tobytes() == flat[-1].tobytes()
+
+
+_DECODE = """
+import hashlib, json, sys
+import numpy as np
+from checkpoint import _native
+from checkpoint._compress import encode_planes, planes_into
+rng = np.random.default_rng(3)
+out = {"native": _native.available()}
+for itemsize in (2, 4, 8):
+    now = rng.standard_normal(40_001 * 8 // itemsize).astype(np.float64).view(np.uint8)
+    before = rng.standard_normal(now.size // 8).astype(np.float64).view(np.uint8)
+    dst = before.copy()
+    planes_into(dst, encode_planes(now, itemsize, base=before), xor_with=dst)
+    out[str(itemsize)] = hashlib.sha256(dst.tobytes()).hexdigest()
+print(json.dumps(out))
+"""
+
+
+def test_numpy_fallback_decodes_the_same_bytes():
+    """With the kernel switched off (as where no compiler exists) the numpy path gives the same bytes."""
+    runs = {}
+    for native in ("1", "0"):
+        env = {**os.environ, "CROWDCOMPUTE_NATIVE": native}
+        done = subprocess.run([sys.executable, "-c", _DECODE], env=env, capture_output=True, text=True,
+                              timeout=120, check=True)
+        runs[native] = json.loads(done.stdout)
+    assert runs["0"]["native"] is False
+    assert runs["1"]["native"] is _native.available()
+    assert {k: v for k, v in runs["1"].items() if k != "native"} == \
+        {k: v for k, v in runs["0"].items() if k != "native"}
+    assert len({runs["0"][k] for k in ("2", "4", "8")}) == 3   # three different results, not one
+
+
+def test_fs_get_buffer_maps_the_blob(tmp_path):
+    store = FsStore(tmp_path)
+    payload = os.urandom(3 << 20) + b"tail"
+    store.put("a/b", payload)
+    store.put("a/empty", b"")
+    mapped = store.get_buffer("a/b")
+    assert len(mapped) == len(payload)
+    assert hashlib.sha256(mapped).digest() == hashlib.sha256(payload).digest()
+    assert bytes(store.get_buffer("a/empty")) == b""
+    with pytest.raises(BlobNotFound):
+        store.get_buffer("a/missing")
