@@ -29,7 +29,7 @@ from .errors import CorruptCheckpoint
 
 __all__ = [
     "CODECS", "MODES", "choose_codec", "compress", "decompress", "decompress_planes", "encode_planes",
-    "planes_into", "shuffle", "unshuffle", "unshuffle_into",
+    "plane_pieces", "planes_into", "shuffle", "unshuffle", "unshuffle_into",
 ]
 
 MODES = ("auto", "gzip", "zstd", "none")
@@ -335,6 +335,17 @@ def encode_planes(data: np.ndarray, itemsize: int, *, base: np.ndarray | None = 
     1 zstd), the stored length of each plane (8 bytes little-endian each),
     then the planes in order. Each plane holds ``len(data) / itemsize`` bytes.
     """
+    return b"".join(plane_pieces(data, itemsize, base=base, bandwidth=bandwidth))
+
+
+def plane_pieces(data: np.ndarray, itemsize: int, *, base: np.ndarray | None = None,
+                 bandwidth: float | None = None) -> list[Any]:
+    """The ``planes`` blob of ``encode_planes`` as the pieces it is the concatenation of.
+
+    The header first, then each plane: raw planes are views of one buffer, so a
+    store that writes the pieces one after the other (``BlobStore.put_pieces``)
+    never copies them into one blob. ``all_raw`` takes the header.
+    """
     if not 2 <= itemsize <= 255 or data.nbytes % itemsize:
         raise ValueError(f"cannot store {data.nbytes} bytes as planes of {itemsize}")
     planes = _planes_of(data, base, itemsize).reshape(itemsize, -1)
@@ -347,7 +358,7 @@ def encode_planes(data: np.ndarray, itemsize: int, *, base: np.ndarray | None = 
             flags.append(_RAW)
             stored.append(plane.data)
     lengths = b"".join(len(x).to_bytes(8, "little") for x in stored)
-    return b"".join([bytes([itemsize]), bytes(flags), lengths, *stored])
+    return [bytes([itemsize]) + bytes(flags) + lengths, *stored]
 
 
 def _plane_views(data: Any, raw_size: int) -> tuple[int, list[tuple[int, memoryview]]]:
@@ -401,6 +412,6 @@ def planes_into(dst: np.ndarray, data: Any, *, xor_with: np.ndarray | None = Non
 
 
 def all_raw(blob: bytes) -> bool:
-    """Whether a ``planes`` blob of ``encode_planes`` stores every plane raw."""
+    """Whether a ``planes`` blob of ``encode_planes`` (or its header) stores every plane raw."""
     itemsize = blob[0]
     return not any(blob[1:1 + itemsize])
