@@ -582,8 +582,9 @@ if __name__ == "__main__":
 # ---------------------------------------------------------------- a large state
 
 LARGE_BYTES = 4 << 30
-# A base save holds the state, its capture and the encoded parts, and then makes
-# the next capture's buffers: about 3.5 x the state at its peak (measured below).
+# A base save holds the state and its capture, stores its parts as they are
+# encoded (a few chunks at a time), then makes the next capture's buffers:
+# 3.0 x the state at its peak (2.0 added, measured below); 3.5 leaves a margin.
 LARGE_PEAK_FACTOR = 3.5
 
 

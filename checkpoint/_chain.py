@@ -15,7 +15,8 @@ Call order for one attempt of one task:
    checks whole links at once. :meth:`restore_files` writes the files of the
    restored link, each chunk checked the same way (and its raw bytes against
    their content hash).
-3. Per save: :meth:`put_parts` (create-only puts, each verified) and, when the
+3. Per save: :meth:`put_stream` (create-only puts of the parts as they are
+   encoded, each verified; :meth:`put_parts` for parts made beforehand) and, when the
    save carries files, :meth:`put_chunks` for the chunks not stored yet, then
    :meth:`commit` (one fenced transaction: the state and its files together). When the outcome of a commit is
    unknown, :meth:`row_committed` tells whether it landed. After a base
@@ -44,6 +45,7 @@ from sqlalchemy.orm import Session
 from . import catalog as cat
 from ._compress import decompress
 from ._delta import EncodedPart
+from ._encode import StreamPart
 from ._files import Manifest, chunk_refs, unreferenced_chunks, write_tree
 from ._ids import blob_key, chunk_key
 from ._records import PartRef
@@ -55,7 +57,7 @@ from .errors import (
 )
 from .stores import BlobStore
 
-__all__ = ["TIERS", "ChainStore", "FetchedLink", "LinkStream", "TierRouter", "digest"]
+__all__ = ["TIERS", "ChainStore", "FetchedLink", "LinkStream", "TierRouter", "digest", "digest_pieces"]
 
 log = logging.getLogger("checkpoint")
 
@@ -76,6 +78,22 @@ def digest(data: Any, kind: str) -> str:
     if kind == "xxh3_128":
         return xxhash.xxh3_128_hexdigest(data)
     raise CorruptCheckpoint(f"unknown integrity hash {kind!r}")
+
+
+def digest_pieces(pieces: Sequence[Any], kind: str) -> str:
+    """``digest`` of the concatenation of ``pieces``, without making it."""
+    if len(pieces) == 1:
+        return digest(pieces[0], kind)
+    h: Any
+    if kind == "sha256":
+        h = hashlib.sha256()
+    elif kind == "xxh3_128":
+        h = xxhash.xxh3_128()
+    else:
+        raise CorruptCheckpoint(f"unknown integrity hash {kind!r}")
+    for piece in pieces:
+        h.update(piece)
+    return str(h.hexdigest())
 
 
 
@@ -194,31 +212,52 @@ class ChainStore:
 
     def put_parts(self, job_id: str, task_id: str, epoch: int, seq: int,
                   parts: Sequence[EncodedPart]) -> list[PartRef]:
-        """Store the parts of one checkpoint under create-only keys; their refs.
+        """Store the parts of one checkpoint (``encode``'s order) under create-only keys; their refs.
 
-        Each part goes to the tier its size selects and is checked to exist
-        afterwards. On any failure what was written is deleted (best effort)
-        and the error raised.
+        As :meth:`put_stream`, for parts made beforehand.
         """
-        written: list[PartRef] = []
+        return self.put_stream(job_id, task_id, epoch, seq,
+                               (StreamPart(i, (p.data,), p.codec, p.raw_size, p.numeric)
+                                for i, p in enumerate(parts)))
+
+    def put_stream(self, job_id: str, task_id: str, epoch: int, seq: int,
+                   parts: Iterable[StreamPart]) -> list[PartRef]:
+        """Store each part of one checkpoint as it comes, under create-only keys; their refs by number.
+
+        Each part goes to the tier its size selects, written from its pieces
+        (never joined into one blob for the object tier) and dropped before
+        the next is taken, so memory holds what the iterator keeps in flight.
+        Then every part is checked to exist. On any
+        failure, the iterator's included, what was written is deleted (best
+        effort) and the error raised: nothing names these keys until
+        :meth:`commit`, so a process that dies half-way leaves only orphans.
+        """
+        written: dict[int, PartRef] = {}
         try:
-            for i, part in enumerate(parts):
-                data = part.data
-                # Numeric parts are never unpickled: a fast hash suffices (threat model
-                # in docs/architecture.md); the index and every pickled part keep SHA-256.
-                kind = self.numeric_hash if part.numeric else "sha256"
-                ref = PartRef(blob_key(self.key_prefix, job_id, task_id, epoch, seq, i),
-                              self.tiers.tier_for(len(data)), len(data), int(part.raw_size),
-                              digest(data, kind), str(part.codec), kind)
-                self.tiers.store_for(ref.tier).put(ref.key, data)
-                written.append(ref)
-            for ref in written:
+            for part in parts:
+                written[part.number] = self._put_part(job_id, task_id, epoch, seq, part)
+                del part   # its buffers go as soon as it is stored
+            for ref in written.values():
                 if not self.tiers.store_for(ref.tier).exists(ref.key):
                     raise StorageError(f"CheckpointManager: blob {ref.key!r} missing right after write")
+            if sorted(written) != list(range(len(written))):
+                raise StorageError(f"CheckpointManager: parts {sorted(written)} of task {task_id!r} "
+                                   f"seq {seq} are not numbered 0..{len(written) - 1}")
         except BaseException:
-            self.delete_refs(written)
+            self.delete_refs(written.values())
             raise
-        return written
+        return [written[i] for i in range(len(written))]
+
+    def _put_part(self, job_id: str, task_id: str, epoch: int, seq: int, part: StreamPart) -> PartRef:
+        size = part.size
+        # Numeric parts are never unpickled: a fast hash suffices (threat model
+        # in docs/architecture.md); the index and every pickled part keep SHA-256.
+        kind = self.numeric_hash if part.numeric else "sha256"
+        ref = PartRef(blob_key(self.key_prefix, job_id, task_id, epoch, seq, part.number),
+                      self.tiers.tier_for(size), size, int(part.raw_size),
+                      digest_pieces(part.pieces, kind), str(part.codec), kind)
+        self.tiers.store_for(ref.tier).put_pieces(ref.key, part.pieces)
+        return ref
 
     def put_chunks(self, job_id: str, task_id: str, epoch: int, seq: int,
                    chunks: dict[str, EncodedPart]) -> dict[str, PartRef]:

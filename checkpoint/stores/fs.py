@@ -14,9 +14,10 @@ import errno
 import mmap
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from ..errors import (
     BlobExists,
@@ -64,10 +65,14 @@ class FsStore(BlobStore):
         return path
 
     def put(self, key: str, data: bytes) -> None:
+        self.put_pieces(key, (data,))
+
+    def put_pieces(self, key: str, pieces: Sequence[Any]) -> None:
+        """``put`` of the pieces' concatenation, written one after the other (never joined)."""
         path = self._path(key)
         for _ in range(5):  # a concurrent delete may remove the empty parent directory
             try:
-                self._put_once(path, data)
+                self._put_once(path, pieces)
                 return
             except FileNotFoundError:
                 continue
@@ -78,14 +83,15 @@ class FsStore(BlobStore):
                 raise error(f"CheckpointManager: writing {path} failed: {exc}") from exc
         raise StorageUnavailable(f"CheckpointManager: writing {path} kept racing a delete")
 
-    def _put_once(self, path: Path, data: bytes) -> None:
+    def _put_once(self, path: Path, pieces: Sequence[Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             raise FileExistsError(errno.EEXIST, "exists", str(path))
         tmp = path.with_name(f"{_TMP}{uuid.uuid4().hex}")
         try:
             with open(tmp, "xb") as fh:
-                fh.write(data)
+                for piece in pieces:   # large ones go straight to the file, past the buffer
+                    fh.write(piece)
                 fh.flush()
                 os.fsync(fh.fileno())
             try:

@@ -234,13 +234,13 @@ def _die_mid_persist(tmp: str) -> None:
     s.checkpoint({"n": 1, "a": np.arange(10.0)})
     wait_persisted(s)
     store = manager.tiers.objects
-    original = store.put
+    original = store.put_pieces   # what the writer stores each part with
 
-    def put_then_die(key: str, data: bytes) -> None:
-        original(key, data)
+    def put_then_die(key: str, pieces: Any) -> None:
+        original(key, pieces)
         os._exit(9)  # the worker dies with a blob written and nothing committed
 
-    store.put = put_then_die  # type: ignore[method-assign]
+    store.put_pieces = put_then_die  # type: ignore[method-assign]
     clock.now += 11
     s.checkpoint({"n": 2, "a": np.arange(10.0) * 2})
     wait_persisted(s)

@@ -59,7 +59,10 @@ class Point:
 ORPHANS = Point("ChainStore.commit", "call", 4, "committed", actions=["save"] * 5)
 
 POINTS: dict[str, Point] = {
-    "save: after part 2 of a base (object tier)": Point("FsStore.put", "return", 4, "committed", nth=2),
+    "save: after part 2 of a base (object tier)": Point("FsStore.put_pieces", "return", 4, "committed",
+                                                       nth=2),
+    "save: first part of a base stored, the next ones encoding": Point(
+        "FsStore.put_pieces", "return", 4, "committed"),
     "save: after the index part (SQL tier)": Point("SqlStore.put", "return", 1, "committed"),
     "save: a temp file written, not linked": Point("link", "c_call", 4, "committed",
                                                    within="FsStore._put_once"),

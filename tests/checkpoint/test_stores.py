@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from ckpt_helpers import STORE_KINDS, make_store
 from crash_helpers import crash_mid_put
@@ -49,6 +50,14 @@ class TestBlobStoreContract:
         with pytest.raises(BlobExists):
             store.put("k/once", b"second")
         assert store.get("k/once") == b"first"
+
+    def test_put_pieces_stores_their_concatenation_create_only(self, store: BlobStore) -> None:
+        body = np.arange(70_000, dtype=np.uint8)
+        store.put_pieces("a/pieces", [b"head", body, memoryview(b"tail")])
+        assert store.get("a/pieces") == b"head" + body.tobytes() + b"tail"
+        with pytest.raises(BlobExists):
+            store.put_pieces("a/pieces", [b"x", b"y"])
+        assert store.get("a/pieces")[:4] == b"head"
 
     def test_get_missing_raises(self, store: BlobStore) -> None:
         with pytest.raises(BlobNotFound):
