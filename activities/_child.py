@@ -40,6 +40,9 @@ log = logging.getLogger("crowdcompute.task_process")
 
 # Exit status of a child that stopped itself because a newer attempt fenced it.
 EXIT_FENCED = 75
+# A task that grew the process by more than this is followed by a garbage collection
+# and a heap trim; below it (most small tasks) neither is paid.
+RELEASE_GROWTH = 64 << 20
 _PR_SET_PDEATHSIG = 1
 
 
@@ -59,10 +62,13 @@ class _Baseline:
     environ: dict[str, str]
     cwd: str
     sys_path: list[str]
+    # Resident bytes after the last memory release: a task that leaves the process
+    # RELEASE_GROWTH above it gets its memory given back (``_release_memory``).
+    rss_mark: int = 0
 
     @classmethod
     def capture(cls) -> _Baseline:
-        return cls(dict(os.environ), os.getcwd(), list(sys.path))
+        return cls(dict(os.environ), os.getcwd(), list(sys.path), resident_bytes())
 
 
 @dataclass
@@ -294,6 +300,9 @@ def _reset(baseline: _Baseline) -> None:
     """Between tasks: what a fresh process would have (module globals excepted)."""
     from activities import _rng
 
+    if resident_bytes() - baseline.rss_mark > RELEASE_GROWTH:
+        _release_memory()
+        baseline.rss_mark = resident_bytes()
     _rng.reseed_all()
     if os.environ != baseline.environ:
         os.environ.clear()
@@ -308,6 +317,34 @@ def _reset(baseline: _Baseline) -> None:
 
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
+
+
+def resident_bytes() -> int:
+    """This process's resident set size (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _release_memory() -> None:
+    """Give back what the finished task left: its garbage (a checkpoint session's
+    buffers sit in reference cycles, freed only when the collector runs, which an idle
+    process may not do for a long time) and the freed heap (``malloc_trim``, glibc).
+
+    Without this a warm process grew by two to three times the state per checkpointed
+    task (101 MB W1: 731 MB after the first task, 1,929 MB after the sixth; with it,
+    1,018–1,026 MB from the second on).
+    """
+    import gc
+
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).malloc_trim(0)
+        except (AttributeError, OSError):  # not glibc
+            pass
 
 
 def _flush_and_exit(code: int) -> None:

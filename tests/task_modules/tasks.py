@@ -190,3 +190,16 @@ def checkpoint_then(cfg: dict[str, Any]) -> dict[str, Any]:
     while cfg["then"] == "wait" and not ctx.cancelled and time.monotonic() < deadline:
         time.sleep(0.05)
     return {"value": cfg["value"], "attempt": ctx.attempt}
+
+
+def checkpoint_big(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoint a ``cfg["mb"]`` MB array ``cfg["checkpoints"]`` times (run it with
+    ``checkpoint_every_steps=1``); returns the process's resident MB when it started."""
+    with open("/proc/self/statm", "rb") as f:
+        rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
+    ctx = current_task()
+    w = np.random.default_rng(0).standard_normal(cfg["mb"] << 17)  # float64: 8 bytes
+    for step in range(cfg["checkpoints"]):
+        w += 1.0
+        ctx.checkpoint({"step": step, "w": w})
+    return {"pid": os.getpid(), "rss_mb_at_start": rss}
