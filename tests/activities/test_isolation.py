@@ -157,3 +157,16 @@ async def test_a_warm_process_does_not_grow_with_checkpointed_tasks(
     # From the third task on the process has all it keeps (imports, the catalog, the
     # store); three more tasks may not add a state's worth.
     assert rss[5] - rss[2] < cfg["mb"], rss
+
+
+async def test_task_processes_tune_the_allocator_unless_the_worker_did(
+        one_task_worker: Callable[[], Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from activities._pool import MALLOC_TUNING
+
+    async with one_task_worker():
+        (tuned,) = await sdk.map(tasks.malloc_env, [0])
+    assert tuned == MALLOC_TUNING
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "4096")  # the worker's own setting wins
+    async with one_task_worker():
+        (own,) = await sdk.map(tasks.malloc_env, [0])
+    assert own == {**MALLOC_TUNING, "MALLOC_TRIM_THRESHOLD_": "4096"}

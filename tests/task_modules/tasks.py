@@ -203,3 +203,8 @@ def checkpoint_big(cfg: dict[str, Any]) -> dict[str, Any]:
         w += 1.0
         ctx.checkpoint({"step": step, "w": w})
     return {"pid": os.getpid(), "rss_mb_at_start": rss}
+
+
+def malloc_env(x: Any) -> dict[str, str | None]:
+    """The allocator settings the task process was started with."""
+    return {k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
