@@ -42,7 +42,7 @@ log = logging.getLogger("crowdcompute.task_process")
 EXIT_FENCED = 75
 # A task that grew the process by more than this is followed by a garbage collection
 # and a heap trim; below it (most small tasks) neither is paid.
-RELEASE_GROWTH = 64 << 20
+RELEASE_GROWTH = 32 << 20
 _PR_SET_PDEATHSIG = 1
 
 

@@ -148,15 +148,20 @@ async def test_a_warm_process_does_not_grow_with_checkpointed_tasks(
     """Each checkpointed task left two to three times its state behind in the warm
     process (buffers in reference cycles, the freed heap) until the reset between tasks
     collected and trimmed them."""
-    cfg = {"mb": 32, "checkpoints": 4}
+    from activities._child import RELEASE_GROWTH
+
+    cfg = {"mb": 48, "checkpoints": 4}
     async with one_task_worker():
         seen = [(await sdk.map(tasks.checkpoint_big, [cfg], checkpoint_every_steps=1))[0]
-                for _ in range(6)]
-    assert len({s["pid"] for s in seen}) == 1  # one warm process ran all six
+                for _ in range(8)]
+    assert len({s["pid"] for s in seen}) == 1  # one warm process ran all eight
     rss = [s["rss_mb_at_start"] for s in seen]
-    # From the third task on the process has all it keeps (imports, the catalog, the
-    # store); three more tasks may not add a state's worth.
-    assert rss[5] - rss[2] < cfg["mb"], rss
+    # From the second task on the process has all it keeps (imports, the catalog, the
+    # store). The reset releases memory once a task left the process RELEASE_GROWTH
+    # above where the last release left it, so up to that much may stay; without the
+    # release, the garbage of one or two tasks (a state or more each) stayed until the
+    # collector happened to run (here: 212, 276, 341 MB at the starts of 32 MB tasks).
+    assert max(rss[2:]) - rss[1] < (RELEASE_GROWTH >> 20) + cfg["mb"], rss
 
 
 async def test_task_processes_tune_the_allocator_unless_the_worker_did(
