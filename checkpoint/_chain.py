@@ -71,31 +71,28 @@ PREFETCH_PARTS = 4
 _FETCH_THREADS = 8
 
 
+_HASHERS: dict[str, Callable[..., Any]] = {"sha256": hashlib.sha256, "xxh3_128": xxhash.xxh3_128}
+
+
+def _hasher(kind: str) -> Any:
+    """A new hash object of ``kind`` (``PartRef.hash``)."""
+    try:
+        return _HASHERS[kind]()
+    except KeyError:
+        raise CorruptCheckpoint(f"unknown integrity hash {kind!r}") from None
+
+
 def digest(data: Any, kind: str) -> str:
     """Hex digest of ``data`` by ``kind`` (``PartRef.hash``)."""
-    if kind == "sha256":
-        return hashlib.sha256(data).hexdigest()
-    if kind == "xxh3_128":
-        return xxhash.xxh3_128_hexdigest(data)
-    raise CorruptCheckpoint(f"unknown integrity hash {kind!r}")
+    return digest_pieces((data,), kind)
 
 
 def digest_pieces(pieces: Sequence[Any], kind: str) -> str:
     """``digest`` of the concatenation of ``pieces``, without making it."""
-    if len(pieces) == 1:
-        return digest(pieces[0], kind)
-    h: Any
-    if kind == "sha256":
-        h = hashlib.sha256()
-    elif kind == "xxh3_128":
-        h = xxhash.xxh3_128()
-    else:
-        raise CorruptCheckpoint(f"unknown integrity hash {kind!r}")
+    h = _hasher(kind)
     for piece in pieces:
         h.update(piece)
     return str(h.hexdigest())
-
-
 
 
 @dataclass(frozen=True)
