@@ -21,10 +21,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-import xxhash
-
 from . import _compress, _plan, _pools
-from ._format import VERSION, EncodedPart, Index, LinkRef, PartEntry, dump_index
+from ._format import EncodedPart, Index, LinkRef, PartEntry, dump_index, pieces_check
 from ._plan import LeafRecord, Plan
 from ._snapshot import Snapshot
 
@@ -58,15 +56,6 @@ class StreamPart:
         data = self.pieces[0] if len(self.pieces) == 1 and type(self.pieces[0]) is bytes \
             else b"".join(self.pieces)
         return EncodedPart(data, self.codec, self.raw_size, self.numeric)
-
-
-def pieces_check(pieces: Sequence[Any]) -> int:
-    """``_format.part_check`` (version 2: xxh3-64) of the concatenation of ``pieces``."""
-    assert VERSION == 2, "the streamed check is the one of index version 2"
-    h = xxhash.xxh3_64()
-    for piece in pieces:
-        h.update(piece)
-    return int(h.intdigest())
 
 
 def encode(previous: Snapshot | None, current: Snapshot, *, compression: str = "auto",

@@ -29,6 +29,7 @@ import io
 import math
 import pickle
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,7 @@ from .errors import CorruptCheckpoint
 
 __all__ = [
     "INDEX_CAP", "KINDS", "MAGIC", "PART_CAP", "VERSION", "EncodedPart", "Index", "LinkRef", "PartEntry",
-    "dump_index", "load_index", "part_check",
+    "dump_index", "load_index", "part_check", "pieces_check",
 ]
 
 LinkRef = tuple[int, str]   # (seq, SHA-256 hex of the link's index part)
@@ -111,6 +112,19 @@ class Index:
 def part_check(data: Any, version: int = VERSION) -> int:
     """The check the index records of one stored part: xxh3-64 (v2) or CRC-32 (v1)."""
     return zlib.crc32(data) if version == 1 else xxhash.xxh3_64_intdigest(data)
+
+
+def pieces_check(pieces: Sequence[Any], version: int = VERSION) -> int:
+    """``part_check`` of the concatenation of ``pieces``, without making it."""
+    if version == 1:
+        crc = 0
+        for piece in pieces:
+            crc = zlib.crc32(piece, crc)
+        return crc
+    h = xxhash.xxh3_64()
+    for piece in pieces:
+        h.update(piece)
+    return int(h.intdigest())
 
 
 def dump_index(index: Index) -> bytes:
