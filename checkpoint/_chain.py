@@ -11,8 +11,8 @@ Call order for one attempt of one task:
    committed rows in the same transaction (the only read of them).
 2. :meth:`open_link` streams the blobs of one link to restore into the
    decoder: each blob is fetched (a bounded window ahead), and its size and
-   hash checked before it is decoded; :meth:`fetch_verified` fetches and
-   checks whole links at once. :meth:`restore_files` writes the files of the
+   hash checked before it is decoded (the fetches of every link share one
+   pool, ``_pools.fetch_pool``). :meth:`restore_files` writes the files of the
    restored link, each chunk checked the same way (and its raw bytes against
    their content hash).
 3. Per save: :meth:`put_stream` (create-only puts of the parts as they are
@@ -33,7 +33,7 @@ import logging
 import mmap
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from . import _pools
 from . import catalog as cat
 from ._compress import decompress
 from ._delta import EncodedPart
@@ -51,24 +52,21 @@ from ._ids import blob_key, chunk_key
 from ._records import PartRef
 from .catalog import CheckpointRow, read_engine, translate_error, utcnow
 from .errors import (
-    BlobNotFound,
     CorruptCheckpoint,
     StorageError,
 )
 from .stores import BlobStore
 
-__all__ = ["TIERS", "ChainStore", "FetchedLink", "LinkStream", "TierRouter", "digest", "digest_pieces"]
+__all__ = ["TIERS", "ChainStore", "LinkStream", "TierRouter", "digest", "digest_pieces"]
 
 log = logging.getLogger("checkpoint")
 
 #: The two storage tiers, by the names the manifest, the REST API and the docs use.
 TIERS = ("sql", "object")
 
-FetchedLink = list[tuple[bytes, str, int]] | CorruptCheckpoint | BlobNotFound
 #: parts of one link fetched ahead of the decoder: enough to keep the cores busy
 #: while the store answers, few enough that a restore holds little besides the state
 PREFETCH_PARTS = 4
-_FETCH_THREADS = 8
 
 
 _HASHERS: dict[str, Callable[..., Any]] = {"sha256": hashlib.sha256, "xxh3_128": xxhash.xxh3_128}
@@ -152,34 +150,6 @@ class ChainStore:
             rows = cat.chain_rows(s, task_id)
             s.expunge_all()
         return rows
-
-    def fetch_verified(self, task_id: str, links: Sequence[CheckpointRow]) -> list[FetchedLink]:
-        """Per link: its parts as ``(data, codec, raw_size)``, or the first integrity error met.
-
-        Every blob of every link is fetched and hashed on one pool (hashing
-        overlaps I/O). Other storage errors are raised.
-        """
-        refs = [[PartRef.from_json(p) for p in link.parts] for link in links]
-
-        def fetch(item: tuple[CheckpointRow, PartRef]) -> bytes:
-            link, ref = item
-            return self._fetch(task_id, link.seq, ref)
-
-        jobs = [(link, ref) for link, rs in zip(links, refs, strict=True) for ref in rs]
-        with ThreadPoolExecutor(max(1, min(8, len(jobs)))) as pool:
-            futures = [pool.submit(fetch, job) for job in jobs]
-        out: list[FetchedLink] = []
-        for rs in refs:
-            mine, futures = futures[:len(rs)], futures[len(rs):]
-            errors = [e for e in (f.exception() for f in mine) if e is not None]
-            for error in errors:
-                if not isinstance(error, (CorruptCheckpoint, BlobNotFound)):
-                    raise error
-            if errors:
-                out.append(errors[0])  # type: ignore[arg-type]
-            else:
-                out.append([(f.result(), ref.codec, ref.raw_size) for f, ref in zip(mine, rs, strict=True)])
-        return out
 
     def _fetch(self, task_id: str, seq: int, ref: PartRef) -> bytes:
         data = self.tiers.store_for(ref.tier).get(ref.key)
@@ -449,7 +419,6 @@ class LinkStream:
         self._lock = threading.Lock()
         self._futures: dict[int, Future[bytes | mmap.mmap]] = {}
         self._next = 1
-        self._pool: ThreadPoolExecutor | None = None
         index = self.refs[0] if self.refs else None
         first: Any = (chain._fetch(task_id, link.seq, index) if index is not None else b"")
         self.parts: list[tuple[Any, str, int]] = [(first, index.codec, index.raw_size)] if index else []
@@ -459,13 +428,10 @@ class LinkStream:
         return lambda: self._get(number)
 
     def _submit_upto(self, last: int) -> None:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(min(_FETCH_THREADS, max(1, len(self.refs) - 1)),
-                                            thread_name_prefix="ckpt-fetch")
+        pool = _pools.fetch_pool()
         while self._next <= min(last, len(self.refs) - 1):
             ref = self.refs[self._next]
-            self._futures[self._next] = self._pool.submit(self._chain._fetch_mapped, self._task_id, self._seq,
-                                                          ref)
+            self._futures[self._next] = pool.submit(self._chain._fetch_mapped, self._task_id, self._seq, ref)
             self._next += 1
 
     def _get(self, number: int) -> bytes | mmap.mmap:
@@ -482,6 +448,3 @@ class LinkStream:
             for future in self._futures.values():
                 future.cancel()
             self._futures.clear()
-            if self._pool is not None:
-                self._pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = None

@@ -47,7 +47,7 @@ def reuse_buffers(snapshot: Snapshot) -> Snapshot:
 
 
 def decode(parts: Sequence[Part], previous: Snapshot | None, *,
-           against: LinkRef | None = None) -> Snapshot:
+           against: LinkRef | None = None, verified: bool = False) -> Snapshot:
     """Inverse of ``encode``: ``parts`` in encode's order, each with its codec.
 
     Each part is ``(data, codec, raw_size)``, ``raw_size`` being the size the
@@ -60,7 +60,10 @@ def decode(parts: Sequence[Part], previous: Snapshot | None, *,
     ``previous`` was decoded from: a delta recorded against another link (or
     against none) is refused. Raises CorruptCheckpoint for malformed or
     truncated input, for a size that differs from the recorded one and for
-    such a mismatch. The result may share buffers with ``previous``
+    such a mismatch. ``verified`` says that each part's bytes were checked
+    against a trusted record of their hash (the catalog's) before they are
+    handed over: the index's own check of every part is then not repeated
+    (it would hash every stored byte a second time). The result may share buffers with ``previous``
     (snapshots are immutable), unless ``previous`` was handed over with
     ``reuse_buffers``: then its writable buffers are updated in place and
     become the result's. Everything the index says is checked before any
@@ -69,7 +72,7 @@ def decode(parts: Sequence[Part], previous: Snapshot | None, *,
     """
     reuse = previous is not None and previous.reuse
     try:
-        return _decode([_unpack(p) for p in parts], previous, reuse, against)
+        return _decode([_unpack(p) for p in parts], previous, reuse, against, verified)
     except (CorruptCheckpoint, StorageError):   # a part's fetch failed: the caller's to judge
         raise
     except Exception as exc:   # a check this module lacks: still a corrupt link, never a crash
@@ -94,7 +97,7 @@ def _bytes_of(data: Any) -> Any:
 
 
 def _decode(parts: list[tuple[Any, str, int | None]], previous: Snapshot | None, reuse: bool,
-            against: LinkRef | None) -> Snapshot:
+            against: LinkRef | None, verified: bool) -> Snapshot:
     if not parts:
         raise CorruptCheckpoint("no parts")
     data, codec, raw = parts[0]
@@ -106,7 +109,7 @@ def _decode(parts: list[tuple[Any, str, int | None]], previous: Snapshot | None,
         raise CorruptCheckpoint("base/delta mismatch with the previous snapshot given")
     treedef = previous.treedef if index.same_tree and previous is not None else index.treedef
     _check_leaves(index, treedef)
-    reader = _Parts(parts[1:], index)
+    reader = _Parts(parts[1:], index, verified)
     before = previous.leaf_map() if previous is not None else {}
     # Check every record and build the generic leaves before any buffer is written,
     # so that a corrupt link leaves a reused previous snapshot as it was.
@@ -148,8 +151,9 @@ def _run(steps: Iterable[_ArrayStep], reuse: bool, reader: _Parts) -> None:
 class _Parts:
     """The payload parts of one link: their recorded sizes at once, their bytes when asked for."""
 
-    def __init__(self, parts: list[tuple[Any, str, int | None]], index: Index) -> None:
+    def __init__(self, parts: list[tuple[Any, str, int | None]], index: Index, verified: bool) -> None:
         self.parts, self.entries, self.version = parts, index.parts, index.version
+        self.verified = verified
         for number, ((_data, codec, raw), entry) in enumerate(zip(parts, index.parts), start=1):
             if codec != entry.codec:
                 raise CorruptCheckpoint(f"part {number}: codec {codec!r}, index says {entry.codec!r}")
@@ -169,7 +173,7 @@ class _Parts:
     def stored(self, number: int) -> Any:
         """The stored bytes of part ``number`` (1-based), checked against the index."""
         data = _bytes_of(self.parts[number - 1][0])
-        if number in self.checked:
+        if number in self.checked or self.verified:
             return data
         if part_check(data, self.version) != self.entries[number - 1].crc:
             raise CorruptCheckpoint(f"part {number} failed its {'CRC-32' if self.version == 1 else 'xxh3'} check")

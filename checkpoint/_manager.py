@@ -219,8 +219,9 @@ class CheckpointManager:
             try:
                 # The intermediate snapshots are ours alone: each link updates the
                 # previous one's buffers in place instead of copying the state;
-                # the catalog's raw sizes bound every decompression.
-                snapshot = decode(stream.parts, previous, against=against)
+                # the catalog's raw sizes bound every decompression, and its hashes
+                # checked every part as it was fetched.
+                snapshot = decode(stream.parts, previous, against=against, verified=True)
             except (CorruptCheckpoint, BlobNotFound) as exc:
                 self._unusable(task_id, link, exc)
                 if previous is not None and previous.damaged:

@@ -5,6 +5,10 @@
 * the *restore pool* (``restore_pool``): decoding of parts, one worker per
   core up to 8, at normal priority: whoever restores waits for it, and on a
   busy machine background threads would get a fraction of a core;
+* the *fetch pool* (``fetch_pool``): up to 8 threads that fetch and check
+  the parts of the links being restored a few ahead of the decoder (an object
+  store answers each GET in tens of milliseconds, so they mostly wait), at
+  normal priority like the restore pool;
 * the *copy helpers* (``copy_helpers``): up to 3 threads that help the task's
   own thread copy a large capture; they run at normal priority because the
   caller is paused while they work.
@@ -21,12 +25,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 __all__ = [
-    "BACKGROUND_NICE", "codec_pool", "copy_helpers", "lower_thread_priority", "pmap", "restore_pool", "width",
+    "BACKGROUND_NICE", "FETCH_THREADS", "codec_pool", "copy_helpers", "fetch_pool", "lower_thread_priority", "pmap",
+    "restore_pool", "width",
 ]
 
 BACKGROUND_NICE = 10
+FETCH_THREADS = 8
 _executor: ThreadPoolExecutor | None = None
 _restore: ThreadPoolExecutor | None = None
+_fetch: ThreadPoolExecutor | None = None
 _copy_helpers: ThreadPoolExecutor | None = None
 _helpers_lock = threading.Lock()
 
@@ -64,6 +71,19 @@ def restore_pool() -> ThreadPoolExecutor:
             _restore = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1),
                                           thread_name_prefix="ckpt-decode")
         return _restore
+
+
+def fetch_pool() -> ThreadPoolExecutor:
+    """The shared pool that fetches and checks the parts of links being restored.
+
+    One pool for every link and every restore: a pool per link started its
+    threads anew for each of a chain's links.
+    """
+    global _fetch
+    with _helpers_lock:
+        if _fetch is None:
+            _fetch = ThreadPoolExecutor(max_workers=FETCH_THREADS, thread_name_prefix="ckpt-fetch")
+        return _fetch
 
 
 def width(pool: ThreadPoolExecutor) -> int:
