@@ -306,10 +306,13 @@ _PLANE_SAVES = 0.05
 
 
 def _planes_of(data: np.ndarray, base: np.ndarray | None, itemsize: int) -> np.ndarray:
-    """``shuffle(data ^ base)`` (or of ``data``), one cache-sized block at a time."""
+    """``shuffle(data ^ base)`` (or of ``data``): the native kernel's one pass, else
+    numpy one cache-sized block at a time."""
     n = data.nbytes
     out = np.empty(n, dtype=np.uint8)
     planes = out.reshape(itemsize, n // itemsize)
+    if _native.split(list(planes), data, base):
+        return out
     block = PLANE_BLOCK - PLANE_BLOCK % (8 * itemsize)
     scratch = np.empty(block, dtype=np.uint8) if base is not None else None
     word = _WORDS.get(itemsize)

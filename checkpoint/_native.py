@@ -1,4 +1,4 @@
-"""A small C kernel for the restore path, compiled on first use, with numpy as the fallback.
+"""A small C kernel for the byte planes, compiled on first use, with numpy as the fallback.
 
 Restoring a ``planes`` part interleaves its byte planes back into elements
 (byte ``k`` of element ``i`` is byte ``i`` of plane ``k``), XORed with the
@@ -15,6 +15,11 @@ loaded from it runs in this process); without a compiler, or where
 ``CROWDCOMPUTE_NATIVE=0``, ``interleave`` returns False and the caller uses
 numpy. ctypes releases the GIL during the call, so the decode threads
 interleave on all cores at once.
+
+Saving does the inverse (``split``): XOR with the previous value and the
+byte shuffle in one pass, the planes written straight from 16 elements held
+in registers, instead of numpy's XOR into a scratch block and one shift and
+truncating copy per plane.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["available", "interleave"]
+__all__ = ["available", "interleave", "split"]
 
 log = logging.getLogger("checkpoint")
 
@@ -128,6 +133,56 @@ int cc_interleave(uint8_t *dst, const uint8_t *const *planes, const uint8_t *bas
     tail(dst, planes, base, done, count, w);
     return 0;
 }
+
+/* The inverse, for saving: planes[k][i] = src[i*w + k] (XOR base[i*w + k] when base is
+   not NULL). The planes never overlap src or base. */
+static void split_tail(uint8_t *const *planes, const uint8_t *src, const uint8_t *base,
+                       size_t from, size_t count, size_t w) {
+    for (size_t i = from; i < count; i++)
+        for (size_t k = 0; k < w; k++)
+            planes[k][i] = src[i * w + k] ^ (base ? base[i * w + k] : 0);
+}
+
+#ifdef __SSE2__
+/* 16 elements of w bytes (w registers) to w planes of 16 bytes. Byte k of element e
+   sits at index 16*j + b = w*e + k; one round of unpacks (register j with register
+   j + w/2) rotates that index's bits left by one, and register k must end holding
+   index 16*k + e: a left rotation by 4, so four rounds whatever w is. */
+#define SPLIT(W) \
+static size_t split##W(uint8_t *const *p, const uint8_t *src, const uint8_t *base, size_t count) { \
+    size_t i = 0; \
+    for (; i + 16 <= count; i += 16) { \
+        __m128i v[W], o[W]; \
+        for (int j = 0; j < W; j++) { \
+            v[j] = LOAD(src + W * i + 16 * j); \
+            if (base) v[j] = _mm_xor_si128(v[j], LOAD(base + W * i + 16 * j)); \
+        } \
+        for (int round = 0; round < 4; round++) { \
+            for (int j = 0; j < W / 2; j++) { \
+                o[2 * j] = _mm_unpacklo_epi8(v[j], v[j + W / 2]); \
+                o[2 * j + 1] = _mm_unpackhi_epi8(v[j], v[j + W / 2]); \
+            } \
+            for (int j = 0; j < W; j++) v[j] = o[j]; \
+        } \
+        for (int k = 0; k < W; k++) STORE(p[k] + i, v[k]); \
+    } \
+    return i; \
+}
+SPLIT(2)
+SPLIT(4)
+SPLIT(8)
+#endif
+
+int cc_split(uint8_t *const *planes, const uint8_t *src, const uint8_t *base, size_t count, size_t w) {
+    size_t done = 0;
+#ifdef __SSE2__
+    if (w == 2) done = split2(planes, src, base, count);
+    else if (w == 4) done = split4(planes, src, base, count);
+    else if (w == 8) done = split8(planes, src, base, count);
+#endif
+    split_tail(planes, src, base, done, count, w);
+    return 0;
+}
 """
 
 _lock = threading.Lock()
@@ -185,9 +240,9 @@ def _load() -> ctypes.CDLL | None:
     finally:
         if private is not None:   # loaded (or not): the mapping outlives the file
             shutil.rmtree(private, ignore_errors=True)
-    fn = lib.cc_interleave
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
-    fn.restype = ctypes.c_int
+    for fn in (lib.cc_interleave, lib.cc_split):
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+        fn.restype = ctypes.c_int
     return lib
 
 
@@ -235,3 +290,29 @@ def interleave(dst: np.ndarray, planes: Sequence[np.ndarray], base: np.ndarray |
     pointers = (ctypes.c_void_p * w)(*[_address(p) for p in planes])
     lib.cc_interleave(_address(dst), pointers, None if base is None else _address(base), count, w)
     return True
+
+
+def split(planes: Sequence[np.ndarray], src: np.ndarray, base: np.ndarray | None = None) -> bool:
+    """``planes[k] = src[k::w]`` (of ``src ^ base`` when given) if the kernel is here; else False.
+
+    The inverse of ``interleave``, for saving: ``src`` and ``base`` contiguous
+    flat ``uint8`` of ``w * n`` bytes, each plane contiguous, writable flat
+    ``uint8`` of ``n`` bytes that overlaps neither. Sizes are checked;
+    nothing is written when False is returned.
+    """
+    lib = _kernel()
+    w = len(planes)
+    if lib is None or w < 1 or not _flat(src) or (base is not None and (not _flat(base) or base.nbytes != src.nbytes)):
+        return False
+    count = src.nbytes // w
+    if count * w != src.nbytes or any(not _flat(p) or not p.flags.writeable or p.nbytes != count for p in planes):
+        return False
+    if count == 0:
+        return True
+    pointers = (ctypes.c_void_p * w)(*[_address(p) for p in planes])
+    lib.cc_split(pointers, _address(src), None if base is None else _address(base), count, w)
+    return True
+
+
+def _flat(a: np.ndarray) -> bool:
+    return a.dtype == np.uint8 and a.ndim == 1 and bool(a.flags.c_contiguous)
