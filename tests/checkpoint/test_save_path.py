@@ -173,3 +173,27 @@ def test_stream_parts_report_their_stored_size():
     part = StreamPart(3, (b"ab", np.zeros(5, dtype=np.uint8), memoryview(b"c")), "none", 8)
     assert part.size == 8
     assert part.joined().data == b"ab\x00\x00\x00\x00\x00c"
+
+
+@pytest.mark.parametrize("use_memcmp", [True, False])
+def test_bytes_equal_finds_a_difference_anywhere(monkeypatch, use_memcmp):
+    """``bytes_equal`` (memcmp on the buffers, or the block copies without it) stops at no
+    false equality: one flipped bit at the start, the end or past a block boundary."""
+    from checkpoint import _snapshot
+
+    if not use_memcmp:
+        monkeypatch.setattr(_snapshot, "_memcmp", None)
+    elif _snapshot._memcmp is None:
+        pytest.skip("no C library memcmp on this platform")
+    a = np.random.default_rng(5).integers(0, 256, 3 * 1024 * 1024 + 17, dtype=np.uint8)
+    assert _snapshot.bytes_equal(a, a.copy())
+    assert _snapshot.bytes_equal(a[:0], a[:0].copy())
+    assert not _snapshot.bytes_equal(a, a[:-1].copy())
+    for at in (0, 1024 * 1024, a.size - 1):
+        b = a.copy()
+        b[at] ^= 0x10
+        assert not _snapshot.bytes_equal(a, b)
+    floats = a[:4 * 1000].view(np.float32).reshape(10, 100)
+    changed = floats.copy()
+    changed.view(np.uint32)[9, 99] ^= 1   # the lowest mantissa bit of the last element
+    assert _snapshot.bytes_equal(floats, floats.copy()) and not _snapshot.bytes_equal(floats, changed)
