@@ -47,7 +47,7 @@ THREADS = 1
 ROOT = Path(__file__).resolve().parent.parent
 
 GOALS: dict[str, tuple[str, float]] = {
-    "throughput_ratio": (">=", 0.97),
+    "throughput_ratio": (">=", 0.98),   # issue 15 (0.97 before)
     "cpu_per_checkpoint_vs_torch_save": ("<=", 1.0),
 }
 
