@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import xxhash
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -330,8 +330,7 @@ class ChainStore:
         """Whether the row of ``seq`` by ``epoch`` is committed; None when the catalog cannot tell."""
         try:
             with Session(self._reader) as s, s.begin():
-                found = s.scalar(select(CheckpointRow.epoch).where(
-                    CheckpointRow.task_id == task_id, CheckpointRow.seq == seq))
+                found = cat.committed_epoch(s, task_id, seq)
         except SQLAlchemyError:
             return None
         return found == epoch

@@ -76,7 +76,7 @@ class CheckpointManager:
         if migrate:
             cat.upgrade_database(engine)
         objects = open_object_store(blob_url, s3_endpoint_url)
-        if probe and hasattr(objects, "probe"):
+        if probe:
             objects.probe(under=config.key_prefix)  # under ckpt/: a leftover is swept
         return cls(engine, SqlStore(engine), objects, config)
 
@@ -317,6 +317,11 @@ class CheckpointManager:
         for task_id in task_ids:
             self.delete_task(task_id, kept=True)
         return task_ids
+
+    def jobs_with_checkpoints(self) -> list[str]:
+        """Ids of jobs that still hold committed checkpoints of tasks not kept (what gc checks)."""
+        with Session(self._reader) as s, s.begin():
+            return cat.jobs_with_checkpoints(s)
 
     def sweep_orphans(self, grace_seconds: float | None = None) -> int:
         """Delete blobs no committed checkpoint names, older than the grace period."""
