@@ -138,19 +138,25 @@ class ChainStore:
     def begin_attempt(self, job_id: str, task_id: str, attempt: int
                       ) -> tuple[int, int, list[CheckpointRow]]:
         """A new fencing epoch, the task's head seq and its committed rows (oldest first)."""
-        with Session(self.engine, expire_on_commit=False) as s, s.begin():
-            epoch = cat.begin_attempt(s, job_id, task_id, attempt)
-            task = cat.get_task(s, task_id)
-            head = task.head_seq if task is not None else 0
-            rows = cat.chain_rows(s, task_id)
-            s.expunge_all()
+        try:
+            with Session(self.engine, expire_on_commit=False) as s, s.begin():
+                epoch = cat.begin_attempt(s, job_id, task_id, attempt)
+                task = cat.get_task(s, task_id)
+                head = task.head_seq if task is not None else 0
+                rows = cat.chain_rows(s, task_id)
+                s.expunge_all()
+        except SQLAlchemyError as exc:
+            raise translate_error(exc, f"attempt {attempt} of task {task_id!r}") from exc
         return epoch, head, rows
 
     def rows(self, task_id: str) -> list[CheckpointRow]:
         """The task's committed rows, oldest first (no epoch taken)."""
-        with Session(self._reader, expire_on_commit=False) as s, s.begin():
-            rows = cat.chain_rows(s, task_id)
-            s.expunge_all()
+        try:
+            with Session(self._reader, expire_on_commit=False) as s, s.begin():
+                rows = cat.chain_rows(s, task_id)
+                s.expunge_all()
+        except SQLAlchemyError as exc:
+            raise translate_error(exc, f"reading the chain of task {task_id!r}") from exc
         return rows
 
     def fetch_verified(self, task_id: str, links: Sequence[CheckpointRow]) -> list[FetchedLink]:
