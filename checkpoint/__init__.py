@@ -23,6 +23,10 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) of what __getattr__ loads
     from ._records import CommitInfo as CommitInfo
     from ._records import ManagerConfig as ManagerConfig
     from ._records import Restored as Restored
+    from ._views import BlobView as BlobView
+    from ._views import ChainLinkView as ChainLinkView
+    from ._views import StorageView as StorageView
+    from ._views import TaskView as TaskView
     from ._writer import TaskWriter as TaskWriter
     from .catalog import create_engine_for as create_engine_for
     from .catalog import upgrade_database as upgrade_database
@@ -49,6 +53,8 @@ _LOCATIONS = {
     "ManagerConfig": "._records",
     "Restored": "._records",
     "TaskWriter": "._writer",
+    # the read models the manager's read API returns (REST API, CLI)
+    **{name: "._views" for name in ("BlobView", "ChainLinkView", "StorageView", "TaskView")},
     "create_engine_for": ".catalog",
     "upgrade_database": ".catalog",
     **{name: ".errors" for name in (

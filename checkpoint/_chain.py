@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import xxhash
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -136,19 +136,25 @@ class ChainStore:
     def begin_attempt(self, job_id: str, task_id: str, attempt: int
                       ) -> tuple[int, int, list[CheckpointRow]]:
         """A new fencing epoch, the task's head seq and its committed rows (oldest first)."""
-        with Session(self.engine, expire_on_commit=False) as s, s.begin():
-            epoch = cat.begin_attempt(s, job_id, task_id, attempt)
-            task = cat.get_task(s, task_id)
-            head = task.head_seq if task is not None else 0
-            rows = cat.chain_rows(s, task_id)
-            s.expunge_all()
+        try:
+            with Session(self.engine, expire_on_commit=False) as s, s.begin():
+                epoch = cat.begin_attempt(s, job_id, task_id, attempt)
+                task = cat.get_task(s, task_id)
+                head = task.head_seq if task is not None else 0
+                rows = cat.chain_rows(s, task_id)
+                s.expunge_all()
+        except SQLAlchemyError as exc:
+            raise translate_error(exc, f"attempt {attempt} of task {task_id!r}") from exc
         return epoch, head, rows
 
     def rows(self, task_id: str) -> list[CheckpointRow]:
         """The task's committed rows, oldest first (no epoch taken)."""
-        with Session(self._reader, expire_on_commit=False) as s, s.begin():
-            rows = cat.chain_rows(s, task_id)
-            s.expunge_all()
+        try:
+            with Session(self._reader, expire_on_commit=False) as s, s.begin():
+                rows = cat.chain_rows(s, task_id)
+                s.expunge_all()
+        except SQLAlchemyError as exc:
+            raise translate_error(exc, f"reading the chain of task {task_id!r}") from exc
         return rows
 
     def _fetch(self, task_id: str, seq: int, ref: PartRef) -> bytes:
@@ -300,8 +306,7 @@ class ChainStore:
         """Whether the row of ``seq`` by ``epoch`` is committed; None when the catalog cannot tell."""
         try:
             with Session(self._reader) as s, s.begin():
-                found = s.scalar(select(CheckpointRow.epoch).where(
-                    CheckpointRow.task_id == task_id, CheckpointRow.seq == seq))
+                found = cat.committed_epoch(s, task_id, seq)
         except SQLAlchemyError:
             return None
         return found == epoch

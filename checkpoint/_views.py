@@ -10,10 +10,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal, cast
 
+from ._chain import TIERS
 from ._files import chunk_refs
 from ._records import PartRef
 from .catalog import CheckpointRow, TaskRow, utcnow
+
+#: the catalog stores these as strings; the views name the values they take
+LinkKind = Literal["base", "delta"]
+BlobKind = Literal["base", "delta", "file"]
+TierName = Literal["sql", "object"]   # ``_chain.TIERS``
 
 __all__ = ["BlobView", "ChainLinkView", "StorageView", "TaskView", "link_view", "live_bytes",
            "task_view"]
@@ -24,7 +31,7 @@ class ChainLinkView:
     """One committed checkpoint of a task's chain."""
 
     seq: int
-    kind: str                  # "base" | "delta"
+    kind: LinkKind
     base_seq: int
     epoch: int
     created_at: datetime
@@ -69,9 +76,9 @@ class BlobView:
 
     seq: int                   # a file chunk: the oldest live checkpoint naming it
     part: int
-    kind: str                  # "base" | "delta" | "file" (a chunk, listed once however many name it)
+    kind: BlobKind             # "file": a chunk, listed once however many name it
     key: str
-    tier: str                  # "sql" | "object"
+    tier: TierName
     location: str
     stored_bytes: int
     raw_bytes: int
@@ -96,7 +103,7 @@ class StorageView:
            locate: Callable[[PartRef], str]) -> StorageView:
         blobs = tuple(_blob(r.seq, i, r.kind, PartRef.from_json(p), locate)
                       for r in rows for i, p in enumerate(r.parts)) + _chunks(rows, locate)
-        by_tier = {"sql": 0, "object": 0}
+        by_tier = dict.fromkeys(TIERS, 0)
         for b in blobs:
             by_tier[b.tier] = by_tier.get(b.tier, 0) + b.stored_bytes
         return cls(task_id, db_size_limit, blobs, sum(b.raw_bytes for b in blobs),
@@ -105,7 +112,8 @@ class StorageView:
 
 def _blob(seq: int, part: int, kind: str, ref: PartRef,
           locate: Callable[[PartRef], str]) -> BlobView:
-    return BlobView(seq, part, kind, ref.key, ref.tier, locate(ref), ref.size,
+    return BlobView(seq, part, cast(BlobKind, kind), ref.key, cast(TierName, ref.tier),
+                    locate(ref), ref.size,
                     ref.raw_size, ref.codec, ref.sha256,
                     ref.digest if ref.hash == "xxh3_128" else None)
 
@@ -127,7 +135,7 @@ def live_bytes(rows: Sequence[CheckpointRow]) -> int:
 
 
 def link_view(row: CheckpointRow) -> ChainLinkView:
-    return ChainLinkView(row.seq, row.kind, row.base_seq, row.epoch, row.created_at,
+    return ChainLinkView(row.seq, cast(LinkKind, row.kind), row.base_seq, row.epoch, row.created_at,
                          row.progress_percent, row.raw_bytes, row.stored_bytes,
                          tuple(sorted({p["codec"] for p in row.parts})), len(row.parts),
                          len(row.files["files"]) if row.files else 0)

@@ -16,9 +16,10 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from .catalog import read_engine, referenced_keys, utcnow
+from .catalog import read_engine, referenced_keys, translate_error, utcnow
 from .stores import BlobInfo, BlobStore
 
 __all__ = ["select_orphans", "sweep_orphans"]
@@ -40,8 +41,11 @@ def sweep_orphans(engine: Engine, stores: Iterable[BlobStore], prefix: str,
     for store in stores:
         # list before reading the references: a blob committed in between counts as referenced
         blobs = list(store.scan(f"{prefix}/"))
-        with Session(read_engine(engine)) as s, s.begin():
-            referenced = referenced_keys(s)
+        try:
+            with Session(read_engine(engine)) as s, s.begin():
+                referenced = referenced_keys(s)
+        except SQLAlchemyError as exc:
+            raise translate_error(exc, "reading the referenced blob keys") from exc
         now = utcnow()
         orphans = select_orphans(blobs, referenced, now, grace_seconds)
         for key in orphans:

@@ -24,11 +24,10 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy.orm import Session
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from checkpoint import CheckpointManager, catalog
+from checkpoint import CheckpointManager
 
 if TYPE_CHECKING:
     from sdk._job_items import JobItemStore
@@ -46,12 +45,6 @@ class GcReport:
     items_trimmed: tuple[str, ...] = ()
     items_deleted: tuple[str, ...] = ()
     kept_deleted: tuple[str, ...] = ()
-
-
-def jobs_with_checkpoints(manager: CheckpointManager) -> list[str]:
-    """Ids of jobs that still hold committed checkpoint rows."""
-    with Session(manager.engine) as s:
-        return catalog.jobs_with_checkpoints(s)
 
 
 async def _status(client: Client, job_id: str) -> WorkflowExecutionStatus | None:
@@ -98,7 +91,7 @@ async def collect(manager: CheckpointManager, client: Client, grace_seconds: flo
     kept: list[str] = []
     if older_than_days is not None:
         kept = await asyncio.to_thread(manager.delete_kept, older_than_days * 86400.0)
-    job_ids = await asyncio.to_thread(jobs_with_checkpoints, manager)
+    job_ids = await asyncio.to_thread(manager.jobs_with_checkpoints)
     deleted = []
     for job_id in job_ids:
         if not await _is_running(client, job_id):

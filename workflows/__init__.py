@@ -3,6 +3,7 @@
 from workflows.job import BatchWorkflow, JobWorkflow
 from workflows.models import task_id_for, validate_job_id
 
-__all__ = ["BatchWorkflow", "JobWorkflow", "task_id_for", "validate_job_id"]
+__all__ = ["WORKFLOWS", "BatchWorkflow", "JobWorkflow", "task_id_for", "validate_job_id"]
 
+#: what a worker (and a replayer) registers
 WORKFLOWS = [JobWorkflow, BatchWorkflow]

@@ -21,6 +21,7 @@ __all__ = [
     "chain_rows",
     "clear_chain",
     "commit_checkpoint",
+    "committed_epoch",
     "delete_checkpoints",
     "delete_job_rows",
     "end_open_tasks",
@@ -126,6 +127,12 @@ def commit_checkpoint(s: Session, row: CheckpointRow, summary: dict[str, Any]) -
         )
     s.add(row)
     s.flush()
+
+
+def committed_epoch(s: Session, task_id: str, seq: int) -> int | None:
+    """The epoch that committed the task's checkpoint ``seq``; None when none is committed."""
+    return s.scalar(select(CheckpointRow.epoch).where(CheckpointRow.task_id == task_id,
+                                                      CheckpointRow.seq == seq))
 
 
 def chain_rows(s: Session, task_id: str) -> list[CheckpointRow]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._base import BlobInfo, BlobStore, check_key
+from ._open import open_object_store
 from .fs import FsStore
-from .hybrid import open_object_store
 from .memory import MemoryStore
 from .sql import SqlStore
 

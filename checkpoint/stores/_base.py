@@ -2,6 +2,8 @@
 
 Call order, as the checkpoint manager uses it:
 
+0. ``probe(under)`` once, when the store is opened: does the backend keep keys
+   create-only (a no-op where the store itself enforces it)?
 1. ``put(key, data)`` exactly once per key. Keys are create-only: a second put
    of the same key raises :class:`BlobExists` and leaves the first value intact.
    A put is atomic: a reader sees the whole blob or no blob. (A store whose
@@ -133,6 +135,16 @@ class BlobStore(ABC):
     def describe(self, key: str) -> str:
         """Where ``key`` lives, for humans (a path or URL)."""
         return key
+
+    def probe(self, under: str = "") -> bool:
+        """Check, when the store is opened, that the backend keeps keys create-only.
+
+        True when it does; raises :class:`StorageError` when it does not. The
+        default holds by construction (the store itself refuses a second put);
+        a store whose create-only rule is the service's (S3) tries it, writing
+        under ``under`` only.
+        """
+        return True
 
     def close(self) -> None:
         """Release connections; the default has none."""

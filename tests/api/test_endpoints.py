@@ -253,7 +253,11 @@ async def test_catalog_outage_is_503_not_500(
     manager.engine.dispose()
     (store_root / "crowdcompute.db").rename(store_root / "moved-away.db")
     (store_root / "crowdcompute.db").mkdir()  # a directory: SQLite cannot open it
+    # Every route that reads the catalog: the manager hands out checkpoint.errors only.
     for method, path in (("GET", f"/api/checkpoints/tasks/{task}"),
+                         ("GET", f"/api/checkpoints/jobs/{job}"),
+                         ("GET", f"/api/checkpoints/storage-info/{task}"),
+                         ("GET", "/api/checkpoints/kept"),
                          ("POST", f"/api/checkpoints/tasks/{task}/force-checkpoint")):
         r = await http.request(method, path, headers={"Authorization": f"Bearer {API_TOKEN}"})
         assert r.status_code == 503, (path, r.text)

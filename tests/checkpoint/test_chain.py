@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from ckpt_helpers import all_blob_keys, chain, copy_state, make_state, mutate, states_equal
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
 from sqlalchemy.orm import Session
 
 from checkpoint import CheckpointManager, ManagerConfig
@@ -190,3 +190,32 @@ def test_a_zombie_cannot_commit_after_its_task_was_cleaned_up(manager: Checkpoin
     with pytest.raises(Fenced):
         zombie.save(zombie.capture(state))
     assert all_blob_keys(manager) == [] and chain(manager, "t") == []
+
+
+def test_open_attempt_reads_the_committed_rows_once(manager: CheckpointManager) -> None:
+    first = manager.open_attempt("job", "t").writer
+    state = make_state()
+    for step in (1, 2, 3):
+        _save(first, state, step)
+    reads: list[str] = []
+
+    def seen(conn, cursor, statement: str, *args) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and " checkpoints" in statement:
+            reads.append(statement)
+
+    event.listen(manager.engine, "before_cursor_execute", seen)
+    try:
+        second = manager.open_attempt("job", "t", 2)
+    finally:
+        event.remove(manager.engine, "before_cursor_execute", seen)
+    assert second.restored is not None and second.restored.seq == 3
+    assert len(reads) == 1   # the restore and the writer share the one read of the rows
+    assert _save(second.writer, state, 4).kind == "delta"
+
+
+def test_row_committed_tells_which_epoch_committed_a_seq(manager: CheckpointManager) -> None:
+    writer = manager.open_attempt("job", "t").writer
+    info = _save(writer, make_state(), 1)
+    assert (info.seq, info.epoch) == (1, 1)
+    assert [manager.chain.row_committed("t", 1, 1), manager.chain.row_committed("t", 1, 2),
+            manager.chain.row_committed("t", 2, 1)] == [True, False, False]

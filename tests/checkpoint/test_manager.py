@@ -41,10 +41,11 @@ def run_steps(writer, state: dict, steps: range, progress: bool = True) -> list:
 
 def test_public_api_is_pinned() -> None:
     assert checkpoint.__all__ == sorted([
-        "Attempt", "BlobExists", "BlobNotFound", "CaptureError", "CatalogMismatch", "CheckpointError",
-        "CheckpointManager", "CommitInfo", "CorruptCheckpoint", "Fenced", "InvalidId",
-        "ManagerConfig", "MemoryBudgetExceeded", "Restored", "StaleCheckpoint", "StorageError",
-        "StorageFull", "StorageUnavailable", "TaskWriter", "create_engine_for", "upgrade_database"])
+        "Attempt", "BlobExists", "BlobNotFound", "BlobView", "CaptureError", "CatalogMismatch",
+        "ChainLinkView", "CheckpointError", "CheckpointManager", "CommitInfo", "CorruptCheckpoint",
+        "Fenced", "InvalidId", "ManagerConfig", "MemoryBudgetExceeded", "Restored",
+        "StaleCheckpoint", "StorageError", "StorageFull", "StorageUnavailable", "StorageView",
+        "TaskView", "TaskWriter", "create_engine_for", "upgrade_database"])
     for name in checkpoint.__all__:
         assert getattr(checkpoint, name) is not None
     # every public name the package holds once all of it is loaded is in __all__ (or a subpackage)
@@ -335,3 +336,35 @@ def test_from_urls_postgres_and_s3(pg_engine, pg_url: str, moto_url: str, s3_sto
     assert states_equal(m.restore("j", "t").state, state)
     assert m.tiers.objects.list("ckpt/") != []
     m.close()
+
+
+def test_a_lost_catalog_raises_checkpoint_errors_only(tmp_path: Path) -> None:
+    # The one choke point: callers (the API, the task runtime, gc) see StorageUnavailable,
+    # never a SQLAlchemy error, whichever door they come in by.
+    db = tmp_path / "catalog.db"
+    manager = CheckpointManager.from_urls(f"sqlite:///{db}", (tmp_path / "blobs").as_uri())
+    writer = manager.open_attempt("job", "t").writer
+    writer.save(writer.capture(make_state()))
+    manager.engine.dispose()
+    db.rename(tmp_path / "moved-away.db")
+    db.mkdir()   # a directory: SQLite cannot open it
+    calls = {
+        "open_attempt": lambda: manager.open_attempt("job", "t", 2),
+        "restore": lambda: manager.restore("job", "t"),
+        "job_tasks": lambda: manager.job_tasks("job"),
+        "task_view": lambda: manager.task_view("t"),
+        "storage_view": lambda: manager.storage_view("t"),
+        "kept_tasks": lambda: manager.kept_tasks(),
+        "request_force": lambda: manager.request_force("t"),
+        "delete_job": lambda: manager.delete_job("job"),
+        "jobs_with_checkpoints": manager.jobs_with_checkpoints,
+        "sweep_orphans": lambda: manager.sweep_orphans(0),
+    }
+    raised = {}
+    for name, call in calls.items():
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 - the type is what is checked
+            raised[name] = type(exc).__name__
+    assert raised == dict.fromkeys(calls, "StorageUnavailable")
+    manager.close()

@@ -51,6 +51,11 @@ class TestBlobStoreContract:
             store.put("k/once", b"second")
         assert store.get("k/once") == b"first"
 
+    def test_probe_confirms_create_only_writes_and_leaves_nothing(self, store: BlobStore) -> None:
+        # Every store answers the probe CheckpointManager.from_urls makes when it opens one.
+        assert store.probe("ckpt") is True
+        assert store.list("") == []
+
     def test_put_pieces_stores_their_concatenation_create_only(self, store: BlobStore) -> None:
         body = np.arange(70_000, dtype=np.uint8)
         store.put_pieces("a/pieces", [b"head", body, memoryview(b"tail")])

@@ -13,7 +13,6 @@ from _helpers import worker_env
 
 import sdk
 from checkpoint import CheckpointManager
-from worker_app.gc import jobs_with_checkpoints
 from worker_app.settings import Settings
 from worker_app.worker import build_checkpoints
 
@@ -35,7 +34,7 @@ async def test_gc_deletes_data_of_jobs_that_are_not_running(settings: Settings,
     for job_id in ("gc-running", "gc-terminated", "gc-unknown"):
         commit_one(manager, job_id)
     orphan_dir = Path(settings.blob_url.removeprefix("file://"))
-    assert jobs_with_checkpoints(manager) == ["gc-running", "gc-terminated", "gc-unknown"]
+    assert manager.jobs_with_checkpoints() == ["gc-running", "gc-terminated", "gc-unknown"]
     blobs_before = sum(1 for p in orphan_dir.rglob("*") if p.is_file())
 
     out = subprocess.run(
@@ -44,7 +43,7 @@ async def test_gc_deletes_data_of_jobs_that_are_not_running(settings: Settings,
     assert out.returncode == 0, out.stderr
     assert "deleted 2 that are not running (gc-terminated, gc-unknown)" in out.stdout
 
-    assert jobs_with_checkpoints(manager) == ["gc-running"]
+    assert manager.jobs_with_checkpoints() == ["gc-running"]
     assert manager.restore("gc-running", "gc-running:0") is not None
     blobs_after = sum(1 for p in orphan_dir.rglob("*") if p.is_file())
     assert (blobs_before, blobs_after) == (3, 1)

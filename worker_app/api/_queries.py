@@ -7,7 +7,7 @@ schema, field by field. Nothing is recomputed: totals come from the views.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .schemas import (
     BlobLocation,
@@ -19,6 +19,9 @@ from .schemas import (
     TaskDetail,
     TaskSummary,
 )
+
+if TYPE_CHECKING:
+    from checkpoint import BlobView, ChainLinkView, CheckpointManager, TaskView
 
 __all__ = ["CatalogReader"]
 
@@ -32,7 +35,7 @@ def _index(task_id: str) -> int:
     return int(tail) if tail.isdigit() else -1
 
 
-def _summary(t: Any) -> TaskSummary:
+def _summary(t: TaskView) -> TaskSummary:
     return TaskSummary(
         task_id=t.task_id,
         progress_percent=_pct(t.progress_percent),
@@ -47,7 +50,7 @@ def _summary(t: Any) -> TaskSummary:
     )
 
 
-def _link(link: Any) -> ChainLink:
+def _link(link: ChainLinkView) -> ChainLink:
     return ChainLink(
         seq=link.seq,
         kind=link.kind,
@@ -63,7 +66,7 @@ def _link(link: Any) -> ChainLink:
     )
 
 
-def _blob(b: Any) -> BlobLocation:
+def _blob(b: BlobView) -> BlobLocation:
     return BlobLocation(
         seq=b.seq,
         part=b.part,
@@ -82,7 +85,7 @@ def _blob(b: Any) -> BlobLocation:
 class CatalogReader:
     """The API's view of the catalog, through a ``checkpoint.CheckpointManager``."""
 
-    def __init__(self, manager: Any) -> None:
+    def __init__(self, manager: CheckpointManager) -> None:
         self._m = manager
 
     def job_tasks(self, job_id: str) -> list[TaskSummary] | None:
