@@ -106,6 +106,8 @@ class CommitInfo:
     created_at: datetime
     progress_percent: float | None
     file_bytes: int = 0      # stored bytes of the file chunks this save added
+    #: committed while storage had no room for a new base (a delta past the usual limits)
+    storage_full: bool = False
 
     @property
     def tiers(self) -> tuple[str, ...]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ._capture import BufferPool, capture
@@ -141,6 +141,7 @@ class TaskWriter:
                 self.chain.mark_storage_full(self.task_id, False)
             elif self._full_saves is not None:
                 self._full_saves += 1
+                info = replace(info, storage_full=True)
             return info
 
     def _save_as(self, kind: str, head: ChainHead | None, snapshot: Snapshot,

@@ -37,6 +37,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 FAULT_KINDS = ("error500", "error503", "reset", "drop", "slow", "denied")
@@ -190,6 +191,9 @@ class FaultProxy:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
+        # Kept-alive client connections still have handler threads waiting on
+        # them: end those too, so nothing of the proxy outlives the test.
+        self._server.close_connections()
 
     def injected(self) -> Counter[str]:
         """How many faults of each kind were injected so far."""
@@ -233,8 +237,35 @@ class FaultProxy:
 
 class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
+    block_on_close = False   # close_connections ends the handlers instead
     allow_reuse_address = True
     proxy: FaultProxy
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._open: dict[socket.socket, threading.Thread] = {}
+        self._open_lock = threading.Lock()
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open[request] = threading.current_thread()
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._open_lock:
+                self._open.pop(request, None)
+
+    def close_connections(self) -> None:
+        """Shut every open client connection down and wait for its handler to end."""
+        with self._open_lock:
+            open_now = list(self._open.items())
+        for sock, _thread in open_now:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass   # already closed by its handler
+        for _sock, thread in open_now:
+            thread.join(timeout=10)
 
 
 class _Handler(socketserver.BaseRequestHandler):

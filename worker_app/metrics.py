@@ -114,6 +114,12 @@ SKIPPED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+STORAGE_FULL_COMMITS = Counter(
+    "crowdcompute_checkpoint_storage_full_commits",
+    "Checkpoints committed as deltas while storage had no room for a new base "
+    "(the chain grows past its compaction limits until space returns).",
+    registry=REGISTRY,
+)
 
 # Pre-create the labelled children so every series is visible (as 0) from the
 # first scrape; dashboards and alerts then never see a metric "appear".
@@ -149,6 +155,7 @@ def observe_checkpoint(
     bytes_by_tier: Mapping[str, int] | None = None,
     commit_lag_s: float | None = None,
     pause_s: float | None = None,
+    storage_full: bool = False,
 ) -> None:
     """Record one committed checkpoint.
 
@@ -159,6 +166,7 @@ def observe_checkpoint(
             ``"object"``, the manifest's names); other keys are ignored.
         commit_lag_s: end of capture → commit, in seconds.
         pause_s: capture pause, if not already reported by ``observe_capture_pause``.
+        storage_full: it was committed while storage had no room for a new base.
     """
     CHECKPOINT_DURATION.labels(kind="base" if kind == "base" else "delta").observe(duration_s)
     for tier, nbytes in (bytes_by_tier or {}).items():
@@ -168,6 +176,8 @@ def observe_checkpoint(
         COMMIT_LAG.observe(max(0.0, commit_lag_s))
     if pause_s is not None:
         CAPTURE_PAUSE.observe(pause_s)
+    if storage_full:
+        STORAGE_FULL_COMMITS.inc()
 
 
 @_safe
@@ -209,7 +219,8 @@ class PrometheusObserver:
         for part in getattr(info, "parts", ()):
             by_tier[part.tier] = by_tier.get(part.tier, 0) + int(part.size)
         observe_checkpoint(duration_s=duration_seconds, kind=getattr(info, "kind", "delta"),
-                           bytes_by_tier=by_tier, commit_lag_s=lag_seconds)
+                           bytes_by_tier=by_tier, commit_lag_s=lag_seconds,
+                           storage_full=bool(getattr(info, "storage_full", False)))
 
     def skipped(self, reason: str) -> None:
         observe_skipped(reason)

@@ -30,6 +30,9 @@ class Settings(ClientSettings):
     max_deltas_per_base: int = 50
     api_token: str | None = None
     api_read_token: str | None = None
+    #: proxies (addresses or networks, comma-separated) whose X-Forwarded-For names the
+    #: API's client; None: uvicorn's FORWARDED_ALLOW_IPS, else loopback only
+    api_trusted_proxies: str | None = None
     shutdown_grace_seconds: float = 25.0
     metrics_port: int | None = None
     checkpoint_memory_budget: int | None = None

@@ -18,6 +18,7 @@ NAMES = [
     "crowdcompute_checkpoint_restores_total",
     "crowdcompute_checkpoint_fenced_writes_total",
     "crowdcompute_checkpoints_skipped_total",
+    "crowdcompute_checkpoint_storage_full_commits_total",
 ]
 
 
@@ -36,6 +37,7 @@ SERIES = {  # key: (sample name, labels), expected increase
     "capture": (("crowdcompute_checkpoints_skipped_total", {"reason": "capture_error"}), 1),
     "other": (("crowdcompute_checkpoints_skipped_total", {"reason": "other"}), 1),
     "restored": (("crowdcompute_checkpoint_restores_total", {"outcome": "restored"}), 1),
+    "full": (("crowdcompute_checkpoint_storage_full_commits_total", {}), 1),
 }
 
 
@@ -48,6 +50,7 @@ def test_observe_functions_count() -> None:
     metrics.observe_skipped("capture_error")
     metrics.observe_skipped("a reason nobody planned for")
     metrics.observe_restore("restored")
+    metrics.observe_checkpoint(duration_s=0.1, kind="delta", storage_full=True)
     after = {k: value(name, **labels) for k, ((name, labels), _) in SERIES.items()}
     assert {k: after[k] - before[k] for k in SERIES} == {k: inc for k, (_, inc) in SERIES.items()}
 

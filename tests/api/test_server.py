@@ -3,6 +3,7 @@ raw request paths that no client library normalises first."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -14,30 +15,43 @@ from typing import TYPE_CHECKING
 import pytest
 from _servers import free_port
 from fastapi import FastAPI
+from temporalio.client import Client
 
-from worker_app.api import build_server
+from worker_app.api import build_server, create_app
 from worker_app.api._limits import MAX_HEADER_BYTES
+from worker_app.api.auth import MAX_FAILURES
 from worker_app.settings import Settings
 
-from .conftest import write_checkpoints
+from .conftest import API_TOKEN, client_factory, make_settings, write_checkpoints
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from checkpoint import CheckpointManager
+
+
+@contextlib.contextmanager
+def serving(settings: Settings, app: FastAPI) -> Iterator[int]:
+    """``build_server`` (what ``crowdcompute api`` runs) on a free loopback port."""
+    port = free_port()
+    server = build_server(settings, port, host="127.0.0.1", app=app)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    try:
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 @pytest.fixture
 def served(api_settings: Settings, app: FastAPI) -> Iterator[int]:
-    port = free_port()
-    server = build_server(api_settings, port, host="127.0.0.1", app=app)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield port
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(api_settings, app) as port:
+        yield port
 
 
 def get(port: int, raw_path: str) -> tuple[int, dict]:
@@ -103,3 +117,39 @@ def test_headers_within_the_limit_still_served(served: int) -> None:
 def test_build_server_binds_loopback_by_default(api_settings: Settings, app: FastAPI) -> None:
     server = build_server(api_settings, free_port(), app=app)
     assert server.config.host == "127.0.0.1"
+
+
+PROXY = "127.0.0.2"   # another loopback address: the "load balancer" the requests come through
+
+
+def forced(port: int, task: str, token: str, forwarded: str) -> int:
+    """POST force-checkpoint from ``PROXY``, as a proxy that appended its client to the header."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(PROXY, 0))
+    try:
+        conn.request("POST", f"/api/checkpoints/tasks/{task}/force-checkpoint",
+                     headers={"Authorization": f"Bearer {token}", "X-Forwarded-For": forwarded})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def test_failed_tokens_are_counted_per_client_behind_a_trusted_proxy(
+        store_root: Path, temporal_address: str, manager: CheckpointManager,
+        temporal_client: Client) -> None:
+    """Behind the AWS load balancer every request comes from its addresses: with the
+    proxy trusted, the failed-token limit counts each client it forwarded for."""
+    settings = make_settings(store_root, temporal_address, api_trusted_proxies=PROXY)
+    app = create_app(settings, manager=manager, temporal_client_factory=client_factory(temporal_client))
+    write_checkpoints(manager, "proxied-job", 0, [10.0])
+    task = "proxied-job:0"
+    with serving(settings, app) as port:
+        for n in range(MAX_FAILURES):
+            assert forced(port, task, f"guess-{n}", "203.0.113.7") == 401
+        assert forced(port, task, API_TOKEN, "203.0.113.7") == 429
+        # what the client itself put in the header comes first; the proxy's entry counts
+        assert forced(port, task, API_TOKEN, "198.51.100.1, 203.0.113.7") == 429
+        # another client behind the same proxy is not locked out
+        assert forced(port, task, API_TOKEN, "203.0.113.8") == 202
+    assert manager.take_force(task) is True

@@ -148,7 +148,7 @@ def with_value(link: Link, edit: Callable[[dict[str, Any]], None]) -> list[tuple
 
 KINDS = ("flip", "truncate", "splice", "length")
 TARGETS = ("stored", "stored+crc", "index-body", "index-value")
-_NASTY: tuple[Any, ...] = (
+NASTY: tuple[Any, ...] = (
     None, True, 0, -1, 1, 2**31, 2**63, 2**70, 0.5, float("nan"), "", "same", "rows", "keys", "array",
     "pickle_list", "numpy", "torch", b"", b"\0" * 8, b"\xff" * 9, (), (1,), (0, 0, 0), (1, 1, 1),
     (1, 2**40, 2**40), (2**40, 1, 1), [], {}, {"fw": "numpy"}, ("d", (), ()), ("l", (None, None)),
@@ -264,7 +264,7 @@ def mutated(link: Link, target: str, kind: str, seed: int, triples: bool) -> lis
     else:
         value = pickle.loads(index_raw(link)[8:])
         path = rnd.choice(list(_slots(value)))
-        choices = [rnd.choice(_NASTY), _get(value, rnd.choice(list(_slots(value))))]
+        choices = [rnd.choice(NASTY), _get(value, rnd.choice(list(_slots(value))))]
         value = _replace(value, path, rnd.choice(choices))
         parts = with_index(link, seal(pickle.dumps(value, protocol=5)))
     return parts if triples else [p[:2] for p in parts]

@@ -7,6 +7,7 @@ says so, and everything recovers when space returns.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -16,8 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from checkpoint import CheckpointManager, ManagerConfig
-from checkpoint.errors import StorageUnavailable
+from activities.checkpointing import TaskCheckpointSession
+from checkpoint import CheckpointManager, CommitInfo, ManagerConfig
+from checkpoint.errors import StorageFull
+from sdk._task import TaskContext
+from worker_app import metrics
+from worker_app.api._queries import CatalogReader
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("mount") is None,
@@ -99,7 +104,7 @@ def test_saves_continue_as_deltas_and_recover_when_space_returns(small_disk: Pat
     assert writer.storage_full is True
     assert manager.task_view("t").storage_full_since is not None
     _step(state, 8)
-    with pytest.raises(StorageUnavailable):   # past the stretched limit a base is needed
+    with pytest.raises(StorageFull):   # past the stretched limit a base is needed
         writer.save(writer.capture(state))
     fresh = _manager(small_disk)
     restored = fresh.restore("job", "t")
@@ -119,6 +124,74 @@ def test_saves_continue_as_deltas_and_recover_when_space_returns(small_disk: Pat
     assert list((small_disk / "blobs").rglob("p*")) == []
 
 
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _checkpoint(session: TaskCheckpointSession, clock: _Clock, state: dict) -> CommitInfo | None:
+    """One due checkpoint of ``state`` through the task's session, persisted: what committed."""
+    clock.now += 11
+    assert session.checkpoint(state) is True
+    return session.flush(timeout=60)
+
+
+def _metric(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_storage_full_shows_in_metrics_heartbeats_and_the_api_view(small_disk: Path) -> None:
+    """What an operator sees while a task's saves are short of space, through the
+    worker's own path: a task's checkpoint session reporting to the Prometheus
+    observer, and the REST API's query layer over the same catalog."""
+    manager = _manager(small_disk)
+    reader = CatalogReader(manager)
+    clock = _Clock()
+    session = TaskCheckpointSession(manager, TaskContext("job", "job:0", 0, 1), interval=10.0,
+                                    max_age=None, memory_budget=None, clock=clock,
+                                    observer=metrics.PrometheusObserver())
+    session.start()
+    full_commits = "crowdcompute_checkpoint_storage_full_commits_total"
+    no_room = ("crowdcompute_checkpoints_skipped_total", {"reason": "storage_full"})
+    before = (_metric(full_commits), _metric(no_room[0], **no_room[1]))
+    state = _state()
+    try:
+        for n in (1, 2, 3, 4):      # base, three deltas: the next save wants a base
+            _step(state, n)
+            info = _checkpoint(session, clock, state)
+            assert info is not None and info.storage_full is False
+        filler = _fill(small_disk, leave=3 * MiB)
+        kinds = []
+        for n in (5, 6, 7):         # the base does not fit: deltas, past the usual limit
+            _step(state, n)
+            info = _checkpoint(session, clock, state)
+            assert info is not None and info.storage_full is True
+            kinds.append(info.kind)
+        assert kinds == ["delta", "delta", "delta"]
+        assert _metric(full_commits) - before[0] == 3
+        assert session.heartbeat_details()["storage_full"] is True
+        detail = reader.task_detail("job:0")
+        assert detail is not None and detail.storage_full_since is not None
+        summaries = reader.job_tasks("job")
+        assert summaries is not None and summaries[0].storage_full_since == detail.storage_full_since
+        _step(state, 8)             # six deltas: past the stretched limit, no room at all
+        assert _checkpoint(session, clock, state) is None
+        assert _metric(no_room[0], **no_room[1]) - before[1] == 1
+        filler.unlink()             # space returns
+        _step(state, 9)
+        info = _checkpoint(session, clock, state)
+        assert info is not None and (info.kind, info.storage_full) == ("base", False)
+        assert _metric(full_commits) - before[0] == 3
+        assert "storage_full" not in session.heartbeat_details()
+        detail = reader.task_detail("job:0")
+        assert detail is not None and detail.storage_full_since is None
+    finally:
+        asyncio.run(session.close(succeeded=False))
+
+
 def test_a_full_catalog_recovers_when_space_returns(small_disk: Path) -> None:
     manager = _manager(small_disk)
     writer = manager.open_attempt("job", "t").writer
@@ -135,7 +208,7 @@ def test_a_full_catalog_recovers_when_space_returns(small_disk: Path) -> None:
         state["step"] = n
         try:
             writer.save(writer.capture(state))
-        except StorageUnavailable:
+        except StorageFull:
             failures += 1
     assert failures == 2
     assert states_equal_w(_manager_readonly(small_disk).restore("job", "t").state, committed)
@@ -168,8 +241,6 @@ def _tree(root: Path) -> dict[str, bytes]:
 def test_files_that_do_not_fit_leave_nothing_behind(small_disk: Path, tmp_path: Path) -> None:
     """A save whose file chunks find no room fails with StorageFull, deletes what it
     wrote, and the last committed state and files stay restorable."""
-    from checkpoint.errors import StorageFull
-
     manager = _manager(small_disk)
     writer = manager.open_attempt("job", "t").writer
     rng = np.random.default_rng(3)

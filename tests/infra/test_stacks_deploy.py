@@ -232,6 +232,9 @@ def test_api_task_binds_all_interfaces_and_gets_both_tokens(
         "CROWDCOMPUTE_API_TOKEN": out["ApiTokenSecretArn"],
         "CROWDCOMPUTE_API_READ_TOKEN": out["ApiReadTokenSecretArn"],
     }
+    # the load balancer's X-Forwarded-For is trusted (the failed-token limit is per client)
+    environment = {e["name"]: e["value"] for e in api["environment"]}
+    assert environment["CROWDCOMPUTE_API_TRUSTED_PROXIES"] == stacks["network"]["outputs"]["VpcCidr"]
 
 
 # ------------------------------------------------------------------ IAM

@@ -134,7 +134,12 @@ def build_server(
     settings: Any, port: int = 8000, *, host: str = DEFAULT_HOST, app: FastAPI | None = None
 ) -> Any:
     """A ``uvicorn.Server`` for the API: ``.run()`` blocks, ``await .serve()`` runs in a
-    loop (``crowdcompute dev``), ``.should_exit = True`` stops it."""
+    loop (``crowdcompute dev``), ``.should_exit = True`` stops it.
+
+    Behind a proxy (the AWS load balancer) ``settings.api_trusted_proxies`` names it,
+    so that a request's client (which the failed-token limit counts by) is the
+    address the proxy appended to ``X-Forwarded-For``, not the proxy's own.
+    """
     import uvicorn
 
     config = uvicorn.Config(
@@ -144,6 +149,7 @@ def build_server(
         log_level="info",
         http=HeaderLimitProtocol,
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        forwarded_allow_ips=getattr(settings, "api_trusted_proxies", None),
     )
     return uvicorn.Server(config)
 
