@@ -177,7 +177,8 @@ class ChainStore:
         """The parts of ``link`` for ``decode``, each fetched and checked when the decoder needs it.
 
         The index part is fetched and checked here; the others a few parts
-        ahead of the decoder (``PREFETCH_PARTS``). Close the stream when done.
+        ahead of the decoder (``PREFETCH_PARTS``), the first of them while the
+        decoder still reads the index. Close the stream when done.
         """
         return LinkStream(self, task_id, link)
 
@@ -428,6 +429,8 @@ class LinkStream:
         first: Any = (chain._fetch(task_id, link.seq, index) if index is not None else b"")
         self.parts: list[tuple[Any, str, int]] = [(first, index.codec, index.raw_size)] if index else []
         self.parts += [(self._getter(i), r.codec, r.raw_size) for i, r in enumerate(self.refs[1:], start=1)]
+        with self._lock:   # the first parts are fetched while the decoder reads the index
+            self._submit_upto(PREFETCH_PARTS)
 
     def _getter(self, number: int) -> Callable[[], bytes | mmap.mmap]:
         return lambda: self._get(number)
