@@ -4,7 +4,8 @@ A workflow never sees its activities' heartbeats, and telling it each checkpoint
 (a signal) would grow its history with every checkpoint of every task. The server
 keeps each running task's last heartbeat details with its pending activity, so the
 client reads them from ``describe()`` of the workflow that runs the task: the
-newest checkpoint's seq and progress, and how long ago the heartbeat arrived.
+newest checkpoint's seq and progress, how long ago the heartbeat arrived, and
+whether the task's checkpoints found the store full.
 """
 
 from __future__ import annotations
@@ -21,20 +22,20 @@ from workflows.models import TASK_RUNNING, TaskProgress
 
 __all__ = ["TaskBeat", "task_beats", "with_heartbeats"]
 
-TaskBeat = tuple[float | None, int | None, float | None]
-"""(progress_percent, seq, heartbeat_age_seconds) of one task."""
+TaskBeat = tuple[float | None, int | None, float | None, bool]
+"""(progress_percent, seq, heartbeat_age_seconds, storage_full) of one task."""
 
 
 def _beat(details: Any, age: float | None) -> TaskBeat:
     """What one task's heartbeat details say (see ``activities.tasks``)."""
     if not isinstance(details, dict):
-        return None, None, age
+        return None, None, age, False
     ckpt = details.get("checkpoint")
     ckpt = ckpt if isinstance(ckpt, dict) else {}
     pct = details.get("progress_percent", ckpt.get("progress_percent"))
     seq = ckpt.get("seq")
     return (float(pct) if isinstance(pct, (int, float)) else None,
-            int(seq) if isinstance(seq, int) else None, age)
+            int(seq) if isinstance(seq, int) else None, age, details.get("storage_full") is True)
 
 
 async def task_beats(client: Client, handle: WorkflowHandle[Any, Any]) -> dict[int, TaskBeat]:
@@ -66,7 +67,7 @@ async def task_beats(client: Client, handle: WorkflowHandle[Any, Any]) -> dict[i
 
 async def with_heartbeats(client: Client, handle: WorkflowHandle[Any, Any],
                           tasks: Sequence[TaskProgress]) -> list[TaskProgress]:
-    """``tasks`` with the running ones' progress, seq and heartbeat age filled in."""
+    """``tasks`` with the running ones' progress, seq, heartbeat age and storage-full flag filled in."""
     if not any(t.state == TASK_RUNNING for t in tasks):
         return list(tasks)
     beats = await task_beats(client, handle)
@@ -74,6 +75,7 @@ async def with_heartbeats(client: Client, handle: WorkflowHandle[Any, Any],
     for t in tasks:
         beat = beats.get(t.index)
         if beat is not None:
-            t = replace(t, progress_percent=beat[0], seq=beat[1], heartbeat_age_seconds=beat[2])
+            t = replace(t, progress_percent=beat[0], seq=beat[1], heartbeat_age_seconds=beat[2],
+                        storage_full=beat[3])
         out.append(t)
     return out

@@ -298,6 +298,7 @@ class TaskProgress:
     progress_percent: float | None = None
     seq: int | None = None
     heartbeat_age_seconds: float | None = None
+    storage_full: bool = False   # its checkpoints found no room for a new base (deltas go on)
 
 
 @dataclass

@@ -20,6 +20,7 @@ import pytest
 from activities.checkpointing import TaskCheckpointSession
 from checkpoint import CheckpointManager, CommitInfo, ManagerConfig
 from checkpoint.errors import StorageFull
+from sdk._heartbeats import _beat
 from sdk._task import TaskContext
 from worker_app import metrics
 from worker_app.api._queries import CatalogReader
@@ -173,6 +174,8 @@ def test_storage_full_shows_in_metrics_heartbeats_and_the_api_view(small_disk: P
         assert kinds == ["delta", "delta", "delta"]
         assert _metric(full_commits) - before[0] == 3
         assert session.heartbeat_details()["storage_full"] is True
+        # ... and what JobHandle.progress() makes of these details (TaskProgress.storage_full)
+        assert _beat(session.heartbeat_details(), 0.0)[3] is True
         detail = reader.task_detail("job:0")
         assert detail is not None and detail.storage_full_since is not None
         summaries = reader.job_tasks("job")
@@ -186,6 +189,7 @@ def test_storage_full_shows_in_metrics_heartbeats_and_the_api_view(small_disk: P
         assert info is not None and (info.kind, info.storage_full) == ("base", False)
         assert _metric(full_commits) - before[0] == 3
         assert "storage_full" not in session.heartbeat_details()
+        assert _beat(session.heartbeat_details(), 0.0)[3] is False
         detail = reader.task_detail("job:0")
         assert detail is not None and detail.storage_full_since is None
     finally:
