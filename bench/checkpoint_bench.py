@@ -97,16 +97,12 @@ def _fresh_heap() -> None:
     crash loads into a heap that holds no freed memory, but a second
     ``torch.load`` in a row reuses the pages malloc kept from the first
     (0.08 s instead of 0.24-0.35 s for 403 MB here), while our restore's
-    buffers are mappings the kernel must zero each time.
+    buffers are mappings the kernel must zero each time. The same release a
+    task process does between tasks.
     """
-    gc.collect()
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
+    from activities._child import _release_memory
 
-            ctypes.CDLL(None).malloc_trim(0)
-        except (AttributeError, OSError):   # not glibc
-            pass
+    _release_memory()
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
