@@ -37,6 +37,7 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -273,22 +274,11 @@ def interleave(dst: np.ndarray, planes: Sequence[np.ndarray], base: np.ndarray |
     checked; nothing is written when False is returned.
     """
     lib = _kernel()
-    w = len(planes)
-    if lib is None or w < 1 or not dst.flags.c_contiguous or not dst.flags.writeable:
+    count = _count(dst, planes, base)
+    if lib is None or count is None or not dst.flags.writeable:
         return False
-    count = dst.nbytes // w
-    if dst.dtype != np.uint8 or dst.ndim != 1 or count * w != dst.nbytes:
-        return False
-    if any(p.dtype != np.uint8 or p.ndim != 1 or p.nbytes != count or not p.flags.c_contiguous
-           for p in planes):
-        return False
-    if base is not None and (base.dtype != np.uint8 or base.ndim != 1 or base.nbytes != dst.nbytes
-                             or not base.flags.c_contiguous):
-        return False
-    if count == 0:
-        return True
-    pointers = (ctypes.c_void_p * w)(*[_address(p) for p in planes])
-    lib.cc_interleave(_address(dst), pointers, None if base is None else _address(base), count, w)
+    if count:
+        lib.cc_interleave(_address(dst), _pointers(planes), _address_or_null(base), count, len(planes))
     return True
 
 
@@ -301,18 +291,33 @@ def split(planes: Sequence[np.ndarray], src: np.ndarray, base: np.ndarray | None
     nothing is written when False is returned.
     """
     lib = _kernel()
-    w = len(planes)
-    if lib is None or w < 1 or not _flat(src) or (base is not None and (not _flat(base) or base.nbytes != src.nbytes)):
+    count = _count(src, planes, base)
+    if lib is None or count is None or not all(p.flags.writeable for p in planes):
         return False
-    count = src.nbytes // w
-    if count * w != src.nbytes or any(not _flat(p) or not p.flags.writeable or p.nbytes != count for p in planes):
-        return False
-    if count == 0:
-        return True
-    pointers = (ctypes.c_void_p * w)(*[_address(p) for p in planes])
-    lib.cc_split(pointers, _address(src), None if base is None else _address(base), count, w)
+    if count:
+        lib.cc_split(_pointers(planes), _address(src), _address_or_null(base), count, len(planes))
     return True
+
+
+def _count(whole: np.ndarray, planes: Sequence[np.ndarray], base: np.ndarray | None) -> int | None:
+    """Elements per plane when ``whole`` (and ``base``) hold ``len(planes)`` bytes per element
+    and every plane one byte per element, all flat contiguous ``uint8``; else None."""
+    w = len(planes)
+    if w < 1 or not _flat(whole) or (base is not None and (not _flat(base) or base.nbytes != whole.nbytes)):
+        return None
+    count = whole.nbytes // w
+    if count * w != whole.nbytes or any(not _flat(p) or p.nbytes != count for p in planes):
+        return None
+    return count
 
 
 def _flat(a: np.ndarray) -> bool:
     return a.dtype == np.uint8 and a.ndim == 1 and bool(a.flags.c_contiguous)
+
+
+def _pointers(planes: Sequence[np.ndarray]) -> Any:
+    return (ctypes.c_void_p * len(planes))(*[_address(p) for p in planes])
+
+
+def _address_or_null(a: np.ndarray | None) -> int | None:
+    return None if a is None else _address(a)
