@@ -50,7 +50,7 @@ from ._encode import StreamPart
 from ._files import Manifest, chunk_refs, unreferenced_chunks, write_tree
 from ._ids import blob_key, chunk_key
 from ._records import PartRef
-from .catalog import CheckpointRow, read_engine, translate_error, utcnow
+from .catalog import CheckpointRow, read_engine, transaction, utcnow
 from .errors import (
     CorruptCheckpoint,
     StorageError,
@@ -136,25 +136,19 @@ class ChainStore:
     def begin_attempt(self, job_id: str, task_id: str, attempt: int
                       ) -> tuple[int, int, list[CheckpointRow]]:
         """A new fencing epoch, the task's head seq and its committed rows (oldest first)."""
-        try:
-            with Session(self.engine, expire_on_commit=False) as s, s.begin():
-                epoch = cat.begin_attempt(s, job_id, task_id, attempt)
-                task = cat.get_task(s, task_id)
-                head = task.head_seq if task is not None else 0
-                rows = cat.chain_rows(s, task_id)
-                s.expunge_all()
-        except SQLAlchemyError as exc:
-            raise translate_error(exc, f"attempt {attempt} of task {task_id!r}") from exc
+        with transaction(self.engine, f"attempt {attempt} of task {task_id!r}") as s:
+            epoch = cat.begin_attempt(s, job_id, task_id, attempt)
+            task = cat.get_task(s, task_id)
+            head = task.head_seq if task is not None else 0
+            rows = cat.chain_rows(s, task_id)
+            s.expunge_all()
         return epoch, head, rows
 
     def rows(self, task_id: str) -> list[CheckpointRow]:
         """The task's committed rows, oldest first (no epoch taken)."""
-        try:
-            with Session(self._reader, expire_on_commit=False) as s, s.begin():
-                rows = cat.chain_rows(s, task_id)
-                s.expunge_all()
-        except SQLAlchemyError as exc:
-            raise translate_error(exc, f"reading the chain of task {task_id!r}") from exc
+        with transaction(self._reader, f"reading the chain of task {task_id!r}") as s:
+            rows = cat.chain_rows(s, task_id)
+            s.expunge_all()
         return rows
 
     def _fetch(self, task_id: str, seq: int, ref: PartRef) -> bytes:
@@ -297,11 +291,8 @@ class ChainStore:
         StorageError when the catalog fails (the row may then have committed:
         ask :meth:`row_committed`).
         """
-        try:
-            with Session(self.engine, expire_on_commit=False) as s, s.begin():
-                cat.commit_checkpoint(s, row, task_fields)
-        except SQLAlchemyError as exc:
-            raise translate_error(exc, f"commit of task {row.task_id!r} seq {row.seq}") from exc
+        with transaction(self.engine, f"commit of task {row.task_id!r} seq {row.seq}") as s:
+            cat.commit_checkpoint(s, row, task_fields)
 
     def row_committed(self, task_id: str, seq: int, epoch: int) -> bool | None:
         """Whether the row of ``seq`` by ``epoch`` is committed; None when the catalog cannot tell."""
@@ -361,27 +352,21 @@ class ChainStore:
         and deletes them: a commit either landed before (and is deleted) or is
         rejected; nothing is fenced if the deletion fails.
         """
-        try:
-            with Session(self.engine, expire_on_commit=False) as s, s.begin():
-                cat.fence_tasks(s, [task_id])
-                rows = cat.chain_rows(s, task_id)
-                cat.delete_checkpoints(s, task_id, [r.seq for r in rows])
-                cat.clear_chain(s, task_id)
-        except SQLAlchemyError as exc:
-            raise translate_error(exc, f"deleting checkpoints of task {task_id!r}") from exc
+        with transaction(self.engine, f"deleting checkpoints of task {task_id!r}") as s:
+            cat.fence_tasks(s, [task_id])
+            rows = cat.chain_rows(s, task_id)
+            cat.delete_checkpoints(s, task_id, [r.seq for r in rows])
+            cat.clear_chain(s, task_id)
         self.delete_refs(_freed(rows, []))
 
     def delete_rows(self, task_id: str, rows: Sequence[CheckpointRow], *, clear: bool) -> None:
         """Delete these rows (and with ``clear`` the task's chain summary), then their blobs."""
         seqs = {r.seq for r in rows}
-        try:
-            with Session(self.engine, expire_on_commit=False) as s, s.begin():
-                kept = [r for r in cat.chain_rows(s, task_id) if r.seq not in seqs]
-                cat.delete_checkpoints(s, task_id, sorted(seqs))
-                if clear:
-                    cat.clear_chain(s, task_id)
-        except SQLAlchemyError as exc:
-            raise translate_error(exc, f"deleting checkpoints of task {task_id!r}") from exc
+        with transaction(self.engine, f"deleting checkpoints of task {task_id!r}") as s:
+            kept = [r for r in cat.chain_rows(s, task_id) if r.seq not in seqs]
+            cat.delete_checkpoints(s, task_id, sorted(seqs))
+            if clear:
+                cat.clear_chain(s, task_id)
         self.delete_refs(_freed(rows, kept))
 
     def delete_prefix(self, prefix: str) -> int:

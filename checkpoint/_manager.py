@@ -6,14 +6,10 @@ import functools
 import logging
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from . import catalog as cat
 from ._chain import ChainStore, TierRouter
@@ -23,7 +19,7 @@ from ._records import ManagerConfig, Restored
 from ._snapshot import Snapshot
 from ._views import StorageView, TaskView, live_bytes, task_view
 from ._writer import ChainHead, TaskWriter, link_summary
-from .catalog import CheckpointRow, read_engine, translate_error, utcnow
+from .catalog import CheckpointRow, read_engine, transaction, utcnow
 from .errors import BlobNotFound, CorruptCheckpoint
 from .gc import sweep_orphans
 from .stores import BlobStore, SqlStore, open_object_store
@@ -63,7 +59,7 @@ class CheckpointManager:
     @functools.cached_property
     def catalog_id(self) -> str:
         """The identity of this catalog (a UUID made when it was created)."""
-        with _transaction(self.engine, "catalog_id") as s:
+        with transaction(self.engine, "catalog_id") as s:
             return cat.catalog_id(s)
 
     @classmethod
@@ -252,7 +248,7 @@ class CheckpointManager:
         task (``keep="final"``) is left alone unless ``kept=True``.
         """
         validate_id(task_id, "task id")
-        with _transaction(self._reader, "delete_task") as s:
+        with transaction(self._reader, "delete_task") as s:
             task = cat.get_task(s, task_id)
         if task is None:
             return
@@ -262,7 +258,7 @@ class CheckpointManager:
         self.chain.delete_task_rows(task_id)
         self.chain.delete_prefix(task_prefix(self.config.key_prefix, task.job_id, task_id))
         if kept:
-            with _transaction(self.engine, "delete_task") as s:
+            with transaction(self.engine, "delete_task") as s:
                 cat.release_kept(s, task_id)
         log.info("CheckpointManager: deleted checkpoints of task %r", task_id)
 
@@ -274,11 +270,11 @@ class CheckpointManager:
         job must never resume from the data of an earlier one of the same id.
         """
         validate_id(job_id, "job id")
-        with _transaction(self._reader, "delete_job") as s:
+        with transaction(self._reader, "delete_job") as s:
             tasks = list(cat.job_tasks(s, job_id))
         for task in tasks:
             self.delete_task(task.task_id, kept=forget)
-        with _transaction(self.engine, "delete_job") as s:
+        with transaction(self.engine, "delete_job") as s:
             cat.delete_job_rows(s, job_id, forget=forget)
         if forget or not any(t.kept_at is not None for t in tasks):
             self.chain.delete_prefix(job_prefix(self.config.key_prefix, job_id))
@@ -290,14 +286,14 @@ class CheckpointManager:
     def mark_kept(self, task_id: str, epoch: int) -> bool:
         """Keep the task's checkpoints after it completes; False when ``epoch`` was fenced."""
         validate_id(task_id, "task id")
-        with _transaction(self.engine, "mark_kept") as s:
+        with transaction(self.engine, "mark_kept") as s:
             return cat.mark_kept(s, task_id, epoch, utcnow())
 
     def kept_tasks(self, job_id: str | None = None) -> list[TaskView]:
         """Tasks whose final checkpoint is kept (of one job, or all), by task id."""
         if job_id is not None:
             validate_id(job_id, "job id")
-        with _transaction(self._reader, "kept_tasks") as s:
+        with transaction(self._reader, "kept_tasks") as s:
             views = []
             for t in cat.kept_tasks(s, job_id=job_id):
                 rows = cat.chain_rows(s, t.task_id)
@@ -307,7 +303,7 @@ class CheckpointManager:
     def restore_kept(self, task_id: str, *, files_dir: str | None = None) -> Restored | None:
         """The kept final checkpoint of ``task_id`` (state and files), or None if none is kept."""
         validate_id(task_id, "task id")
-        with _transaction(self._reader, "restore_kept") as s:
+        with transaction(self._reader, "restore_kept") as s:
             task = cat.get_task(s, task_id)
         if task is None or task.kept_at is None:
             return None
@@ -316,7 +312,7 @@ class CheckpointManager:
     def delete_kept(self, older_than_seconds: float) -> list[str]:
         """Delete the kept checkpoints kept longer than ``older_than_seconds``; their task ids."""
         cutoff = utcnow() - timedelta(seconds=older_than_seconds)
-        with _transaction(self._reader, "delete_kept") as s:
+        with transaction(self._reader, "delete_kept") as s:
             task_ids = [t.task_id for t in cat.kept_tasks(s, kept_before=cutoff)]
         for task_id in task_ids:
             self.delete_task(task_id, kept=True)
@@ -324,7 +320,7 @@ class CheckpointManager:
 
     def jobs_with_checkpoints(self) -> list[str]:
         """Ids of jobs that still hold committed checkpoints of tasks not kept (what gc checks)."""
-        with _transaction(self._reader, "jobs_with_checkpoints") as s:
+        with transaction(self._reader, "jobs_with_checkpoints") as s:
             return cat.jobs_with_checkpoints(s)
 
     def sweep_orphans(self, grace_seconds: float | None = None) -> int:
@@ -340,7 +336,7 @@ class CheckpointManager:
         Returns False if a request is already pending; KeyError for an unknown task.
         """
         validate_id(task_id, "task id")
-        with _transaction(self.engine, "request_force") as s:
+        with transaction(self.engine, "request_force") as s:
             result = cat.request_force(s, task_id, utcnow())
         if result is None:
             raise KeyError(task_id)
@@ -349,7 +345,7 @@ class CheckpointManager:
     def take_force(self, task_id: str) -> bool:
         """Consume a pending force request; True if there was one."""
         validate_id(task_id, "task id")
-        with _transaction(self.engine, "take_force") as s:
+        with transaction(self.engine, "take_force") as s:
             return cat.take_force(s, task_id)
 
     def finish_task(self, task_id: str, status: str) -> None:
@@ -371,13 +367,13 @@ class CheckpointManager:
         """
         validate_id(job_id, "job id")
         status = "completed" if outcome == "completed" else "cancelled"
-        with _transaction(self.engine, "finish_job") as s:
+        with transaction(self.engine, "finish_job") as s:
             return cat.end_open_tasks(s, job_id, status)
 
     def set_status(self, task_id: str, status: str) -> None:
         """Record the task's status (e.g. completed, failed); KeyError if unknown."""
         validate_id(task_id, "task id")
-        with _transaction(self.engine, "set_status") as s:
+        with transaction(self.engine, "set_status") as s:
             if not cat.set_status(s, task_id, status):
                 raise KeyError(task_id)
 
@@ -386,14 +382,14 @@ class CheckpointManager:
     def job_tasks(self, job_id: str) -> list[TaskView]:
         """The job's tasks (without chains), by task id; empty if the catalog knows none."""
         validate_id(job_id, "job id")
-        with _transaction(self._reader, "job_tasks") as s:
+        with transaction(self._reader, "job_tasks") as s:
             stored = cat.stored_bytes_by_task(s, job_id)
             return [task_view(t, stored.get(t.task_id, 0)) for t in cat.job_tasks(s, job_id)]
 
     def task_view(self, task_id: str) -> TaskView | None:
         """One task with its chain; None if unknown."""
         validate_id(task_id, "task id")
-        with _transaction(self._reader, "task_view") as s:
+        with transaction(self._reader, "task_view") as s:
             task = cat.get_task(s, task_id)
             if task is None:
                 return None
@@ -403,22 +399,12 @@ class CheckpointManager:
     def storage_view(self, task_id: str) -> StorageView | None:
         """Where each blob of the task lives, with sizes and totals; None if unknown."""
         validate_id(task_id, "task id")
-        with _transaction(self._reader, "storage_view") as s:
+        with transaction(self._reader, "storage_view") as s:
             if cat.get_task(s, task_id) is None:
                 return None
             rows = cat.chain_rows(s, task_id)
         return StorageView.of(task_id, self.config.db_size_limit, rows,
                               lambda ref: self.tiers.store_for(ref.tier).describe(ref.key))
-
-
-@contextmanager
-def _transaction(engine: Engine, what: str) -> Iterator[Session]:
-    """One catalog transaction; a SQLAlchemy error leaves it as a ``checkpoint.errors`` type."""
-    try:
-        with Session(engine, expire_on_commit=False) as s, s.begin():
-            yield s
-    except SQLAlchemyError as exc:
-        raise translate_error(exc, what) from exc
 
 
 def _link_ref(row: CheckpointRow) -> LinkRef:

@@ -16,10 +16,8 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
-from .catalog import read_engine, referenced_keys, translate_error, utcnow
+from .catalog import read_engine, referenced_keys, transaction, utcnow
 from .stores import BlobInfo, BlobStore
 
 __all__ = ["select_orphans", "sweep_orphans"]
@@ -41,11 +39,8 @@ def sweep_orphans(engine: Engine, stores: Iterable[BlobStore], prefix: str,
     for store in stores:
         # list before reading the references: a blob committed in between counts as referenced
         blobs = list(store.scan(f"{prefix}/"))
-        try:
-            with Session(read_engine(engine)) as s, s.begin():
-                referenced = referenced_keys(s)
-        except SQLAlchemyError as exc:
-            raise translate_error(exc, "reading the referenced blob keys") from exc
+        with transaction(read_engine(engine), "reading the referenced blob keys") as s:
+            referenced = referenced_keys(s)
         now = utcnow()
         orphans = select_orphans(blobs, referenced, now, grace_seconds)
         for key in orphans:

@@ -28,7 +28,7 @@ from ._data import (
     take_force,
 )
 from ._engine import create_engine_for, read_engine
-from ._errors import translate_error
+from ._errors import transaction, translate_error
 from ._migrate import upgrade_database
 from ._models import Base, BlobRow, CatalogRow, CheckpointRow, TaskRow, UTCDateTime, utcnow
 
@@ -64,6 +64,7 @@ __all__ = [
     "set_storage_full",
     "stored_bytes_by_task",
     "take_force",
+    "transaction",
     "translate_error",
     "upgrade_database",
     "utcnow",

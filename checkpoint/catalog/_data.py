@@ -1,5 +1,5 @@
 """Data functions over the catalog. Each takes a Session; the caller owns the
-transaction (``with Session(engine) as s, s.begin(): ...``)."""
+transaction (``with transaction(engine, what) as s: ...``, which translates errors)."""
 
 from __future__ import annotations
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from ..errors import StorageError, StorageFull, StorageUnavailable, is_storage_full
 
-__all__ = ["translate_error"]
+__all__ = ["transaction", "translate_error"]
 
 
 def translate_error(exc: SQLAlchemyError, what: str) -> StorageError:
@@ -18,3 +23,14 @@ def translate_error(exc: SQLAlchemyError, what: str) -> StorageError:
     if isinstance(exc, OperationalError):
         return StorageUnavailable(f"CheckpointManager: {what} failed: {reason}")
     return StorageError(f"CheckpointManager: {what} failed: {exc}")
+
+
+@contextmanager
+def transaction(engine: Engine, what: str) -> Iterator[Session]:
+    """One catalog transaction whose objects stay usable after it; a SQLAlchemy
+    error inside it leaves as ``translate_error``'s type (``what`` names the work)."""
+    try:
+        with Session(engine, expire_on_commit=False) as s, s.begin():
+            yield s
+    except SQLAlchemyError as exc:
+        raise translate_error(exc, what) from exc
