@@ -1,4 +1,12 @@
-"""A hard bound on every test, setup and teardown included.
+"""Bounds on every test: its coroutine, then the whole test.
+
+A coroutine test is cancelled ``ASYNC_LEAD`` seconds before pytest-timeout's
+limit (``asyncio.timeout``): its ``finally`` blocks and its fixtures' teardowns
+then run as after any failure, and the traceback names the await it hung in.
+pytest-timeout's own interrupt is a signal raised wherever the event loop is,
+which can leave a worker running in that loop unable to shut down.
+
+A hard bound on every test, setup and teardown included, comes after that.
 
 pytest-timeout's timer fires once: a test whose call ran out its time can then
 hang in a fixture's teardown with no limit (``faulthandler_timeout`` is no help
@@ -13,14 +21,19 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import functools
 import gc
+import inspect
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
 import pytest
 
+#: A coroutine test is cancelled this long before pytest-timeout's limit.
+ASYNC_LEAD = 60.0
 #: Seconds past pytest-timeout's limit: its interrupt gets the first chance.
 GRACE = float(os.environ.get("CROWDCOMPUTE_TEST_WATCHDOG_GRACE", "240"))
 
@@ -49,10 +62,42 @@ def _give_up(config: pytest.Config, nodeid: str, bound: float) -> None:
     os._exit(3)
 
 
+def _limit(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("timeout")
+    return float(marker.args[0] if marker and marker.args else item.config.getini("timeout") or 0)
+
+
+def _bounded(test: Callable[..., Coroutine[Any, Any, Any]], seconds: float
+             ) -> Callable[..., Coroutine[Any, Any, Any]]:
+    @functools.wraps(test)
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            async with asyncio.timeout(seconds):
+                return await test(*args, **kwargs)
+        except TimeoutError as exc:
+            raise TimeoutError(f"the test's coroutine ran past {seconds:.0f} s "
+                               "(cancelled before pytest-timeout's limit)") from exc
+    return run
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    limit = _limit(item)
+    test = getattr(item, "obj", None)
+    if limit <= 0 or not inspect.iscoroutinefunction(test):
+        yield
+        return
+    # pytest-asyncio runs whatever ``item.obj`` is when the call starts.
+    item.obj = _bounded(test, limit - min(ASYNC_LEAD, limit / 2))  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        item.obj = test  # type: ignore[attr-defined]
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-    marker = item.get_closest_marker("timeout")
-    limit = float(marker.args[0] if marker and marker.args else item.config.getini("timeout") or 0)
+    limit = _limit(item)
     if limit <= 0:
         yield
         return

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from _helpers import TASK_MODULES, WorkerProcess, threading_drain, worker_env
-from _watchdog import pytest_runtest_protocol  # noqa: F401  (the hard per-test bound)
+from _watchdog import pytest_runtest_call, pytest_runtest_protocol  # noqa: F401  (test bounds)
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
