@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
-from checkpoint._delta import lower_thread_priority
+from checkpoint import lower_thread_priority
 from checkpoint.errors import (
     CaptureError,
     CatalogMismatch,
@@ -57,8 +57,7 @@ from checkpoint.errors import (
 from sdk._task import CheckpointSession, TaskContext
 
 if TYPE_CHECKING:
-    from checkpoint import CheckpointManager, CommitInfo, Restored, TaskWriter
-    from checkpoint._files import FileCapture
+    from checkpoint import CheckpointManager, CommitInfo, FileCapture, Restored, TaskWriter
 
 log = logging.getLogger("crowdcompute.checkpoint_handler")
 

@@ -18,8 +18,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # explicit re-exports (`X as X`) of what __getattr__ loads
+    from ._files import FileCapture as FileCapture
     from ._manager import Attempt as Attempt
     from ._manager import CheckpointManager as CheckpointManager
+    from ._pools import lower_thread_priority as lower_thread_priority
     from ._records import CommitInfo as CommitInfo
     from ._records import ManagerConfig as ManagerConfig
     from ._records import Restored as Restored
@@ -50,12 +52,15 @@ _LOCATIONS = {
     "Attempt": "._manager",
     "CheckpointManager": "._manager",
     "CommitInfo": "._records",
+    "FileCapture": "._files",
     "ManagerConfig": "._records",
     "Restored": "._records",
     "TaskWriter": "._writer",
     # the read models the manager's read API returns (REST API, CLI)
     **{name: "._views" for name in ("BlobView", "ChainLinkView", "StorageView", "TaskView")},
     "create_engine_for": ".catalog",
+    # the priority of the threads that persist checkpoints behind a task
+    "lower_thread_priority": "._pools",
     "upgrade_database": ".catalog",
     **{name: ".errors" for name in (
         "BlobExists", "BlobNotFound", "CaptureError", "CatalogMismatch", "CheckpointError",

@@ -26,10 +26,9 @@ from ._decode import decode, reuse_buffers
 from ._encode import COMPRESSIONS, encode
 from ._format import EncodedPart, LinkRef
 from ._plan import CHUNK, PART_FROM
-from ._pools import lower_thread_priority
 from ._snapshot import snapshots_equal
 
 __all__ = [
     "CHUNK", "COMPRESSIONS", "PART_FROM", "EncodedPart", "LinkRef", "decode", "encode",
-    "lower_thread_priority", "reuse_buffers", "snapshots_equal",
+    "reuse_buffers", "snapshots_equal",
 ]

@@ -69,3 +69,29 @@ def test_no_cycle_between_packages() -> None:
             if node not in seen:
                 seen.add(node)
                 todo.extend(edges[node])
+
+
+def _private_imports(path: Path, package: str) -> set[str]:
+    """Modules of ``package`` with a private part (``_x``) that ``path`` imports."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        found.update(n for n in names if n.split(".")[0] == package
+                     and any(p.startswith("_") for p in n.split(".")[1:]))
+    return found
+
+
+def test_checkpoint_is_used_through_its_facade() -> None:
+    """Above ``checkpoint``, only its façade, ``checkpoint.errors`` and
+    ``checkpoint.stores`` are imported, never a private module (the benchmarks
+    and tests may reach inside; the one file exception above may not either)."""
+    wrong = {str(path.relative_to(ROOT)): sorted(found)
+             for package in PACKAGES if package != "checkpoint"
+             for path in (ROOT / package).rglob("*.py")
+             if (found := _private_imports(path, "checkpoint"))}
+    assert wrong == {}
