@@ -52,6 +52,8 @@ EXIT_FENCED = 75  # activities._child.EXIT_FENCED (not imported: that module is 
 # depended on the process's history, and a job ran at one of two speeds: a 101 MB W1
 # job faulted 110k-365k pages (0.3-0.9 s of system time, up to 25 % slower) against
 # ~90k with these. The reset between tasks trims the heap (``_child._release_memory``).
+# How often an attempt whose process died before it began goes to another process.
+HAND_ON = 1
 MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
@@ -75,6 +77,8 @@ class Assignment:
     result: asyncio.Future[str | bytes]
     child: TaskProcess | None = None
     fenced: bool = False
+    started: bool = False   # its process said it began the attempt
+    handed_on: int = 0      # times a process died with it before it began
 
     def send(self, *msg: Any) -> bool:
         """Send ``msg`` to this attempt's process; False when it has none (any more)."""
@@ -218,6 +222,8 @@ class TaskProcess:
             self._observe(msg[1], msg[2])
         elif a is None:
             return  # a beat sent as the previous task ended
+        elif op == "started":
+            a.started = True
         elif op == "beat":
             details = msg[1]
             if (details.get("task_id"), details.get("attempt")) == (a.spec.task_id,
@@ -250,6 +256,19 @@ class TaskProcess:
         """The process closed its end: wait for its exit, fail its attempt, free its slot."""
         await self._wait_exit()
         a, self.current = self.current, None
+        if a is not None and not a.started and not a.fenced and not a.result.done() \
+                and a.handed_on < HAND_ON and not self.pool.closed:
+            # Taken as the last task ended, never begun: the death is that task's
+            # aftermath (a finalizer, a late kill), not this attempt's.
+            log.warning("task process %d %s before task %s attempt %d began; another "
+                        "process runs it", self.pid, self.describe_exit(), a.spec.task_id,
+                        a.spec.attempt)
+            a.handed_on += 1
+            a.child = None
+            self._channel.close()
+            self.pool.hand_on(a)
+            self.pool.gone(self, held_slot=True)
+            return
         if a is not None:
             if a.fenced or self.proc.returncode == EXIT_FENCED:
                 a.finish(error=_fenced_error(a.spec))
@@ -437,6 +456,17 @@ class ProcessPool:
                 self._held -= 1
         if child in self._idle:
             self._idle.remove(child)
+        self._start_next()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def hand_on(self, a: Assignment) -> None:
+        """Run ``a`` (dispatched, never begun: its process died) before the waiting ones."""
+        if a.result.done():
+            return
+        self._waiting.appendleft(a)
         self._start_next()
 
     def _start_next(self) -> None:

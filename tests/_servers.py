@@ -14,8 +14,13 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
+
+from temporalio.testing import WorkflowEnvironment
+
+from worker_app.dev import DEV_SERVER_ARGS, find_temporal_binary
 
 POSTGRES_URL_ENV = "CROWDCOMPUTE_TEST_POSTGRES_URL"
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://cc:cc@127.0.0.1:5432/cc_test"
@@ -84,3 +89,19 @@ def reset_moto(url: str) -> None:
     """Drop every bucket and object of a running moto server."""
     req = urllib.request.Request(f"{url}/moto-api/reset", method="POST")
     urllib.request.urlopen(req, timeout=10).close()
+
+
+async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
+    """A real `temporal server start-dev`, for as long as the generator runs."""
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=find_temporal_binary(),
+        dev_server_log_level="error",
+        dev_server_extra_args=DEV_SERVER_ARGS,
+        ui=False,
+        # The default 5 s is not always enough on a machine whose caches are cold.
+        dev_server_startup_timeout=timedelta(seconds=60),
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pytest
 from _helpers import TASK_MODULES, WorkerProcess, threading_drain, worker_env
+from _servers import dev_server
 from _watchdog import pytest_runtest_call, pytest_runtest_protocol  # noqa: F401  (test bounds)
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 import sdk
-from worker_app.dev import DEV_SERVER_ARGS, find_temporal_binary
 from worker_app.settings import Settings
 from worker_app.worker import running_worker
 
@@ -38,16 +38,8 @@ if str(TASK_MODULES) not in sys.path:
 
 @pytest.fixture(scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=find_temporal_binary(),
-        dev_server_log_level="error",
-        dev_server_extra_args=DEV_SERVER_ARGS,
-        ui=False,
-    )
-    try:
+    async for env in dev_server():
         yield env
-    finally:
-        await env.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -96,6 +96,27 @@ def segfault(x: int) -> int:
     return x
 
 
+class _CrashesWhenCollected:
+    """Part of a reference cycle; its finalizer kills the process (SIGSEGV), as a
+    C extension's destructor may when the collector finally frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+        self.ballast = b"x" * (64 << 20)  # grows the process: it collects after the task
+
+    def __del__(self) -> None:
+        ctypes.string_at(0)
+
+
+def leave_a_crashing_finalizer(x: int) -> dict[str, Any]:
+    """Return normally, leaving garbage whose collection (after the task) kills the process."""
+    if x == 0:
+        # Reachable from the task's context until the task ended (no collection
+        # during the task can reach it), garbage from then on.
+        current_task().keep_until_the_end = _CrashesWhenCollected()  # type: ignore[attr-defined]
+    return {"item": x, "attempt": current_task().attempt, "pid": os.getpid()}
+
+
 def segfault_on_first_attempt(x: int) -> dict[str, Any]:
     if current_task().attempt == 1:
         segfault(x)

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import boto3
 import pytest
 import tasks
 from _helpers import job_runs, wait_for
-from _servers import moto_server
+from _servers import dev_server, moto_server
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
+from temporalio.testing import WorkflowEnvironment
 
 import sdk
 from sdk._files import write_atomic
@@ -25,6 +26,25 @@ from worker_app.settings import Settings
 from worker_app.worker import running_worker
 from workflows.models import TaskOptions
 from workflows.payloads import json_value, pack, unpack
+
+
+# This module's jobs (one of 100,000 tasks) run on a dev server of their own, not
+# on the one that holds the history of every test before them.
+@pytest.fixture(scope="module")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    async for env in dev_server():
+        yield env
+
+
+@pytest.fixture(scope="module")
+def temporal_address(temporal_env: WorkflowEnvironment) -> str:
+    return temporal_env.client.service_client.config.target_host
+
+
+@pytest.fixture(scope="module")
+def temporal_client(temporal_env: WorkflowEnvironment) -> Client:
+    return temporal_env.client
+
 
 MAX_EVENTS = 10_240
 _OPENED = EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED
