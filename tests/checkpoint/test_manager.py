@@ -43,9 +43,9 @@ def test_public_api_is_pinned() -> None:
     assert checkpoint.__all__ == sorted([
         "Attempt", "BlobExists", "BlobNotFound", "BlobView", "CaptureError", "CatalogMismatch",
         "ChainLinkView", "CheckpointError", "CheckpointManager", "CommitInfo", "CorruptCheckpoint",
-        "Fenced", "InvalidId", "ManagerConfig", "MemoryBudgetExceeded", "Restored",
+        "Fenced", "FileCapture", "InvalidId", "ManagerConfig", "MemoryBudgetExceeded", "Restored",
         "StaleCheckpoint", "StorageError", "StorageFull", "StorageUnavailable", "StorageView",
-        "TaskView", "TaskWriter", "create_engine_for", "upgrade_database"])
+        "TaskView", "TaskWriter", "create_engine_for", "lower_thread_priority", "upgrade_database"])
     for name in checkpoint.__all__:
         assert getattr(checkpoint, name) is not None
     # every public name the package holds once all of it is loaded is in __all__ (or a subpackage)
