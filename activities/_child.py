@@ -115,24 +115,18 @@ class ChildProcess:
         interval = self.settings.heartbeat_interval
         while True:
             time.sleep(interval / 2)
-            self._report()
-
-    def _report(self) -> None:
-        # A method of its own: a finished task's run (its context, what the task hung on
-        # it) is not kept alive by this thread's frame while it sleeps, so the collection
-        # after the task frees it.
-        run = self.current
-        if run is None:
-            return
-        try:
-            self.chan.send("beat", run.ctx.heartbeat_details())
-        except OSError:
-            os._exit(0)
-        if run.session is not None and run.session.fenced and not run.fenced_reported:
-            run.fenced_reported = True
-            self.chan.send("fenced")
-            self._stop()
-        self._kill_if_overdue(run)
+            run = self.current
+            if run is None:
+                continue
+            try:
+                self.chan.send("beat", run.ctx.heartbeat_details())
+            except OSError:
+                os._exit(0)
+            if run.session is not None and run.session.fenced and not run.fenced_reported:
+                run.fenced_reported = True
+                self.chan.send("fenced")
+                self._stop()
+            self._kill_if_overdue(run)
 
     def _stop(self) -> None:
         run = self.current

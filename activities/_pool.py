@@ -78,6 +78,7 @@ class Assignment:
     child: TaskProcess | None = None
     fenced: bool = False
     started: bool = False   # its process said it began the attempt
+    stopping: bool = False  # asked to stop (cancelled): never handed on
     handed_on: int = 0      # times a process died with it before it began
 
     def send(self, *msg: Any) -> bool:
@@ -256,7 +257,7 @@ class TaskProcess:
         """The process closed its end: wait for its exit, fail its attempt, free its slot."""
         await self._wait_exit()
         a, self.current = self.current, None
-        if a is not None and not a.started and not a.fenced and not a.result.done() \
+        if a is not None and not (a.started or a.fenced or a.stopping or a.result.done()) \
                 and a.handed_on < HAND_ON and not self.pool.closed:
             # Taken as the last task ended, never begun: the death is that task's
             # aftermath (a finalizer, a late kill), not this attempt's.
@@ -298,6 +299,7 @@ class TaskProcess:
     async def stop(self, a: Assignment) -> None:
         """Ask attempt ``a`` to stop; kill the process when it has not ended within the
         attempt's grace period."""
+        a.stopping = True
         if not a.send("stop"):
             return
         grace = a.stop_grace()

@@ -98,11 +98,11 @@ async def test_segfault_fails_only_its_attempt(worker_process: Callable[..., Any
 async def test_a_death_after_a_task_ended_does_not_fail_the_next_one(
         one_task_worker: Callable[[], Any]) -> None:
     # One warm process at a time: as each task ends, the next is handed to its
-    # process, and the garbage the task left kills that process (in the collection
-    # after the task) before the next one begins. That task must run in a new
-    # process on its first attempt: with one attempt allowed, a failure fails the job.
+    # process, and the process dies in the reset after the task (what the task left
+    # crashes it) before the next one begins. That task must run in a new process on
+    # its first attempt: with one attempt allowed, a failure fails the job.
     async with one_task_worker():
-        ran = await sdk.map(tasks.leave_a_crashing_finalizer, [0, 0, 0], max_attempts=1)
+        ran = await sdk.map(tasks.die_after_returning, [0, 1, 2], max_attempts=1)
     assert [r["attempt"] for r in ran] == [1, 1, 1]
     assert len({r["pid"] for r in ran}) == 3, ran  # each process died after its task
 

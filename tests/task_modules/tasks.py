@@ -96,24 +96,17 @@ def segfault(x: int) -> int:
     return x
 
 
-class _CrashesWhenCollected:
-    """Part of a reference cycle; its finalizer kills the process (SIGSEGV), as a
-    C extension's destructor may when the collector finally frees it."""
+class _CrashingPath(list):  # type: ignore[type-arg]
+    """A ``sys.path`` that kills the process (SIGSEGV) when it is written, as the reset
+    between tasks does: a death after the task ended, before the next one begins."""
 
-    def __init__(self) -> None:
-        self.me = self
-        self.ballast = b"x" * (64 << 20)  # grows the process: it collects after the task
-
-    def __del__(self) -> None:
+    def __setitem__(self, index: Any, value: Any) -> None:
         ctypes.string_at(0)
 
 
-def leave_a_crashing_finalizer(x: int) -> dict[str, Any]:
-    """Return normally, leaving garbage whose collection (after the task) kills the process."""
-    if x == 0:
-        # Reachable from the task's context until the task ended (no collection
-        # during the task can reach it), garbage from then on.
-        current_task().keep_until_the_end = _CrashesWhenCollected()  # type: ignore[attr-defined]
+def die_after_returning(x: int) -> dict[str, Any]:
+    """Return normally; the process dies in the reset after the task (it restores ``sys.path``)."""
+    sys.path = _CrashingPath([*sys.path, "/nonexistent/left-by-the-task"])
     return {"item": x, "attempt": current_task().attempt, "pid": os.getpid()}
 
 
