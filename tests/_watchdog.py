@@ -71,10 +71,13 @@ def _bounded(test: Callable[..., Coroutine[Any, Any, Any]], seconds: float
              ) -> Callable[..., Coroutine[Any, Any, Any]]:
     @functools.wraps(test)
     async def run(*args: Any, **kwargs: Any) -> Any:
+        bound = asyncio.timeout(seconds)
         try:
-            async with asyncio.timeout(seconds):
+            async with bound:
                 return await test(*args, **kwargs)
         except TimeoutError as exc:
+            if not bound.expired():
+                raise  # the test's own (a wait_for that gave up), not the bound
             raise TimeoutError(f"the test's coroutine ran past {seconds:.0f} s "
                                "(cancelled before pytest-timeout's limit)") from exc
     return run

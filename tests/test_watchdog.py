@@ -26,6 +26,10 @@ async def test_hangs(torn_down):
 
 def test_after():
     Path("after").write_text("yes")
+
+@pytest.mark.timeout(30)
+async def test_own_timeout():
+    raise TimeoutError("condition not met in time")
 '''
 
 HUNG_TEARDOWN = '''
@@ -66,8 +70,10 @@ def _pytest(tmp_path: Path, source: str) -> tuple[int, str, float]:
 def test_a_hung_coroutine_test_is_cancelled_and_torn_down(tmp_path: Path) -> None:
     code, out, took = _pytest(tmp_path, HUNG_CALL)
     assert code == 1, out
-    assert "1 failed, 1 passed" in out, out
+    assert "2 failed, 1 passed" in out, out
     assert "the test's coroutine ran past 2 s" in out, out
+    # a TimeoutError the test raises itself is reported as it was, not as the bound
+    assert "FAILED test_hung.py::test_own_timeout - TimeoutError: condition not met" in out, out
     # asyncio's cancellation, not pytest-timeout's signal; the traceback shows the await
     assert "await asyncio.sleep(3600)" in out and "Timeout (>" not in out, out
     assert (tmp_path / "torn-down").exists() and (tmp_path / "after").exists()
