@@ -15,7 +15,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
 
 from temporalio.testing import WorkflowEnvironment
@@ -91,8 +91,9 @@ def reset_moto(url: str) -> None:
     urllib.request.urlopen(req, timeout=10).close()
 
 
+@asynccontextmanager
 async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
-    """A real `temporal server start-dev`, for as long as the generator runs."""
+    """A real `temporal server start-dev`, for the duration of the ``async with``."""
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=find_temporal_binary(),
         dev_server_log_level="error",

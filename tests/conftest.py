@@ -2,8 +2,8 @@
 per test, in-process workers and real ``crowdcompute worker`` processes.
 
     temporal_env       session  WorkflowEnvironment of a real `temporal server start-dev`
-    temporal_address   session  "127.0.0.1:PORT" of that server
-    temporal_client    session  raw client (default converter: payloads stay undecoded)
+    temporal_address   test     "127.0.0.1:PORT" of that server
+    temporal_client    test     raw client (default converter: payloads stay undecoded)
     state_dir          test     fresh CROWDCOMPUTE_STATE_DIR
     task_queue         test     fresh task queue name
     job_histories()             helper: histories of a job and its child workflows
@@ -38,16 +38,18 @@ if str(TASK_MODULES) not in sys.path:
 
 @pytest.fixture(scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
-    async for env in dev_server():
+    async with dev_server() as env:
         yield env
 
 
-@pytest.fixture(scope="session")
+# Per test, derived from whichever ``temporal_env`` is in scope: a module may run on a
+# dev server of its own by overriding that fixture alone.
+@pytest.fixture
 def temporal_address(temporal_env: WorkflowEnvironment) -> str:
     return temporal_env.client.service_client.config.target_host
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def temporal_client(temporal_env: WorkflowEnvironment) -> Client:
     return temporal_env.client
 

@@ -32,18 +32,8 @@ from workflows.payloads import json_value, pack, unpack
 # on the one that holds the history of every test before them.
 @pytest.fixture(scope="module")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
-    async for env in dev_server():
+    async with dev_server() as env:
         yield env
-
-
-@pytest.fixture(scope="module")
-def temporal_address(temporal_env: WorkflowEnvironment) -> str:
-    return temporal_env.client.service_client.config.target_host
-
-
-@pytest.fixture(scope="module")
-def temporal_client(temporal_env: WorkflowEnvironment) -> Client:
-    return temporal_env.client
 
 
 MAX_EVENTS = 10_240
