@@ -29,18 +29,20 @@ ALLOWED = {
 EXCEPTIONS = {"sdk/_local.py": {"activities", "checkpoint"}}
 
 
-def _imports(path: Path) -> set[str]:
-    """Our top-level packages that ``path`` imports anywhere (functions and TYPE_CHECKING too)."""
+def _modules(path: Path) -> set[str]:
+    """The absolute module names ``path`` imports anywhere (functions and TYPE_CHECKING too)."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
+            found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
-        else:
-            continue
-        found.update(n.split(".")[0] for n in names if n.split(".")[0] in PACKAGES)
+            found.add(node.module)
     return found
+
+
+def _imports(path: Path) -> set[str]:
+    """Our top-level packages that ``path`` imports."""
+    return {n.split(".")[0] for n in _modules(path)} & set(PACKAGES)
 
 
 def _edges() -> dict[str, dict[str, set[str]]]:
@@ -73,17 +75,8 @@ def test_no_cycle_between_packages() -> None:
 
 def _private_imports(path: Path, package: str) -> set[str]:
     """Modules of ``package`` with a private part (``_x``) that ``path`` imports."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
-        else:
-            continue
-        found.update(n for n in names if n.split(".")[0] == package
-                     and any(p.startswith("_") for p in n.split(".")[1:]))
-    return found
+    return {n for n in _modules(path) if n.split(".")[0] == package
+            and any(p.startswith("_") for p in n.split(".")[1:])}
 
 
 def test_checkpoint_is_used_through_its_facade() -> None:
