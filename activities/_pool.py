@@ -45,6 +45,8 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 TAIL_LINES = 20
 START_TIMEOUT = 120.0
 EXIT_FENCED = 75  # activities._child.EXIT_FENCED (not imported: that module is the child's)
+# How often an attempt whose process died before it began goes to another process.
+HAND_ON = 1
 # glibc's allocator in task processes (unless the worker's environment sets these): a
 # fixed mmap threshold at its maximum and a high trim threshold, so a training loop's
 # per-step tensors below 32 MiB reuse heap memory instead of being mapped, faulted in
@@ -52,8 +54,6 @@ EXIT_FENCED = 75  # activities._child.EXIT_FENCED (not imported: that module is 
 # depended on the process's history, and a job ran at one of two speeds: a 101 MB W1
 # job faulted 110k-365k pages (0.3-0.9 s of system time, up to 25 % slower) against
 # ~90k with these. The reset between tasks trims the heap (``_child._release_memory``).
-# How often an attempt whose process died before it began goes to another process.
-HAND_ON = 1
 MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
