@@ -17,6 +17,17 @@ from checkpoint.errors import CheckpointError
 from worker_app.settings import Settings, SettingsError, load_settings
 
 
+def _count(text: str) -> int:
+    """A whole number of at least 0, for argparse."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="crowdcompute", description="Durable Python map jobs on Temporal.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -25,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=7233)
     dev.add_argument("--ui-port", type=int, default=8233)
     dev.add_argument("--api-port", type=int, default=8000)
-    dev.add_argument("--workers", type=int, default=1)
+    dev.add_argument("--workers", type=_count, default=1, metavar="N",
+                     help="workers to start (default 1; 0: Temporal and the API only, for "
+                          "workers run elsewhere with `crowdcompute worker`)")
     dev.add_argument("--codec-port", type=int, default=8081,
                      help="port of the codec server the UI decodes payloads with")
     worker = sub.add_parser("worker", help="run a worker (configured by CROWDCOMPUTE_* variables)")
@@ -160,7 +173,7 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
                 + ". Is another `crowdcompute dev` running? Stop what runs there or choose "
                 + " / ".join(flag for _, _, flag in taken) + ".")
         stack.start_server()
-        for _ in range(max(1, args.workers)):
+        for _ in range(args.workers):
             stack.start_worker()
         stack.start_api(args.api_port)
         stack.start_codec_server()

@@ -42,13 +42,14 @@ def healthy(port: int) -> bool:
         return False
 
 
-def _start_dev(tmp_path: Path) -> tuple[subprocess.Popen[str], Path, tuple[int, int, int, int]]:
-    """`crowdcompute dev` with two workers on free ports; (process, state dir, ports)."""
+def _start_dev(tmp_path: Path, workers: int = 2
+               ) -> tuple[subprocess.Popen[str], Path, tuple[int, int, int, int]]:
+    """`crowdcompute dev` with ``workers`` workers on free ports; (process, state dir, ports)."""
     port, ui, api, codec = free_port(), free_port(), free_port(), free_port()
     state = tmp_path / "state"
     proc = subprocess.Popen(
         [EXE, "dev", "--state-dir", str(state), "--port", str(port), "--ui-port", str(ui),
-         "--api-port", str(api), "--codec-port", str(codec), "--workers", "2"],
+         "--api-port", str(api), "--codec-port", str(codec), "--workers", str(workers)],
         env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return proc, state, (port, ui, api, codec)
 
@@ -85,9 +86,31 @@ def test_dev_runs_a_job_serves_the_api_and_stops_cleanly_on_sigterm(tmp_path: Pa
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert f"Temporal UI:  http://localhost:{ui}" in out
+    assert out.count("worker ready") == 2, out
     assert f"--ui-codec-endpoint http://localhost:{codec}" in out
     assert not port_in_use(port) and not port_in_use(api)
     assert (state / "temporal.db").exists()  # jobs survive a restart of the dev server
+
+
+def test_dev_with_no_workers_runs_temporal_and_the_api_only(tmp_path: Path) -> None:
+    proc, _, (port, _, api, _) = _start_dev(tmp_path, workers=0)
+    try:
+        wait_until(lambda: port_in_use(port) and healthy(api))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "workers:      0 on task queue 'crowdcompute'" in out, out
+    assert "worker ready" not in out, out  # what a started worker prints here
+
+
+@pytest.mark.parametrize("workers", ["-1", "two"])
+def test_dev_refuses_a_worker_count_that_is_not_a_whole_number(tmp_path: Path,
+                                                                workers: str) -> None:
+    out = subprocess.run([EXE, "dev", "--state-dir", str(tmp_path), "--workers", workers],
+                         env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert f"--workers: expected a whole number >= 0, got {workers!r}" in out.stderr
 
 
 def test_dev_reports_a_taken_port(tmp_path: Path) -> None:
