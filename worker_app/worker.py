@@ -65,6 +65,10 @@ def build_checkpoints(settings: Settings) -> CheckpointService:
     )
 
 
+# Seconds one workflow activation may run before the worker calls it a deadlock.
+WORKFLOW_ACTIVATION_LIMIT = 8.0
+
+
 class TaskWorker(Worker):
     """A Temporal worker whose shutdown also ends its task processes."""
 
@@ -86,6 +90,17 @@ class TaskWorker(Worker):
             max_heartbeat_throttle_interval=timedelta(seconds=settings.heartbeat_interval),
         )
         self.task_activities = acts
+        # Temporal's Python worker fails an activation that runs past 2 s as a deadlock
+        # and interrupts its thread; that run can then never be evicted, and its workflow
+        # makes no progress on this worker again (seen in the suite: a BatchWorkflow
+        # scheduling 1,000 activities on a loaded 2-core machine, "[TMPRL1101] Potential
+        # deadlock detected", then every workflow task of it timed out and the job never
+        # closed). Our workflow code makes no blocking call: a slow activation is CPU
+        # contention, so it gets WORKFLOW_ACTIVATION_LIMIT, below the server's 10 s
+        # workflow task timeout. The SDK has no public setting for it.
+        workflows = getattr(self, "_workflow_worker", None)
+        if getattr(workflows, "_deadlock_timeout_seconds", None) is not None:
+            workflows._deadlock_timeout_seconds = WORKFLOW_ACTIVATION_LIMIT  # type: ignore[union-attr]
 
     async def shutdown(self) -> None:
         try:

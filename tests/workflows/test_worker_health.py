@@ -27,6 +27,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer
 
 import sdk
+from worker_app.settings import Settings
+from worker_app.worker import WORKFLOW_ACTIVATION_LIMIT, build_worker
 from workflows import WORKFLOWS
 from workflows._runner import CANCEL_IN_WAVES_PATCH
 from workflows.models import DEFAULT_WINDOW
@@ -149,3 +151,13 @@ async def test_stop_while_scheduling_leaves_no_exception_unretrieved(
             await job.result()
     unretrieved = [r for r in caplog.records if "never retrieved" in r.getMessage()]
     assert len(unretrieved) == 0
+
+
+def test_a_slow_activation_is_not_called_a_deadlock(settings: Settings,
+                                                    temporal_client: Client) -> None:
+    # Temporal's 2 s deadlock timeout failed a loaded BatchWorkflow activation and left
+    # its run stuck on the worker for good; ours is WORKFLOW_ACTIVATION_LIMIT. This reads
+    # the SDK's private field: if the SDK renames it, this fails and the guard is redone.
+    worker = build_worker(temporal_client, settings)
+    assert worker._workflow_worker is not None
+    assert worker._workflow_worker._deadlock_timeout_seconds == WORKFLOW_ACTIVATION_LIMIT > 2
