@@ -6,6 +6,18 @@ create-only even between processes), removes the temp name and fsyncs the
 directory. Readers therefore never see a partial blob. A process that dies
 mid-put leaves its temp file (``.tmp-<hex>``); :meth:`FsStore.sweep_incomplete`
 and :meth:`FsStore.delete_prefix` remove those.
+
+Blobs of ``DIRECT_FROM`` bytes and more are written with ``O_DIRECT``: from a
+small staging buffer of this thread's straight to the device, past the page
+cache. A buffered write copies every byte into page-cache pages the kernel
+must first allocate, and on a VM whose host backs guest memory lazily
+(Firecracker) pages it has not used lately cost far more than the copy: 300 MB
+written to a new file took 0.8-0.9 s of CPU buffered against 0.016 s direct
+(and 0.15 s of wall time against 1.0 s, fsync included). It also leaves the
+page cache to the task's own data. The price is that a restore on the same
+machine reads the blob from the device rather than from the cache. Where the
+filesystem refuses ``O_DIRECT`` (``EINVAL``: ramfs, some FUSE filesystems) the
+put is written buffered, as before.
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -33,6 +46,14 @@ __all__ = ["FsStore"]
 
 _TMP = ".tmp-"
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+#: puts of at least this many bytes bypass the page cache where the platform allows
+DIRECT_FROM = 1024 * 1024
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+#: offsets, lengths and the buffer of a direct write are multiples of this
+#: (the largest logical block size devices use)
+_ALIGN = 4096
+_STAGE = 4 * 1024 * 1024
+_local = threading.local()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -51,8 +72,11 @@ class FsStore(BlobStore):
     #: ``get_buffer`` maps files instead of reading them
     map_reads = True
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, direct: bool = True) -> None:
+        """``direct``: write blobs of ``DIRECT_FROM`` bytes and more past the page cache
+        (``O_DIRECT``) where the filesystem allows it."""
         self.root = Path(root).resolve()
+        self.direct = direct and bool(_O_DIRECT)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -89,11 +113,13 @@ class FsStore(BlobStore):
             raise FileExistsError(errno.EEXIST, "exists", str(path))
         tmp = path.with_name(f"{_TMP}{uuid.uuid4().hex}")
         try:
-            with open(tmp, "xb") as fh:
-                for piece in pieces:   # large ones go straight to the file, past the buffer
-                    fh.write(piece)
-                fh.flush()
-                os.fsync(fh.fileno())
+            size = sum(memoryview(p).nbytes for p in pieces)
+            if not (self.direct and size >= DIRECT_FROM and _write_direct(tmp, pieces, size)):
+                with open(tmp, "xb") as fh:
+                    for piece in pieces:   # large ones go straight to the file, past the buffer
+                        fh.write(piece)
+                    fh.flush()
+                    os.fsync(fh.fileno())
             try:
                 os.link(tmp, path)
             except FileExistsError:
@@ -210,3 +236,63 @@ class FsStore(BlobStore):
 
     def describe(self, key: str) -> str:
         return str(self._path(key))
+
+
+def _stage() -> memoryview:
+    """This thread's staging buffer for direct writes: page-aligned, populated once."""
+    stage: memoryview | None = getattr(_local, "stage", None)
+    if stage is None:
+        flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0) | _POPULATE
+        stage = _local.stage = memoryview(mmap.mmap(-1, _STAGE, flags=flags))
+    return stage
+
+
+def _write_direct(tmp: Path, pieces: Sequence[Any], size: int) -> bool:
+    """Write the pieces' concatenation to the new file ``tmp`` with ``O_DIRECT`` and fsync it.
+
+    The pieces are copied into the staging buffer and written from there a
+    whole buffer at a time; the last block is padded with zeros and the file
+    then cut to ``size``. False, with no file left behind, where the
+    filesystem refuses direct writes; any other error is raised.
+    """
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | _O_DIRECT, 0o666)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        tmp.unlink(missing_ok=True)   # some filesystems create the file before they refuse
+        return False
+    try:
+        stage, fill = _stage(), 0
+        for piece in pieces:
+            view = memoryview(piece).cast("B")
+            at = 0
+            while at < view.nbytes:
+                n = min(_STAGE - fill, view.nbytes - at)
+                stage[fill:fill + n] = view[at:at + n]
+                fill, at = fill + n, at + n
+                if fill == _STAGE:
+                    _write_all(fd, stage)
+                    fill = 0
+        if fill:
+            padded = -(-fill // _ALIGN) * _ALIGN
+            stage[fill:padded] = bytes(padded - fill)
+            _write_all(fd, stage[:padded])
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno != errno.EINVAL:
+            raise
+        tmp.unlink(missing_ok=True)   # a filesystem that opens but will not write direct
+        return False
+    os.close(fd)
+    return True
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data.nbytes:
+        written = os.write(fd, data)
+        if written <= 0:   # a regular file takes nothing only when it cannot grow
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        data = data[written:]
