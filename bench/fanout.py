@@ -26,7 +26,6 @@ from typing import Any
 
 from temporalio import activity, workflow
 from temporalio.client import Client
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from bench import register
@@ -109,7 +108,7 @@ async def run(quick: bool) -> dict[str, Any]:
     from activities import TaskActivities
     from activities.job_items import JobItemActivities
     from sdk._job_items import build_job_item_store
-    from worker_app.dev import DEV_SERVER_ARGS, find_temporal_binary
+    from worker_app.dev import local_environment
     from worker_app.settings import Settings
     from worker_app.worker import task_runtime
     from workflows import WORKFLOWS
@@ -118,9 +117,7 @@ async def run(quick: bool) -> dict[str, Any]:
     order = ["baseline", "crowdcompute"]
     if quick:
         order = [*order, *reversed(order)]
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=find_temporal_binary(), dev_server_extra_args=DEV_SERVER_ARGS
-    )
+    env = await local_environment()
     times: dict[str, float] = {"baseline": 0.0, "crowdcompute": 0.0}
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -176,14 +173,12 @@ async def run_submit(quick: bool) -> dict[str, Any]:
     wall time, then the time until the first task completed; the job is then
     cancelled."""
     import sdk
-    from worker_app.dev import DEV_SERVER_ARGS, find_temporal_binary
+    from worker_app.dev import local_environment
     from worker_app.settings import Settings
     from worker_app.worker import running_worker
 
     n = TASKS or (100_000 if quick else 1_000_000)
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=find_temporal_binary(), dev_server_extra_args=DEV_SERVER_ARGS
-    )
+    env = await local_environment()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             address = env.client.service_client.config.target_host
@@ -224,14 +219,12 @@ async def run_progress(quick: bool) -> dict[str, Any]:
     tasks. The baseline, measured alongside each call, is a plain ``describe``
     of the job's workflow: one server round trip."""
     import sdk
-    from worker_app.dev import DEV_SERVER_ARGS, find_temporal_binary
+    from worker_app.dev import local_environment
     from worker_app.settings import Settings
     from worker_app.worker import running_worker
 
     n = TASKS or (20_000 if quick else 100_000)
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=find_temporal_binary(), dev_server_extra_args=DEV_SERVER_ARGS
-    )
+    env = await local_environment()
     ours: dict[str, list[float]] = {"starting": [], "steady": [], "page": []}
     base: list[float] = []
     try:

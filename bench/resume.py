@@ -148,16 +148,14 @@ async def one_resume(settings: Any, client: Any, tmp: Path,
 
 @register("resume")
 async def run(quick: bool) -> dict[str, Any]:
-    from temporalio.testing import WorkflowEnvironment
 
     import sdk
-    from worker_app.dev import DEV_SERVER_ARGS, find_temporal_binary
+    from worker_app.dev import local_environment
     from worker_app.settings import Settings
 
     reps = 2 if quick else 5
     baseline: dict[str, Any] = {}
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=find_temporal_binary(), dev_server_extra_args=DEV_SERVER_ARGS)
+    env = await local_environment()
     runs = []
     try:
         with tempfile.TemporaryDirectory() as name:

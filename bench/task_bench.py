@@ -180,16 +180,13 @@ def _print(out: dict[str, Any]) -> None:
 
 @register("task")
 async def run(quick: bool) -> dict[str, Any]:
-    from temporalio.testing import WorkflowEnvironment
 
     import sdk
-    from worker_app.dev import DEV_SERVER_ARGS, find_temporal_binary
+    from worker_app.dev import local_environment
     from worker_app.settings import Settings
 
     plan = QUICK if quick else FULL
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=find_temporal_binary(), dev_server_extra_args=DEV_SERVER_ARGS
-    )
+    env = await local_environment()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             address = env.client.service_client.config.target_host

