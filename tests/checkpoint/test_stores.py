@@ -406,3 +406,12 @@ def test_open_object_store_urls(tmp_path: Path, moto_url: str) -> None:
     assert isinstance(open_object_store(str(tmp_path / "plain")), FsStore)
     with pytest.raises(StorageError):
         open_object_store("ftp://host/x")
+
+
+def test_a_file_url_says_whether_large_blobs_bypass_the_page_cache(tmp_path: Path) -> None:
+    assert isinstance(fs := open_object_store(f"file://{tmp_path}/a"), FsStore) and fs.direct
+    assert isinstance(fs := open_object_store(f"file://{tmp_path}/a?direct=0"), FsStore) and not fs.direct
+    assert isinstance(fs := open_object_store(f"file://{tmp_path}/a?direct=yes"), FsStore) and fs.direct
+    for bad in ("?direct=maybe", "?cache=1", "?direct"):
+        with pytest.raises(StorageError, match="unknown option"):
+            open_object_store(f"file://{tmp_path}/a{bad}")
