@@ -262,6 +262,7 @@ def _write_direct(tmp: Path, pieces: Sequence[Any], size: int) -> bool:
             raise
         tmp.unlink(missing_ok=True)   # some filesystems create the file before they refuse
         return False
+    refused = False
     try:
         stage, fill = _stage(), 0
         for piece in pieces:
@@ -281,13 +282,14 @@ def _write_direct(tmp: Path, pieces: Sequence[Any], size: int) -> bool:
         os.ftruncate(fd, size)
         os.fsync(fd)
     except OSError as exc:
-        os.close(fd)
         if exc.errno != errno.EINVAL:
             raise
-        tmp.unlink(missing_ok=True)   # a filesystem that opens but will not write direct
-        return False
-    os.close(fd)
-    return True
+        refused = True   # a filesystem that opens but will not write direct
+    finally:
+        os.close(fd)
+    if refused:
+        tmp.unlink(missing_ok=True)
+    return not refused
 
 
 def _write_all(fd: int, data: memoryview) -> None:
