@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .. import _memory
 from ..errors import (
     BlobExists,
     BlobNotFound,
@@ -239,11 +240,11 @@ class FsStore(BlobStore):
 
 
 def _stage() -> memoryview:
-    """This thread's staging buffer for direct writes: page-aligned, populated once."""
+    """This thread's staging buffer for direct writes: a populated mapping, so page-aligned
+    (were it malloc's, unaligned, the filesystem would refuse the writes: buffered then)."""
     stage: memoryview | None = getattr(_local, "stage", None)
     if stage is None:
-        flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0) | _POPULATE
-        stage = _local.stage = memoryview(mmap.mmap(-1, _STAGE, flags=flags))
+        stage = _local.stage = _memory.empty(_STAGE).data
     return stage
 
 
