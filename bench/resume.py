@@ -148,7 +148,6 @@ async def one_resume(settings: Any, client: Any, tmp: Path,
 
 @register("resume")
 async def run(quick: bool) -> dict[str, Any]:
-
     import sdk
     from worker_app.dev import local_environment
     from worker_app.settings import Settings

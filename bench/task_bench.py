@@ -180,7 +180,6 @@ def _print(out: dict[str, Any]) -> None:
 
 @register("task")
 async def run(quick: bool) -> dict[str, Any]:
-
     import sdk
     from worker_app.dev import local_environment
     from worker_app.settings import Settings
