@@ -64,14 +64,14 @@ def _resident_pages(path: Path) -> tuple[int, int]:
     pages = -(-size // PAGE)
     with open(path, "rb") as fh:
         region = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_COPY)   # not touched: nothing faults in
+    vec = (ctypes.c_ubyte * pages)()
+    start = ctypes.c_char.from_buffer(region)   # holds an export of the mapping until deleted
     try:
-        vec = (ctypes.c_ubyte * pages)()
-        address = ctypes.addressof(ctypes.c_char.from_buffer(region))
-        if libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(size), vec) != 0:
+        if libc.mincore(ctypes.c_void_p(ctypes.addressof(start)), ctypes.c_size_t(size), vec) != 0:
             raise OSError(ctypes.get_errno(), "mincore failed")
         return sum(v & 1 for v in vec), pages
     finally:
-        del address
+        del start
         region.close()
 
 
