@@ -93,7 +93,7 @@ class TaskWorker(Worker):
         # Temporal's Python worker fails an activation that runs past 2 s as a deadlock
         # and interrupts its thread; that run can then never be evicted, and its workflow
         # makes no progress on this worker again (seen in the suite: a BatchWorkflow
-        # scheduling 1,000 activities on a loaded 2-core machine, "[TMPRL1101] Potential
+        # scheduling a wave of 250 activities on a loaded 2-core machine, "[TMPRL1101] Potential
         # deadlock detected", then every workflow task of it timed out and the job never
         # closed). Our workflow code makes no blocking call: a slow activation is CPU
         # contention, so it gets WORKFLOW_ACTIVATION_LIMIT, below the server's 10 s
