@@ -20,6 +20,9 @@ Saving does the inverse (``split``): XOR with the previous value and the
 byte shuffle in one pass, the planes written straight from 16 elements held
 in registers, instead of numpy's XOR into a scratch block and one shift and
 truncating copy per plane.
+
+``copy`` is a plain copy with streaming stores, for captures: their buffers
+are read only by the persist, long after the copy left the cache.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["available", "interleave", "split"]
+__all__ = ["available", "copy", "interleave", "split"]
 
 log = logging.getLogger("checkpoint")
 
@@ -184,6 +187,28 @@ int cc_split(uint8_t *const *planes, const uint8_t *src, const uint8_t *base, si
     split_tail(planes, src, base, done, count, w);
     return 0;
 }
+
+/* dst = src (n bytes, not overlapping) with streaming stores: the destination's
+   lines are written without being read into the cache first, and the copy
+   leaves the cache to the code around it. For large copies into buffers read
+   much later (a capture, which the persist reads after the task resumed). */
+int cc_copy(uint8_t *dst, const uint8_t *src, size_t n) {
+    size_t i = 0;
+#ifdef __SSE2__
+    size_t head = (16 - ((uintptr_t)dst & 15)) & 15;
+    for (; i < head && i < n; i++) dst[i] = src[i];
+    for (; i + 64 <= n; i += 64) {
+        __m128i a = LOAD(src + i), b = LOAD(src + i + 16), c = LOAD(src + i + 32), d = LOAD(src + i + 48);
+        _mm_stream_si128((__m128i *)(dst + i), a);
+        _mm_stream_si128((__m128i *)(dst + i + 16), b);
+        _mm_stream_si128((__m128i *)(dst + i + 32), c);
+        _mm_stream_si128((__m128i *)(dst + i + 48), d);
+    }
+    _mm_sfence();
+#endif
+    for (; i < n; i++) dst[i] = src[i];
+    return 0;
+}
 """
 
 _lock = threading.Lock()
@@ -244,6 +269,8 @@ def _load() -> ctypes.CDLL | None:
     for fn in (lib.cc_interleave, lib.cc_split):
         fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
         fn.restype = ctypes.c_int
+    lib.cc_copy.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    lib.cc_copy.restype = ctypes.c_int
     return lib
 
 
@@ -297,6 +324,29 @@ def split(planes: Sequence[np.ndarray], src: np.ndarray, base: np.ndarray | None
     if count:
         lib.cc_split(_pointers(planes), _address(src), _address_or_null(base), count, len(planes))
     return True
+
+
+#: Copies from this size on use streaming stores (``copy``); smaller ones stay
+#: in the cache, where their reader finds them.
+STREAM_FROM = 1 << 20
+
+
+def copy(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[:] = src``: with streaming stores from ``STREAM_FROM`` bytes when the kernel is here.
+
+    Both flat ``uint8`` of the same size, ``dst`` writable and not overlapping
+    ``src``. For large copies whose destination is not read soon (a capture,
+    which the persist reads after the task resumed): the destination's cache
+    lines are written without first being read. On this project's 2-core VM,
+    16 MiB copies into populated buffers ran at 19-24 GB/s against 12-18 GB/s
+    for ``memcpy``; smaller or non-contiguous copies use ``np.copyto``.
+    """
+    lib = _kernel() if src.nbytes >= STREAM_FROM else None
+    if (lib is None or not (_flat(dst) and _flat(src)) or dst.nbytes != src.nbytes
+            or not dst.flags.writeable):
+        np.copyto(dst, src)
+        return
+    lib.cc_copy(_address(dst), _address(src), dst.nbytes)
 
 
 def _count(whole: np.ndarray, planes: Sequence[np.ndarray], base: np.ndarray | None) -> int | None:

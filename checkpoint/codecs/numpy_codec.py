@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import _native
 from ._host import needs_pinned, pinned_buffer, synchronize, unchanged, version_token
 
 __all__ = [
@@ -49,8 +50,12 @@ def describe(obj: np.ndarray) -> dict[str, Any]:
 
 
 def copy_into(obj: np.ndarray, out: Any, *, non_blocking: bool = False) -> None:
-    if obj.nbytes:
-        np.copyto(out.view(obj.dtype).reshape(obj.shape), obj, casting="no")
+    if not obj.nbytes:
+        return
+    if obj.flags.c_contiguous and isinstance(out, np.ndarray) and out.dtype == np.uint8:
+        _native.copy(out[:obj.nbytes], obj.reshape(-1).view(np.uint8))
+        return
+    np.copyto(out.view(obj.dtype).reshape(obj.shape), obj, casting="no")
 
 
 def restore(meta: dict[str, Any], data: np.ndarray, *, share: bool = False) -> np.ndarray:

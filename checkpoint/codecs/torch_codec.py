@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import _native
+
 __all__ = [
     "copy_into", "describe", "matches", "name", "pinned_buffer", "restore",
     "synchronize", "unchanged", "version_token",
@@ -71,10 +73,10 @@ def copy_into(t: torch.Tensor, out: Any, *, non_blocking: bool = False) -> None:
         src = src.resolve_neg()
     nbytes = t.numel() * t.element_size()
     if isinstance(out, np.ndarray) and src.device.type == "cpu" and src.is_contiguous():
-        # One memcpy on this thread: torch's copy_ splits large copies across its
+        # One copy on this thread (streaming stores when large: _native.copy): torch's copy_ splits large copies across its
         # intra-op pool, and one descheduled worker stalls the whole pause when
         # the cores are busy. The uint8 view covers every dtype (bfloat16 too).
-        np.copyto(out[:nbytes], src.reshape(-1).view(torch.uint8).numpy())
+        _native.copy(out[:nbytes], src.reshape(-1).view(torch.uint8).numpy())
         return
     # CUDA (into pinned memory, asynchronously) and strided tensors
     dst = out if isinstance(out, torch.Tensor) else torch.from_numpy(out)

@@ -1,4 +1,4 @@
-"""The native interleave and split kernels against numpy: bit-exact for every size, width and alignment."""
+"""The native interleave, split and copy kernels against numpy: bit-exact for every size, width and alignment."""
 
 from __future__ import annotations
 
@@ -90,6 +90,35 @@ def test_interleave_refuses_what_it_cannot_write():
     assert _native.interleave(np.zeros(31, np.uint8), planes) is False          # not count * width
     assert _native.interleave(np.zeros(32, np.uint8), planes, np.zeros(8, np.uint8)) is False
     assert not frozen.any() and not strided.any()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(-70, 200), st.integers(0, 15), st.integers(0, 15), st.integers(0, 2**32 - 1))
+def test_copy_is_bit_exact_around_the_streaming_size(extra, dst_offset, src_offset, seed):
+    """Sizes just below (np.copyto) and above (streaming stores) ``STREAM_FROM``, any alignment:
+    every byte arrives, and nothing past the destination is written."""
+    n = _native.STREAM_FROM + extra
+    src = _at(np.random.default_rng(seed).bytes(n), src_offset)
+    room = np.zeros(n + 32, dtype=np.uint8)
+    dst = room[dst_offset:dst_offset + n]
+    _native.copy(dst, src)
+    assert dst.tobytes() == src.tobytes()
+    assert not room[:dst_offset].any() and not room[dst_offset + n:].any()
+
+
+def test_copy_of_what_the_kernel_cannot_take_is_numpy_s():
+    n = _native.STREAM_FROM * 2
+    src = np.arange(n, dtype=np.uint64).view(np.uint8)[:n]
+    strided = np.zeros(2 * n, dtype=np.uint8)[::2]
+    _native.copy(strided, src)                  # not contiguous: np.copyto's strided copy
+    assert strided.tobytes() == src.tobytes()
+    frozen = np.zeros(n, dtype=np.uint8)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError):
+        _native.copy(frozen, src)
+    with pytest.raises(ValueError):
+        _native.copy(np.zeros(n - 1, np.uint8), src)
+    assert not frozen.any()
 
 
 @settings(max_examples=40, deadline=None)
