@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import zstandard
 
-from . import _native
+from . import _libzstd, _native
 from .errors import CorruptCheckpoint
 
 __all__ = [
@@ -459,18 +459,38 @@ def planes_into(dst: np.ndarray, data: Any, *, xor_with: np.ndarray | None = Non
     size; no plane decompresses past its share of it. Raises CorruptCheckpoint.
     """
     itemsize, stored = _plane_views(data, dst.nbytes)
-    planes = [_plane(k, flag, part, dst.nbytes // itemsize) for k, (flag, part) in enumerate(stored)]
-    # Every plane is checked (decompressed to its exact size) before dst is written.
-    if _native.interleave(dst, planes, xor_with):
+    share = dst.nbytes // itemsize
+    packed = sum(flag == _PACKED for flag, _part in stored)
+    # The compressed planes decompress into one scratch buffer that restores reuse
+    # (libzstd), not into a new ``bytes`` each (python-zstandard's only output).
+    scratch = _libzstd.take(packed * share) if packed and share and _libzstd.available() else None
+    try:
+        planes, used = [], 0
+        for k, (flag, part) in enumerate(stored):
+            if flag == _PACKED and scratch is not None:
+                plane = scratch[used:used + share]
+                used += share
+                try:
+                    _libzstd.decompress_into(part, plane)
+                except CorruptCheckpoint as exc:
+                    raise CorruptCheckpoint(f"cannot decompress plane {k}: {exc}") from exc
+                planes.append(plane)
+            else:
+                planes.append(_plane(k, flag, part, share))
+        # Every plane is checked (decompressed to its exact size) before dst is written.
+        if _native.interleave(dst, planes, xor_with):
+            return itemsize
+        rows = dst.reshape(-1, itemsize)
+        base = None if xor_with is None else xor_with.reshape(-1, itemsize)
+        for k, plane in enumerate(planes):
+            if base is None:
+                rows[:, k] = plane
+            else:
+                np.bitwise_xor(base[:, k], plane, out=rows[:, k])
         return itemsize
-    rows = dst.reshape(-1, itemsize)
-    base = None if xor_with is None else xor_with.reshape(-1, itemsize)
-    for k, plane in enumerate(planes):
-        if base is None:
-            rows[:, k] = plane
-        else:
-            np.bitwise_xor(base[:, k], plane, out=rows[:, k])
-    return itemsize
+    finally:
+        if scratch is not None:
+            _libzstd.give(scratch)
 
 
 def _plane(k: int, flag: int, stored: memoryview, share: int) -> np.ndarray:

@@ -11,6 +11,7 @@ from datetime import timedelta
 
 from sqlalchemy import Engine
 
+from . import _libzstd
 from . import catalog as cat
 from ._chain import ChainStore, TierRouter
 from ._delta import LinkRef, decode, reuse_buffers
@@ -179,7 +180,10 @@ class CheckpointManager:
 
     def _restore_chain(self, job_id: str, task_id: str, links: list[CheckpointRow],
                        newest_chain: bool) -> tuple[Restored | None, list[CheckpointRow]]:
-        snapshot, applied = self._apply_links(task_id, links)
+        try:
+            snapshot, applied = self._apply_links(task_id, links)
+        finally:
+            _libzstd.release()   # the restore's scratch buffers: their memory goes back
         if not applied or snapshot is None:
             return None, []
         last = applied[-1]

@@ -147,10 +147,10 @@ def test_a_chain_of_planes_deltas_applies_in_place(dtype):
 _DECODE = """
 import hashlib, json, sys
 import numpy as np
-from checkpoint import _native
+from checkpoint import _libzstd, _native
 from checkpoint._compress import encode_planes, planes_into
 rng = np.random.default_rng(3)
-out = {"native": _native.available()}
+out = {"native": _native.available(), "libzstd": _libzstd.available()}
 for itemsize in (2, 4, 8):
     now = rng.standard_normal(40_001 * 8 // itemsize).astype(np.float64).view(np.uint8)
     before = rng.standard_normal(now.size // 8).astype(np.float64).view(np.uint8)
@@ -165,17 +165,19 @@ print(json.dumps(out))
 
 
 def test_numpy_fallback_encodes_and_decodes_the_same_bytes():
-    """With the kernel switched off (as where no compiler exists) the numpy path gives the same bytes."""
+    """With the kernel and libzstd switched off (as where no compiler or libzstd exists) the numpy
+    and python-zstandard paths give the same bytes."""
     runs = {}
     for native in ("1", "0"):
         env = {**os.environ, "CROWDCOMPUTE_NATIVE": native}
         done = subprocess.run([sys.executable, "-c", _DECODE], env=env, capture_output=True, text=True,
                               timeout=120, check=True)
         runs[native] = json.loads(done.stdout)
-    assert runs["0"]["native"] is False
+    assert runs["0"]["native"] is False and runs["0"]["libzstd"] is False
     assert runs["1"]["native"] is _native.available()
-    assert {k: v for k, v in runs["1"].items() if k != "native"} == \
-        {k: v for k, v in runs["0"].items() if k != "native"}
+    switches = ("native", "libzstd")
+    assert {k: v for k, v in runs["1"].items() if k not in switches} == \
+        {k: v for k, v in runs["0"].items() if k not in switches}
     assert len({runs["0"][k] for k in ("2", "4", "8")}) == 3   # three different results, not one
 
 
