@@ -149,6 +149,7 @@ class TaskCheckpointSession(CheckpointSession):
         self.warm_started = False
         # the last checkpoint() call's arguments while that call captured nothing
         self._uncaptured: tuple[Any, float | None, bool] | None = None
+        self._prepared = False   # the first capture's buffers were planned (``_prepare``)
 
     # -- attempt start -------------------------------------------------------------------
 
@@ -265,10 +266,40 @@ class TaskCheckpointSession(CheckpointSession):
             return False  # the next call would be coalesced
         return self._forced.is_set() or self._due(self.clock(), steps_ahead=1)
 
-    def _due(self, now: float, steps_ahead: int) -> bool:
-        by_time = self.interval is not None and now - self._last_capture >= self.interval
-        by_steps = self.every_steps is not None and self._steps + steps_ahead >= self.every_steps
+    def _due(self, now: float, steps_ahead: int, share: float = 1.0) -> bool:
+        """Whether ``share`` of the interval (or of the steps) between checkpoints has passed."""
+        by_time = self.interval is not None and now - self._last_capture >= share * self.interval
+        by_steps = self.every_steps is not None and self._steps + steps_ahead >= share * self.every_steps
         return by_time or by_steps
+
+    def _prepare(self, state: Any, rng: bool) -> None:
+        """Once per attempt, halfway to its first checkpoint: make that capture's buffers
+        on the persist thread, so that its pause is the copy alone.
+
+        Halfway, so that a task that ends before its first checkpoint never
+        holds them. A lazy state (a function) is not called for this.
+        """
+        self._prepared = True
+        if self._fenced or self._writer is None or isinstance(state, _LAZY_TYPES):
+            return
+        wrapped = {RNG_KEY: b"", "state": state} if rng else state   # the paths capture will see
+        try:
+            job = self._writer.prepare(wrapped, max_bytes=self.memory_budget)
+        except Exception as exc:   # an optimisation only: the capture reports real problems
+            log.debug("CheckpointHandler: task %s: no buffers planned (%s)", self.ctx.task_id, exc)
+            return
+        if job is not None:
+            self._persister.submit(self._run_prepare, job)
+
+    def _run_prepare(self, job: Callable[[], int]) -> None:
+        try:
+            made = job()
+        except (MemoryError, OSError) as exc:
+            log.warning("CheckpointHandler: task %s: no capture buffers made ahead (%s)",
+                        self.ctx.task_id, exc)
+            return
+        log.debug("CheckpointHandler: task %s: %d bytes of capture buffers made ahead",
+                  self.ctx.task_id, made)
 
     def checkpoint(self, state: Any, progress_percent: float | None = None, *,
                    rng: bool = True) -> bool:
@@ -277,6 +308,8 @@ class TaskCheckpointSession(CheckpointSession):
         if self.keep == "final":
             self._uncaptured = (state, progress_percent, rng)
         if not self._forced.is_set() and not self._due(now, steps_ahead=0):
+            if not self._prepared and self._due(now, steps_ahead=0, share=0.5):
+                self._prepare(state, rng)
             return False
         if self._fenced or self._writer is None:
             return False

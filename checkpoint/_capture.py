@@ -20,7 +20,7 @@ from ._snapshot import ARRAY, Leaf, Snapshot
 from .codecs import ArrayCodec, generic
 from .errors import CaptureError, MemoryBudgetExceeded
 
-__all__ = ["BufferPool", "capture"]
+__all__ = ["BufferPool", "buffer_plan", "capture"]
 
 _FREE_PER_KEY = 2
 
@@ -101,6 +101,20 @@ class BufferPool:
                 buf = self._live.get(id(leaf.data)) if leaf.kind == ARRAY and not leaf.unchanged else None
                 if buf is not None and buf.array is leaf.data and not self._free.get(buf.key):
                     wanted.append((buf.key, buf.array.nbytes, buf.holder is not None))
+        return self._spares(wanted)
+
+    def reserve_for(self, plan: list[tuple[tuple[Any, ...], int, bool]]) -> int:
+        """Make a free buffer for each ``(key, nbytes, pinned)`` of ``buffer_plan`` that has none.
+
+        Before a state's first capture (when nothing is live yet), so that it
+        copies into buffers made in the background instead of making them in
+        the caller's pause. Returns the bytes allocated.
+        """
+        with self._lock:
+            wanted = [(key, nbytes, pinned) for key, nbytes, pinned in plan if not self._free.get(key)]
+        return self._spares(wanted)
+
+    def _spares(self, wanted: list[tuple[tuple[Any, ...], int, bool]]) -> int:
         for key, nbytes, pinned in wanted:
             buf = self._make(nbytes, pinned, key)
             with self._lock:
@@ -166,6 +180,38 @@ def capture(
     copied = _copy_arrays(flat, arrays, previous, pool)
     leaves = tuple(copied[p] if p in copied else generics[p] for p in flat)
     return Snapshot(raw_nbytes=raw, treedef=treedef, leaves=leaves, owner=pool)
+
+
+def buffer_plan(state: object, *, max_bytes: int | None = None
+                ) -> list[tuple[tuple[Any, ...], int, bool]] | None:
+    """The capture buffers ``capture(state)`` would take: ``(pool key, bytes, pinned)`` per array leaf.
+
+    Reads no array data: a flatten and each leaf's description. None when
+    the state cannot be planned cheaply (framework objects whose weights
+    would have to be copied out to be seen: Keras models), cannot be
+    flattened, or its array bytes exceed ``max_bytes``.
+    """
+    def convert(obj: object) -> object:
+        if generic.framework_kind(type(obj)) == "keras_weights":  # type: ignore[arg-type]  # classes hash
+            raise _Unplannable
+        return codecs.convert(obj)
+
+    try:
+        _treedef, flat = flatten(state, convert=convert, is_array=codecs.is_array)
+        arrays, array_bytes = _describe_arrays(flat)
+    except (_Unplannable, ValueError, CaptureError):
+        return None
+    if max_bytes is not None and array_bytes > max_bytes:
+        return None
+    plan = []
+    for path, (codec, meta) in arrays.items():
+        pinned = codec.needs_pinned(flat[path])
+        plan.append(((path, meta["nbytes"], pinned), int(meta["nbytes"]), pinned))
+    return plan
+
+
+class _Unplannable(Exception):
+    pass
 
 
 def _check_budget(nbytes: int, max_bytes: int | None) -> None:

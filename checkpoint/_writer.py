@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ._capture import BufferPool, capture
+from ._capture import BufferPool, buffer_plan, capture
 from ._chain import ChainStore
 from ._compress import compress
 from ._delta import EncodedPart, LinkRef
@@ -94,6 +95,21 @@ class TaskWriter:
     def previous(self) -> Snapshot | None:
         """The snapshot of the newest committed link (the next delta's reference)."""
         return self._head.snapshot if self._head is not None else None
+
+    def prepare(self, state: Any, *, max_bytes: int | None = None) -> Callable[[], int] | None:
+        """What makes the capture buffers of ``state`` ahead of its first capture, or None.
+
+        Plans on the calling thread (a flatten, no data read; ``buffer_plan``)
+        and returns a function that allocates the buffers, to run on another
+        thread while the task works: the first capture then only copies
+        (on this project's VM making 403 MB of buffers in the pause took
+        0.2-1.3 s, the copy 0.02-0.03 s). The function returns the bytes it
+        allocated and may raise MemoryError or OSError.
+        """
+        plan = buffer_plan(state, max_bytes=max_bytes)
+        if not plan:
+            return None
+        return lambda: self.pool.reserve_for(plan)
 
     def capture(self, state: Any, *, max_bytes: int | None = None) -> Snapshot:
         """Snapshot ``state`` against the last committed snapshot (a memory copy)."""

@@ -344,3 +344,55 @@ def test_checkpoint_due_and_a_callable_state(tmp_path: Path) -> None:
     assert built == [2]
     assert s.checkpoint_due() is False
     finish(s)
+
+
+def _addresses(snapshot: Any) -> set[int]:
+    return {leaf.data.__array_interface__["data"][0] for leaf in snapshot.leaves
+            if leaf.kind == "array" and leaf.data.nbytes}
+
+
+def test_the_first_capture_copies_into_buffers_made_halfway_to_it(tmp_path: Path) -> None:
+    """Halfway to the first checkpoint the session makes its capture buffers on the
+    persist thread; the capture then takes exactly those, and none before halfway."""
+    clock = Clock()
+    s = open_session(make_manager(tmp_path), clock)
+    state = {"w": np.arange(300_000, dtype=np.float32), "b": np.ones(1000), "step": 3}
+    assert s.checkpoint(state) is False
+    clock.now += 4.9
+    assert s.checkpoint(state) is False
+    assert s._prepared is False and s._writer is not None and not s._writer.pool._free
+    clock.now += 0.2                                   # half of the 10 s interval
+    assert s.checkpoint(state) is False
+    assert s._prepared is True
+    s._persister.submit(lambda: None).result(timeout=30)   # the buffers are made by now
+    free = {key: [b.array.__array_interface__["data"][0] for b in bufs]
+            for key, bufs in s._writer.pool._free.items()}
+    assert sorted(k[1] for k in free) == [8000, 1_200_000]   # one per array leaf, sized
+    clock.now += 5.0
+    assert s.checkpoint(state) is True
+    assert s._inflight is not None
+    assert s._inflight.result(timeout=30) is not None
+    head = s._writer.previous
+    assert head is not None
+    assert _addresses(head) == {a for addrs in free.values() for a in addrs}
+    copied = [leaf.data for leaf in head.leaves if leaf.kind == "array" and leaf.data.nbytes == 1_200_000]
+    assert len(copied) == 1 and np.array_equal(copied[0].view(np.float32), state["w"])
+    finish(s)
+
+
+def test_no_buffers_are_made_ahead_for_a_lazy_state_or_one_over_budget(tmp_path: Path) -> None:
+    clock = Clock()
+    s = open_session(make_manager(tmp_path), clock, budget=1000)
+    clock.now += 6
+    assert s.checkpoint({"w": np.zeros(10_000)}) is False      # 80 kB, budget 1 kB
+    assert s._prepared is True
+    s._persister.submit(lambda: None).result(timeout=30)
+    assert s._writer is not None and not s._writer.pool._free
+    finish(s)
+    s2 = open_session(make_manager(tmp_path / "2"), clock)
+    calls: list[int] = []
+    clock.now += 6
+    assert s2.checkpoint(lambda: calls.append(1) or {"w": np.zeros(10)}) is False
+    assert calls == [] and s2._prepared is True
+    assert s2._writer is not None and not s2._writer.pool._free
+    finish(s2)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from ckpt_helpers import count_allocations
 
-from checkpoint._capture import BufferPool, capture
+from checkpoint._capture import BufferPool, buffer_plan, capture
 from checkpoint._delta import snapshots_equal
 from checkpoint.errors import CaptureError, MemoryBudgetExceeded
 
@@ -257,3 +257,26 @@ def test_failed_copy_on_a_helper_thread_raises_capture_error_and_frees_buffers(m
     with pytest.raises(CaptureError, match="bad"):
         capture(state, pool=pool)
     assert pool._live == {}
+
+
+def test_buffers_planned_and_made_ahead_are_the_ones_the_first_capture_takes(monkeypatch):
+    made = count_allocations(monkeypatch)
+    state = {"a": np.arange(1 << 18, dtype=np.float32), "b": [np.ones((3, 5)), "text"], "empty": np.zeros(0)}
+    plan = buffer_plan(state)
+    assert plan is not None
+    assert sorted(nbytes for _key, nbytes, _pinned in plan) == [0, 120, 1 << 20]
+    pool = BufferPool()
+    assert pool.reserve_for(plan) == (1 << 20) + 120
+    assert pool.reserve_for(plan) == 0                 # each key has its free buffer already
+    assert sorted(made) == [0, 120, 1 << 20]
+    snap = capture(state, pool=pool)
+    assert sorted(made) == [0, 120, 1 << 20]            # the capture made none of its own
+    assert snapshots_equal(snap, capture(state)) is True
+
+
+def test_no_plan_over_the_budget_or_for_what_only_a_copy_reveals():
+    assert buffer_plan({"a": np.zeros(1000)}, max_bytes=7999) is None
+    assert buffer_plan({"a": np.zeros(1000)}, max_bytes=8000) is not None
+    model = type("Model", (), {"__module__": "keras.src.models.model"})()   # a Keras model by name
+    assert buffer_plan({"model": model, "a": np.zeros(10)}) is None
+    assert buffer_plan({"step": 1}) == []
