@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _native
 from .errors import CorruptCheckpoint
 
 __all__ = ["available", "decompress_into", "give", "release", "take"]
@@ -46,8 +47,6 @@ _WHOLE_FROM = 4 << 20
 _WHOLE = 16 << 20
 _lock = threading.Lock()
 _local = threading.local()
-_lib: ctypes.CDLL | None = None
-_tried = False
 _scratch: list[np.ndarray] = []
 
 
@@ -83,13 +82,7 @@ def _load() -> ctypes.CDLL | None:
     return None
 
 
-def _library() -> ctypes.CDLL | None:
-    global _lib, _tried
-    if not _tried:
-        with _lock:
-            if not _tried:
-                _lib, _tried = _load(), True
-    return _lib
+_library = _native.once(_load)
 
 
 def available() -> bool:
@@ -118,10 +111,6 @@ def _context(lib: ctypes.CDLL) -> Any:
     return ctx.ptr
 
 
-def _address(a: np.ndarray) -> int:
-    return int(a.__array_interface__["data"][0])
-
-
 def decompress_into(frame: Any, out: np.ndarray) -> None:
     """Decompress the one zstd frame ``frame`` (any buffer) into ``out``, a flat writable ``uint8`` array.
 
@@ -134,9 +123,9 @@ def decompress_into(frame: Any, out: np.ndarray) -> None:
     if lib is None:
         raise RuntimeError("libzstd is not available")
     src = np.frombuffer(frame, dtype=np.uint8)
-    if not (out.dtype == np.uint8 and out.ndim == 1 and out.flags.c_contiguous and out.flags.writeable):
+    if not (_native._flat(out) and out.flags.writeable):
         raise ValueError("decompress_into needs a flat, writable uint8 array")
-    at, n = _address(src) if src.nbytes else 0, src.nbytes
+    at, n = _native._address(src) if src.nbytes else 0, src.nbytes
     size = lib.ZSTD_findFrameCompressedSize(at, n)
     if lib.ZSTD_isError(size):
         raise CorruptCheckpoint(f"malformed zstd frame: {lib.ZSTD_getErrorName(size).decode()}")
@@ -147,7 +136,7 @@ def decompress_into(frame: Any, out: np.ndarray) -> None:
         raise CorruptCheckpoint("zstd frame does not record its size")
     if declared != out.nbytes:
         raise CorruptCheckpoint(f"zstd frame holds {declared} bytes, expected {out.nbytes}")
-    done = lib.ZSTD_decompressDCtx(_context(lib), _address(out) if out.nbytes else None, out.nbytes, at, n)
+    done = lib.ZSTD_decompressDCtx(_context(lib), _native._address(out) if out.nbytes else None, out.nbytes, at, n)
     if lib.ZSTD_isError(done):
         raise CorruptCheckpoint(f"cannot decompress zstd frame: {lib.ZSTD_getErrorName(done).decode()}")
     if done != out.nbytes:

@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -211,11 +211,6 @@ int cc_copy(uint8_t *dst, const uint8_t *src, size_t n) {
 }
 """
 
-_lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_tried = False
-
-
 def _cache_dir() -> Path | None:
     """A per-user directory only its owner can write, or None."""
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "crowdcompute" / "native"
@@ -274,13 +269,23 @@ def _load() -> ctypes.CDLL | None:
     return lib
 
 
-def _kernel() -> ctypes.CDLL | None:
-    global _lib, _tried
-    if not _tried:
-        with _lock:
-            if not _tried:
-                _lib, _tried = _load(), True
-    return _lib
+def once(load: Callable[[], ctypes.CDLL | None]) -> Callable[[], ctypes.CDLL | None]:
+    """A function returning ``load()``'s library, loaded on its first call only (thread-safe);
+    a failed load (None) is not retried."""
+    lock = threading.Lock()
+    loaded: list[ctypes.CDLL | None] = []
+
+    def get() -> ctypes.CDLL | None:
+        if not loaded:
+            with lock:
+                if not loaded:
+                    loaded.append(load())
+        return loaded[0]
+
+    return get
+
+
+_kernel = once(_load)
 
 
 def available() -> bool:

@@ -73,9 +73,10 @@ def copy_into(t: torch.Tensor, out: Any, *, non_blocking: bool = False) -> None:
         src = src.resolve_neg()
     nbytes = t.numel() * t.element_size()
     if isinstance(out, np.ndarray) and src.device.type == "cpu" and src.is_contiguous():
-        # One copy on this thread (streaming stores when large: _native.copy): torch's copy_ splits large copies across its
-        # intra-op pool, and one descheduled worker stalls the whole pause when
-        # the cores are busy. The uint8 view covers every dtype (bfloat16 too).
+        # One copy on this thread (streaming stores when large: _native.copy):
+        # torch's copy_ splits large copies across its intra-op pool, and one
+        # descheduled worker stalls the whole pause when the cores are busy.
+        # The uint8 view covers every dtype (bfloat16 too).
         _native.copy(out[:nbytes], src.reshape(-1).view(torch.uint8).numpy())
         return
     # CUDA (into pinned memory, asynchronously) and strided tensors
