@@ -460,11 +460,14 @@ def _plane_views(data: Any, raw_size: int) -> tuple[int, list[tuple[int, memoryv
     return itemsize, out
 
 
-def planes_into(dst: np.ndarray, data: Any, *, xor_with: np.ndarray | None = None) -> int:
+def planes_into(dst: np.ndarray, data: Any, *, xor_with: np.ndarray | None = None,
+                verified: bool = False) -> int:
     """Decode a ``planes`` blob into ``dst`` (``xor_with ^`` it for a delta); its element size.
 
     ``dst`` (flat ``uint8``, may be ``xor_with`` itself) has the recorded raw
-    size; no plane decompresses past its share of it. Raises CorruptCheckpoint.
+    size; no plane decompresses past its share of it. ``verified``: the blob
+    matched a trusted hash already, so its frames' checksums need not be
+    computed again. Raises CorruptCheckpoint.
     """
     itemsize, stored = _plane_views(data, dst.nbytes)
     share = dst.nbytes // itemsize
@@ -479,7 +482,7 @@ def planes_into(dst: np.ndarray, data: Any, *, xor_with: np.ndarray | None = Non
                 plane = scratch[used:used + share]
                 used += share
                 try:
-                    _libzstd.decompress_into(part, plane)
+                    _libzstd.decompress_into(part, plane, verified=verified)
                 except CorruptCheckpoint as exc:
                     raise CorruptCheckpoint(f"cannot decompress plane {k}: {exc}") from exc
                 planes.append(plane)

@@ -18,7 +18,9 @@ the GIL for the call, so decode threads decompress at once.
 
 A frame is accepted only whole and alone: exactly one frame spanning the
 input, declaring its content size, which must be the destination's size;
-zstd checks the frame's checksum. Nothing is written past the destination.
+zstd checks the frame's checksum unless the caller says the frame's bytes
+were already checked against a trusted hash (``verified=True``: a restore's
+parts are, before they are decoded). Nothing is written past the destination.
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ from .errors import CorruptCheckpoint
 __all__ = ["available", "decompress_into", "give", "release", "take"]
 
 _MIN_VERSION = 10400
+# ZSTD_d_forceIgnoreChecksum (ZSTD_d_experimentalParam3) skips the checksum of frames
+# whose bytes were verified already (8-10 % of decompressing W1's delta planes). It is
+# an experimental parameter, so its number is used only in the versions known to
+# define it so; elsewhere every frame's checksum is checked.
+_IGNORE_CHECKSUM = 1002
+_IGNORE_FROM, _IGNORE_BEFORE = 10407, 10600
 # As many buffers are kept as decode threads run (the restore pool's width).
 _SCRATCH_KEPT = min(8, os.cpu_count() or 1)
 # Requests from this size on get a buffer of a whole part (``_plan.CHUNK``), which
@@ -78,6 +86,8 @@ def _load() -> ctypes.CDLL | None:
         lib.ZSTD_isError.argtypes = [ctypes.c_size_t]
         lib.ZSTD_getErrorName.restype = ctypes.c_char_p
         lib.ZSTD_getErrorName.argtypes = [ctypes.c_size_t]
+        lib.ZSTD_DCtx_setParameter.restype = ctypes.c_size_t
+        lib.ZSTD_DCtx_setParameter.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
         return lib
     return None
 
@@ -91,12 +101,15 @@ def available() -> bool:
 
 
 class _Context:
-    """A decompression context of this thread, freed with it."""
+    """A decompression context of this thread, freed with it (``trusting``: skips checksums where it can)."""
 
-    def __init__(self, lib: ctypes.CDLL) -> None:
+    def __init__(self, lib: ctypes.CDLL, trusting: bool = False) -> None:
         self.lib, self.ptr = lib, lib.ZSTD_createDCtx()
         if not self.ptr:
             raise MemoryError("ZSTD_createDCtx failed")
+        if trusting and _IGNORE_FROM <= lib.ZSTD_versionNumber() < _IGNORE_BEFORE:
+            # On failure the context keeps checking: slower, never wrong.
+            lib.ZSTD_DCtx_setParameter(self.ptr, _IGNORE_CHECKSUM, 1)
 
     def __del__(self) -> None:
         if self.ptr:
@@ -104,19 +117,23 @@ class _Context:
             self.ptr = None
 
 
-def _context(lib: ctypes.CDLL) -> Any:
-    ctx: _Context | None = getattr(_local, "ctx", None)
+def _context(lib: ctypes.CDLL, trusting: bool) -> Any:
+    name = "trusting" if trusting else "checking"
+    ctx: _Context | None = getattr(_local, name, None)
     if ctx is None:
-        ctx = _local.ctx = _Context(lib)
+        ctx = _Context(lib, trusting)
+        setattr(_local, name, ctx)
     return ctx.ptr
 
 
-def decompress_into(frame: Any, out: np.ndarray) -> None:
+def decompress_into(frame: Any, out: np.ndarray, *, verified: bool = False) -> None:
     """Decompress the one zstd frame ``frame`` (any buffer) into ``out``, a flat writable ``uint8`` array.
 
     Raises CorruptCheckpoint unless ``frame`` is exactly one whole frame that
     declares and holds ``out.nbytes`` bytes and passes its checksum, and
-    RuntimeError when libzstd is not ``available()``. ``out`` may be partly
+    RuntimeError when libzstd is not ``available()``. ``verified`` says the
+    frame's bytes matched a trusted hash already: its checksum is then not
+    computed again (where libzstd allows skipping it). ``out`` may be partly
     written when the frame turns out corrupt.
     """
     lib = _library()
@@ -136,7 +153,7 @@ def decompress_into(frame: Any, out: np.ndarray) -> None:
         raise CorruptCheckpoint("zstd frame does not record its size")
     if declared != out.nbytes:
         raise CorruptCheckpoint(f"zstd frame holds {declared} bytes, expected {out.nbytes}")
-    done = lib.ZSTD_decompressDCtx(_context(lib), _native._address(out) if out.nbytes else None, out.nbytes, at, n)
+    done = lib.ZSTD_decompressDCtx(_context(lib, verified), _native._address(out) if out.nbytes else None, out.nbytes, at, n)
     if lib.ZSTD_isError(done):
         raise CorruptCheckpoint(f"cannot decompress zstd frame: {lib.ZSTD_getErrorName(done).decode()}")
     if done != out.nbytes:

@@ -81,6 +81,31 @@ def test_decompress_into_refuses_anything_but_one_whole_frame_of_the_size(case):
 
 
 @needs_lib
+def test_a_verified_frame_is_not_checksummed_again():
+    """``verified=True`` (the bytes matched the catalog's hash) skips only zstd's checksum:
+    where libzstd can, a frame whose checksum is wrong then decodes; everything else is
+    still refused."""
+    data = bytes(range(256)) * 400
+    frame = _frame(data)
+    bad = frame[:-1] + bytes([frame[-1] ^ 1])
+    out = np.zeros(len(data), dtype=np.uint8)
+    with pytest.raises(CorruptCheckpoint):
+        _libzstd.decompress_into(bad, out)
+    version = _libzstd._library().ZSTD_versionNumber()
+    if _libzstd._IGNORE_FROM <= version < _libzstd._IGNORE_BEFORE:
+        _libzstd.decompress_into(bad, out, verified=True)
+        assert out.tobytes() == data
+    else:
+        with pytest.raises(CorruptCheckpoint):
+            _libzstd.decompress_into(bad, out, verified=True)
+    for broken in (frame[:-7], frame + b"x", b"\x00" * 64):
+        with pytest.raises(CorruptCheckpoint):
+            _libzstd.decompress_into(broken, out, verified=True)
+    _libzstd.decompress_into(frame, out)   # the checking context is still the default
+    assert out.tobytes() == data
+
+
+@needs_lib
 def test_decompress_into_needs_a_writable_flat_destination():
     frame = _frame(b"abcd" * 100)
     frozen = np.zeros(400, dtype=np.uint8)
