@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import mmap
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import xxhash
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -63,11 +63,6 @@ log = logging.getLogger("checkpoint")
 
 #: The two storage tiers, by the names the manifest, the REST API and the docs use.
 TIERS = ("sql", "object")
-
-#: parts of one link fetched ahead of the decoder: enough to keep the cores busy
-#: while the store answers, few enough that a restore holds little besides the state
-PREFETCH_PARTS = 4
-
 
 _HASHERS: dict[str, Callable[..., Any]] = {"sha256": hashlib.sha256, "xxh3_128": xxhash.xxh3_128}
 
@@ -156,11 +151,11 @@ class ChainStore:
         _check(task_id, seq, ref, data)
         return data
 
-    def _fetch_mapped(self, task_id: str, seq: int, ref: PartRef) -> bytes | mmap.mmap:
-        """Like ``_fetch``, but a numeric part may come as the store's mapping of the blob.
+    def _fetch_buffer(self, task_id: str, seq: int, ref: PartRef) -> bytes | np.ndarray:
+        """Like ``_fetch``, but a numeric part may come in one of the store's reused buffers.
 
-        Only numeric parts are mapped (the decoder copies them into the state
-        and drops the mapping); the index and pickled parts stay private bytes.
+        Only numeric parts do (the decoder copies them into the state and gives
+        the buffer back); the index and pickled parts stay private bytes.
         """
         store = self.tiers.store_for(ref.tier)
         data = store.get(ref.key) if ref.hash == "sha256" else store.get_buffer(ref.key)
@@ -171,7 +166,7 @@ class ChainStore:
         """The parts of ``link`` for ``decode``, each fetched and checked when the decoder needs it.
 
         The index part is fetched and checked here; the others a few parts
-        ahead of the decoder (``PREFETCH_PARTS``), the first of them while the
+        ahead of the decoder (the store's ``read_ahead``), the first of them while the
         decoder still reads the index. Close the stream when done.
         """
         return LinkStream(self, task_id, link)
@@ -382,7 +377,7 @@ class ChainStore:
         return "sql"
 
 
-def _check(task_id: str, seq: int, ref: PartRef, data: bytes | mmap.mmap) -> None:
+def _check(task_id: str, seq: int, ref: PartRef, data: bytes | np.ndarray) -> None:
     if len(data) != ref.size or digest(data, ref.hash) != ref.digest:
         raise CorruptCheckpoint(f"blob {ref.key!r} of task {task_id!r} seq {seq} "
                                 f"fails its {ref.hash} check")
@@ -408,31 +403,34 @@ class LinkStream:
         self.refs = [PartRef.from_json(p) for p in link.parts]
         self._chain, self._task_id, self._seq = chain, task_id, link.seq
         self._lock = threading.Lock()
-        self._futures: dict[int, Future[bytes | mmap.mmap]] = {}
+        self._futures: dict[int, Future[bytes | np.ndarray]] = {}
         self._next = 1
+        # The window of the slowest store the link's parts are in (a link's
+        # small parts may sit in the SQL tier, its large ones in the object store).
+        self._ahead = max((chain.tiers.store_for(r.tier).read_ahead for r in self.refs[1:]), default=1)
         index = self.refs[0] if self.refs else None
         first: Any = (chain._fetch(task_id, link.seq, index) if index is not None else b"")
         self.parts: list[tuple[Any, str, int]] = [(first, index.codec, index.raw_size)] if index else []
         self.parts += [(self._getter(i), r.codec, r.raw_size) for i, r in enumerate(self.refs[1:], start=1)]
         with self._lock:   # the first parts are fetched while the decoder reads the index
-            self._submit_upto(PREFETCH_PARTS)
+            self._submit_upto(self._ahead)
 
-    def _getter(self, number: int) -> Callable[[], bytes | mmap.mmap]:
+    def _getter(self, number: int) -> Callable[[], bytes | np.ndarray]:
         return lambda: self._get(number)
 
     def _submit_upto(self, last: int) -> None:
         pool = _pools.fetch_pool()
         while self._next <= min(last, len(self.refs) - 1):
             ref = self.refs[self._next]
-            self._futures[self._next] = pool.submit(self._chain._fetch_mapped, self._task_id, self._seq, ref)
+            self._futures[self._next] = pool.submit(self._chain._fetch_buffer, self._task_id, self._seq, ref)
             self._next += 1
 
-    def _get(self, number: int) -> bytes | mmap.mmap:
+    def _get(self, number: int) -> bytes | np.ndarray:
         with self._lock:
-            self._submit_upto(number + PREFETCH_PARTS)
+            self._submit_upto(number + self._ahead)
             future = self._futures.pop(number, None)
         if future is None:   # asked for again: fetch it again
-            return self._chain._fetch_mapped(self._task_id, self._seq, self.refs[number])
+            return self._chain._fetch_buffer(self._task_id, self._seq, self.refs[number])
         return future.result()
 
     def close(self) -> None:

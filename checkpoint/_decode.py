@@ -187,8 +187,9 @@ class _Parts:
         if entry.codec == "planes":
             out = np.empty(entry.raw_size, dtype=np.uint8)
             _compress.planes_into(out, data, verified=True)
+            self._done(number, data)
             return out, 1
-        return _compress.decompress_planes(data, entry.codec, raw_size=entry.raw_size)
+        return _compress.decompress_planes(data, entry.codec, raw_size=entry.raw_size)   # may be views of data
 
     def into(self, number: int, dst: np.ndarray, itemsize: int, base: np.ndarray | None) -> None:
         """Part ``number`` straight into ``dst`` (XORed with ``base``): a leaf's chunk.
@@ -213,8 +214,16 @@ class _Parts:
             planes, shuffled = _compress.decompress_planes(stored, entry.codec, raw_size=entry.raw_size)
             if shuffled in (1, itemsize):
                 _compress.unshuffle_into(dst, planes, shuffled, xor_with=base)
+            del planes
         if shuffled not in (1, itemsize):
             raise CorruptCheckpoint(f"leaf payload shuffled by {shuffled} bytes, its items have {itemsize}")
+        self._done(number, stored)
+
+    def _done(self, number: int, stored: Any) -> None:
+        """Part ``number``'s bytes were fetched for this decode alone and are used up:
+        a reused read buffer goes back (``_memory.READS``; nothing else is taken back)."""
+        if callable(self.parts[number - 1][0]):
+            _memory.READS.give(stored)
 
 
 def _check_against(index: Index, previous: Snapshot | None, against: LinkRef | None) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _native
+from . import _memory, _native
 from .errors import CorruptCheckpoint
 
 __all__ = ["available", "decompress_into", "give", "release", "take"]
@@ -53,9 +53,7 @@ _SCRATCH_KEPT = min(8, os.cpu_count() or 1)
 # for each size would be kept side by side.
 _WHOLE_FROM = 4 << 20
 _WHOLE = 16 << 20
-_lock = threading.Lock()
 _local = threading.local()
-_scratch: list[np.ndarray] = []
 
 
 def _load() -> ctypes.CDLL | None:
@@ -160,37 +158,9 @@ def decompress_into(frame: Any, out: np.ndarray, *, verified: bool = False) -> N
         raise CorruptCheckpoint(f"zstd frame decoded to {done} bytes, expected {out.nbytes}")
 
 
-def take(nbytes: int) -> np.ndarray:
-    """A flat ``uint8`` scratch buffer of ``nbytes``: a view of one kept from an earlier ``give``
-    when one is large enough, else a new one.
-
-    New ones come from malloc, not populated up front (``_memory.empty``): a
-    whole part's buffer given to a request of a quarter of it holds only the
-    pages written (a 403 MB base restored with peak RSS 1.24x the state,
-    against 1.29x with populated buffers).
-    """
-    with _lock:
-        fits = [i for i, a in enumerate(_scratch) if a.nbytes >= nbytes]
-        if fits:
-            best = _scratch.pop(min(fits, key=lambda i: _scratch[i].nbytes))
-            return best[:nbytes]
-    if nbytes >= _WHOLE_FROM:
-        return np.empty(max(nbytes, _WHOLE), dtype=np.uint8)[:nbytes]
-    return np.empty(nbytes, dtype=np.uint8)
-
-
-def give(buffer: np.ndarray) -> None:
-    """Hand back a buffer of ``take`` for reuse (the largest ``_SCRATCH_KEPT`` are kept)."""
-    whole = buffer.base if isinstance(buffer.base, np.ndarray) and buffer.base.ndim == 1 else buffer
-    with _lock:
-        if any(a is whole for a in _scratch):
-            return
-        _scratch.append(whole)
-        _scratch.sort(key=lambda a: a.nbytes, reverse=True)
-        del _scratch[_SCRATCH_KEPT:]
-
-
-def release() -> None:
-    """Drop the kept scratch buffers (at the end of a restore: their memory goes back)."""
-    with _lock:
-        _scratch.clear()
+# The restore's decompressed planes (see ``_memory.Scratch``): not populated up front,
+# a whole part's buffer given to a request of a quarter of it holds only the pages
+# written (a 403 MB base restored with peak RSS 1.24x the state, against 1.29x with
+# populated buffers).
+SCRATCH = _memory.Scratch(kept=_SCRATCH_KEPT, whole_from=_WHOLE_FROM, whole=_WHOLE)
+take, give, release = SCRATCH.take, SCRATCH.give, SCRATCH.release

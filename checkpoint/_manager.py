@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from sqlalchemy import Engine
 
-from . import _libzstd
+from . import _libzstd, _memory
 from . import catalog as cat
 from ._chain import ChainStore, TierRouter
 from ._delta import LinkRef, decode, reuse_buffers
@@ -183,7 +183,8 @@ class CheckpointManager:
         try:
             snapshot, applied = self._apply_links(task_id, links)
         finally:
-            _libzstd.release()   # the restore's scratch buffers: their memory goes back
+            _libzstd.release()   # the restore's scratch and read buffers: their memory goes back
+            _memory.READS.release()
         if not applied or snapshot is None:
             return None, []
         last = applied[-1]

@@ -12,15 +12,23 @@ anyway, so populating them when they are made costs nothing extra.
 
 Buffers below ``MMAP_FROM`` come from numpy (malloc); so do all buffers where
 ``mmap`` lacks these flags (not Linux).
+
+A restore also needs buffers only while it runs: the decompressed planes of
+a part, the stored bytes of the parts being fetched. New ones of that size
+are pages the kernel must hand over and zero each time, so a restore reuses
+them from a ``Scratch``: ``take``, ``give`` back, ``release`` at its end.
 """
 
 from __future__ import annotations
 
 import mmap
+import os
+import threading
+import weakref
 
 import numpy as np
 
-__all__ = ["MMAP_FROM", "empty"]
+__all__ = ["MMAP_FROM", "READS", "Scratch", "empty"]
 
 MMAP_FROM = 1024 * 1024
 _FLAGS = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
@@ -41,3 +49,67 @@ def empty(nbytes: int) -> np.ndarray:
     except OSError:  # e.g. a locked-memory or overcommit limit: let malloc decide
         return np.empty(nbytes, dtype=np.uint8)
     return np.frombuffer(region, dtype=np.uint8)
+
+
+class Scratch:
+    """Flat ``uint8`` buffers reused while a restore runs, and dropped at its end.
+
+    ``take`` hands out a view of a kept buffer large enough, else of a new one
+    (from malloc, not populated: a large buffer given to a small request holds
+    only the pages written). From ``whole_from`` bytes on a request gets a
+    buffer of ``whole`` bytes (or its own size if larger), which every later
+    request of a restore fits: the sizes differ from part to part, and buffers
+    made for each size would be kept side by side. ``give`` takes back only
+    buffers this scratch made, and keeps the ``kept`` largest; a buffer never
+    given back is freed like any other. Thread-safe.
+    """
+
+    def __init__(self, kept: int, whole_from: int, whole: int) -> None:
+        self.kept, self.whole_from, self.whole = kept, whole_from, whole
+        self._lock = threading.Lock()
+        self._free: list[np.ndarray] = []
+        self._made: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
+        self.made = 0   # buffers made so far (the rest of the takes reused one)
+
+    def take(self, nbytes: int) -> np.ndarray:
+        with self._lock:
+            fits = [i for i, a in enumerate(self._free) if a.nbytes >= nbytes]
+            if fits:
+                best = self._free.pop(min(fits, key=lambda i: self._free[i].nbytes))
+                return best[:nbytes]
+        whole = np.empty(max(nbytes, self.whole) if nbytes >= self.whole_from else nbytes, dtype=np.uint8)
+        with self._lock:
+            self._made[id(whole)] = whole
+            self.made += 1
+        return whole[:nbytes]
+
+    def give(self, buffer: object) -> None:
+        """Take back ``buffer`` (a view ``take`` returned) for reuse; anything else is ignored.
+
+        Its holder must not use it any more.
+        """
+        if not isinstance(buffer, np.ndarray):
+            return
+        whole = buffer.base if isinstance(buffer.base, np.ndarray) else buffer
+        with self._lock:
+            if self._made.get(id(whole)) is not whole or any(a is whole for a in self._free):
+                return
+            self._free.append(whole)
+            self._free.sort(key=lambda a: a.nbytes, reverse=True)
+            del self._free[self.kept:]
+
+    def release(self) -> None:
+        """Drop the kept buffers (at the end of a restore: their memory goes back)."""
+        with self._lock:
+            self._free.clear()
+
+    def kept_count(self) -> int:
+        with self._lock:
+            return len(self._free)
+
+
+# The stored bytes of large numeric parts read from a local directory
+# (``FsStore.get_buffer``) while a restore decodes them: the fetch window
+# (``BlobStore.read_ahead``, at most 4) ahead of as many decode threads as cores,
+# and one more. A part holds at most ``_plan.CHUNK`` (16 MiB) raw bytes and its header.
+READS = Scratch(kept=4 + min(8, os.cpu_count() or 1) + 1, whole_from=MMAP_FROM, whole=(16 << 20) + (64 << 10))

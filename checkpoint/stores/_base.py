@@ -29,12 +29,13 @@ errors are translated into :mod:`checkpoint.errors` types.
 
 from __future__ import annotations
 
-import mmap
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+import numpy as np
 
 from ..errors import InvalidId
 
@@ -69,6 +70,10 @@ class BlobStore(ABC):
     #: bytes/s one stream moves to or from the store, as the ``auto`` compression
     #: weighs it (None: unknown; then only the bytes a compression saves count)
     bandwidth: float | None = None
+    #: parts of one link a restore fetches ahead of its decoder: enough to keep the
+    #: cores busy while the store answers, few enough that a restore holds little
+    #: besides the state (a store that answers at memory speed needs fewer)
+    read_ahead: int = 4
 
     @abstractmethod
     def put(self, key: str, data: bytes) -> None:
@@ -82,12 +87,13 @@ class BlobStore(ABC):
     def get(self, key: str) -> bytes:
         """Return the blob; :class:`BlobNotFound` if missing."""
 
-    def get_buffer(self, key: str) -> bytes | mmap.mmap:
-        """The blob as a read-only buffer; :class:`BlobNotFound` if missing.
+    def get_buffer(self, key: str) -> bytes | np.ndarray:
+        """The blob as a buffer; :class:`BlobNotFound` if missing.
 
-        For a reader that copies the bytes out and drops the buffer (a
-        restore decoding numeric parts): a store may map the blob instead of
-        copying it (:class:`FsStore` maps the file). The default is ``get``.
+        For a reader that copies the bytes out and then gives the buffer back
+        (a restore decoding numeric parts: ``_memory.READS.give``): a store may
+        read the blob into a reused buffer instead of a new ``bytes``
+        (:class:`FsStore` does). The default is ``get``.
         """
         return self.get(key)
 

@@ -10,7 +10,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from checkpoint import CheckpointManager, _libzstd, _plan
+from checkpoint import CheckpointManager, _libzstd, _memory, _plan
 from checkpoint._compress import encode_planes, planes_into
 from checkpoint.errors import CorruptCheckpoint
 
@@ -130,9 +130,9 @@ def test_scratch_buffers_are_reused_then_released():
     assert bigger.__array_interface__["data"][0] != address
     _libzstd.give(again)
     _libzstd.give(bigger)
-    assert len(_libzstd._scratch) == min(2, _libzstd._SCRATCH_KEPT)
+    assert _libzstd.SCRATCH.kept_count() == min(2, _libzstd._SCRATCH_KEPT)
     _libzstd.release()
-    assert _libzstd._scratch == []
+    assert _libzstd.SCRATCH.kept_count() == 0
 
 
 def test_a_large_request_gets_a_buffer_every_later_request_fits():
@@ -148,7 +148,7 @@ def test_a_large_request_gets_a_buffer_every_later_request_fits():
         again = _libzstd.take(size)
         assert again.__array_interface__["data"][0] == address
         _libzstd.give(again)
-    assert len(_libzstd._scratch) == 1
+    assert _libzstd.SCRATCH.kept_count() == 1
     _libzstd.release()
 
 
@@ -176,5 +176,5 @@ def test_a_restore_keeps_no_scratch_buffer(tmp_path):
     restored = manager.restore("job", "task", max_age=None)
     assert restored is not None and len(restored.chain) == 2
     assert np.array_equal(restored.state["w"], state["w"])
-    assert _libzstd._scratch == []
+    assert _libzstd.SCRATCH.kept_count() == 0 and _memory.READS.kept_count() == 0
     manager.close()

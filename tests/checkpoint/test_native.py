@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from checkpoint import _native
+from checkpoint import CheckpointManager, _memory, _native
 from checkpoint._compress import encode_planes, planes_into, shuffle, unshuffle_into
 from checkpoint.errors import BlobNotFound
 from checkpoint.stores import FsStore
@@ -181,14 +181,68 @@ def test_numpy_fallback_encodes_and_decodes_the_same_bytes():
     assert len({runs["0"][k] for k in ("2", "4", "8")}) == 3   # three different results, not one
 
 
-def test_fs_get_buffer_maps_the_blob(tmp_path):
+def test_fs_get_buffer_reads_large_blobs_into_reused_buffers(tmp_path):
     store = FsStore(tmp_path)
-    payload = os.urandom(3 << 20) + b"tail"
-    store.put("a/b", payload)
+    big, other = os.urandom(3 << 20) + b"tail", os.urandom(2 << 20)
+    store.put("a/b", big)
+    store.put("a/c", other)
+    store.put("a/small", b"x" * 1000)
     store.put("a/empty", b"")
-    mapped = store.get_buffer("a/b")
-    assert len(mapped) == len(payload)
-    assert hashlib.sha256(mapped).digest() == hashlib.sha256(payload).digest()
+    _memory.READS.release()
+    first = store.get_buffer("a/b")
+    assert isinstance(first, np.ndarray) and first.tobytes() == big
+    assert hashlib.sha256(first).digest() == hashlib.sha256(big).digest()
+    held = store.get_buffer("a/c")               # not given back: never reused under its holder
+    assert held.tobytes() == other and not np.shares_memory(held, first)
+    address = first.__array_interface__["data"][0]
+    _memory.READS.give(first)
+    again = store.get_buffer("a/c")              # the buffer given back holds the next read
+    assert again.__array_interface__["data"][0] == address and again.tobytes() == other
+    assert held.tobytes() == other
+    assert type(store.get_buffer("a/small")) is bytes   # below READ_FROM: plain bytes
     assert bytes(store.get_buffer("a/empty")) == b""
     with pytest.raises(BlobNotFound):
         store.get_buffer("a/missing")
+    _memory.READS.release()
+    assert _memory.READS.kept_count() == 0
+
+
+def test_scratch_takes_back_only_its_own_buffers():
+    scratch = _memory.Scratch(kept=2, whole_from=1 << 20, whole=4 << 20)
+    foreign = np.zeros(8 << 20, dtype=np.uint8)
+    scratch.give(foreign)                        # a caller's own array is never handed out
+    scratch.give(foreign[:100])
+    scratch.give(b"bytes")
+    assert scratch.kept_count() == 0
+    taken = scratch.take(1 << 20)
+    assert taken.nbytes == 1 << 20 and taken.base.nbytes == 4 << 20   # a whole buffer
+    small = scratch.take(1000)
+    assert small.base is None or small.base.nbytes == 1000
+    scratch.give(taken[10:20])                   # any view of it brings the whole buffer back
+    scratch.give(taken)                          # twice: kept once
+    assert scratch.kept_count() == 1
+    assert scratch.take(3 << 20).base is taken.base
+    assert scratch.made == 2
+
+
+def test_a_restore_reuses_its_read_buffers(tmp_path):
+    """Each numeric part read from the directory goes back to ``READS`` once decoded,
+    so a chain of many parts is read through a few buffers, all dropped at the end."""
+    manager = CheckpointManager.from_urls(f"sqlite:///{tmp_path}/c.db", f"file://{tmp_path}/blobs")
+    writer = manager.open_attempt("job", "task", max_age=None).writer
+    writer._plan = lambda head: "base" if head is None else "delta"
+    rng = np.random.default_rng(3)
+    state = {"w": rng.standard_normal(12 << 20).astype(np.float32)}   # 48 MiB: 3 parts a link
+    for _ in range(4):
+        writer.save(writer.capture(state))
+        state["w"] += rng.standard_normal(state["w"].size).astype(np.float32) * 1e-3
+    writer.save(writer.capture(state))
+    manager.close()
+    manager = CheckpointManager.from_urls(f"sqlite:///{tmp_path}/c.db", f"file://{tmp_path}/blobs")
+    made = _memory.READS.made
+    restored = manager.restore("job", "task", max_age=None)
+    assert restored is not None and len(restored.chain) == 5
+    assert np.array_equal(restored.state["w"], state["w"])
+    assert 1 <= _memory.READS.made - made < 5 * 3   # 15 parts read; fewer buffers made
+    assert _memory.READS.kept_count() == 0
+    manager.close()
