@@ -173,8 +173,8 @@ class FsStore(BlobStore):
             got = 0
             while got < size:
                 n = os.preadv(fd, [buffer[got:].data], got)
-                if n <= 0:
-                    raise StorageUnavailable(f"CheckpointManager: {path} ended at {got} of {size} bytes")
+                if n <= 0:   # cut while read: what was read fails the caller's size check
+                    return buffer[:got]
                 got += n
             return buffer
         except OSError as exc:
