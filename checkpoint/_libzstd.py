@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _memory, _native
+from . import _memory, _native, _pools
 from .errors import CorruptCheckpoint
 
 __all__ = ["available", "decompress_into", "give", "release", "take"]
@@ -46,7 +46,7 @@ _MIN_VERSION = 10400
 _IGNORE_CHECKSUM = 1002
 _IGNORE_FROM, _IGNORE_BEFORE = 10407, 10600
 # As many buffers are kept as decode threads run (the restore pool's width).
-_SCRATCH_KEPT = min(8, os.cpu_count() or 1)
+_SCRATCH_KEPT = _pools.CORE_THREADS
 # Requests from this size on get a buffer of a whole part (``_plan.CHUNK``), which
 # fits every later request of the restore: the planes of large leaves come in
 # several sizes (1 to 4 compressed planes of a 16 MiB chunk), and buffers made

@@ -22,11 +22,12 @@ them from a ``Scratch``: ``take``, ``give`` back, ``release`` at its end.
 from __future__ import annotations
 
 import mmap
-import os
 import threading
 import weakref
 
 import numpy as np
+
+from . import _pools
 
 __all__ = ["MMAP_FROM", "READS", "Scratch", "empty"]
 
@@ -112,4 +113,4 @@ class Scratch:
 # (``FsStore.get_buffer``) while a restore decodes them: the fetch window
 # (``BlobStore.read_ahead``, at most 4) ahead of as many decode threads as cores,
 # and one more. A part holds at most ``_plan.CHUNK`` (16 MiB) raw bytes and its header.
-READS = Scratch(kept=4 + min(8, os.cpu_count() or 1) + 1, whole_from=MMAP_FROM, whole=(16 << 20) + (64 << 10))
+READS = Scratch(kept=4 + _pools.CORE_THREADS + 1, whole_from=MMAP_FROM, whole=(16 << 20) + (64 << 10))

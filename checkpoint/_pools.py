@@ -25,12 +25,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 __all__ = [
-    "BACKGROUND_NICE", "FETCH_THREADS", "codec_pool", "copy_helpers", "fetch_pool", "lower_thread_priority", "pmap",
+    "BACKGROUND_NICE", "CORE_THREADS", "FETCH_THREADS", "codec_pool", "copy_helpers", "fetch_pool", "lower_thread_priority", "pmap",
     "restore_pool", "width",
 ]
 
 BACKGROUND_NICE = 10
 FETCH_THREADS = 8
+#: threads of the codec and restore pools: one per core, at most 8
+CORE_THREADS = min(8, os.cpu_count() or 1)
 _executor: ThreadPoolExecutor | None = None
 _restore: ThreadPoolExecutor | None = None
 _fetch: ThreadPoolExecutor | None = None
@@ -57,7 +59,7 @@ def codec_pool() -> ThreadPoolExecutor:
     """The shared pool that encodes and decodes parts (background priority)."""
     global _executor
     if _executor is None:
-        _executor = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1),
+        _executor = ThreadPoolExecutor(max_workers=CORE_THREADS,
                                        thread_name_prefix="ckpt-codec",
                                        initializer=lower_thread_priority)
     return _executor
@@ -68,7 +70,7 @@ def restore_pool() -> ThreadPoolExecutor:
     global _restore
     with _helpers_lock:
         if _restore is None:
-            _restore = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1),
+            _restore = ThreadPoolExecutor(max_workers=CORE_THREADS,
                                           thread_name_prefix="ckpt-decode")
         return _restore
 
