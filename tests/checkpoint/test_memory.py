@@ -28,3 +28,20 @@ def test_large_buffers_are_independent_and_outlive_the_first_array():
     gc.collect()
     assert tail.tolist() == [0x0101] * 5          # the mapping lives as long as a view of it
     assert int(b.sum()) == 2 * (3 << 20)
+
+
+def _resident_kb() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not _memory._POPULATE, reason="populated mappings are made on Linux only")
+def test_large_buffers_are_resident_as_soon_as_they_are_made():
+    before = _resident_kb()
+    buf = _memory.empty(64 << 20)
+    grown = _resident_kb() - before
+    assert grown >= (64 << 20) // 1024 * 9 // 10, f"only {grown} KiB of 64 MiB resident"
+    buf[::4096] = 1   # writing them faults in nothing more
+    assert int(buf.sum()) == (64 << 20) // 4096
