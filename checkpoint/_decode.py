@@ -317,7 +317,10 @@ class _ArrayStep:
             self.data = np.frombuffer(self.ref, dtype=np.uint8)   # no copy: the inline bytes are the leaf
             return []
         assert old is not None or self.op is Op.FULL
-        dst = old if in_place and old is not None else _memory.empty(n)
+        # A new buffer for chunks is populated by the task that writes each chunk (on
+        # the decode threads, at once), not here before any task can start.
+        lazy = not in_place and self.op is not Op.ROWS and not isinstance(self.ref, bytes)
+        dst = old if in_place and old is not None else _memory.empty(n, populate=not lazy)
         self.data, self.in_place = dst, dst is old
         if self.op is Op.ROWS:
             assert old is not None and self.rows is not None
@@ -329,7 +332,7 @@ class _ArrayStep:
             return [functools.partial(_compress.unshuffle_into, dst, np.frombuffer(self.ref, np.uint8), 1,
                                       xor_with=base)]
         return [functools.partial(_chunk_into, reader, number, dst[o:o + size], itemsize,
-                                  None if base is None else base[o:o + size])
+                                  None if base is None else base[o:o + size], lazy)
                 for o, number, size in chunks]
 
     def _xor_rows(self, reader: _Parts) -> None:
@@ -345,7 +348,10 @@ class _ArrayStep:
         return Leaf(self.path, ARRAY, self.meta, self.data)
 
 
-def _chunk_into(reader: _Parts, number: int, dst: np.ndarray, itemsize: int, base: np.ndarray | None) -> None:
+def _chunk_into(reader: _Parts, number: int, dst: np.ndarray, itemsize: int, base: np.ndarray | None,
+                populate: bool) -> None:
+    if populate:
+        _memory.populate(dst)
     reader.into(number, dst, itemsize, base)
 
 

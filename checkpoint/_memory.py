@@ -38,7 +38,7 @@ import numpy as np
 
 from . import _pools
 
-__all__ = ["MMAP_FROM", "READS", "Scratch", "empty"]
+__all__ = ["MMAP_FROM", "READS", "Scratch", "empty", "populate"]
 
 MMAP_FROM = 1024 * 1024
 _FLAGS = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
@@ -64,34 +64,70 @@ def _madvise() -> ctypes._CFuncPtr | None:
         return _madvise_fn[0]
 
 
-def _populated(nbytes: int) -> mmap.mmap:
-    """An anonymous private mapping of ``nbytes``, its pages populated (without the GIL where the kernel can)."""
+def _populate(region: mmap.mmap | np.ndarray, nbytes: int) -> bool:
+    """Populate the pages of the first ``nbytes`` of ``region`` with madvise; False where the
+    kernel cannot (older than 5.14: ``MAP_POPULATE`` from then on). Raises OSError (e.g. ENOMEM)."""
     fn = _madvise()
-    if fn is not None:
-        region = mmap.mmap(-1, nbytes, flags=_FLAGS)
+    if fn is None:
+        return False
+    if isinstance(region, np.ndarray):
+        address = int(region.__array_interface__["data"][0])
+    else:
         address = ctypes.addressof(ctypes.c_char.from_buffer(region))
-        if fn(address, nbytes, _POPULATE_WRITE) == 0:
-            return region
-        if ctypes.get_errno() != errno.EINVAL:   # e.g. ENOMEM: as MAP_POPULATE would have
+    start = address - address % mmap.PAGESIZE
+    if fn(start, address + nbytes - start, _POPULATE_WRITE) == 0:
+        return True
+    if ctypes.get_errno() != errno.EINVAL:   # e.g. ENOMEM: as MAP_POPULATE would have
+        raise OSError(ctypes.get_errno(), "madvise(MADV_POPULATE_WRITE) failed")
+    with _madvise_lock:
+        _madvise_fn[0] = None
+    return False
+
+
+def _mapping(nbytes: int, populate: bool) -> mmap.mmap:
+    """An anonymous private mapping of ``nbytes``: populated (without the GIL where the
+    kernel can), or left for ``populate`` where madvise can populate it later."""
+    if _madvise() is not None:
+        region = mmap.mmap(-1, nbytes, flags=_FLAGS)
+        try:
+            if not populate or _populate(region, nbytes):
+                return region
+        except OSError:
             region.close()
-            raise OSError(ctypes.get_errno(), "madvise(MADV_POPULATE_WRITE) failed")
-        with _madvise_lock:   # a kernel older than 5.14: MAP_POPULATE from now on
-            _madvise_fn[0] = None
+            raise
         region.close()
     return mmap.mmap(-1, nbytes, flags=_FLAGS | _POPULATE)
 
 
-def empty(nbytes: int) -> np.ndarray:
+def populate(view: np.ndarray) -> None:
+    """Make the pages under ``view`` (a flat slice of a buffer ``empty(..., populate=False)``
+    made) resident now, without the GIL; nothing where they are already, or off Linux.
+
+    For decode threads that each fill their own part of a large buffer: the
+    kernel zeroes each thread's pages on that thread, instead of the thread
+    that made the buffer zeroing all of them before any can be written.
+    """
+    if view.nbytes < MMAP_FROM:
+        return
+    try:
+        _populate(view, view.nbytes)
+    except OSError:   # the writes will fault the pages in
+        pass
+
+
+def empty(nbytes: int, *, populate: bool = True) -> np.ndarray:
     """A writable flat ``uint8`` array of ``nbytes`` (contents undefined).
 
     Large ones are anonymous private mappings, populated at once where the
     platform allows; the array keeps its mapping alive and the mapping is
-    unmapped when the last view of it goes away.
+    unmapped when the last view of it goes away. ``populate=False``: its
+    writers populate their slices themselves (``populate``), where the kernel
+    can; elsewhere it is populated at once all the same.
     """
     if nbytes < MMAP_FROM or not _POPULATE:
         return np.empty(nbytes, dtype=np.uint8)
     try:
-        region = _populated(nbytes)
+        region = _mapping(nbytes, populate)
     except OSError:  # e.g. a locked-memory or overcommit limit: let malloc decide
         return np.empty(nbytes, dtype=np.uint8)
     return np.frombuffer(region, dtype=np.uint8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -84,9 +85,9 @@ def count_allocations(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     made: list[int] = []
     real = _memory.empty
 
-    def empty(nbytes: int) -> np.ndarray:
+    def empty(nbytes: int, **how: Any) -> np.ndarray:
         made.append(nbytes)
-        return real(nbytes)
+        return real(nbytes, **how)
 
     monkeypatch.setattr(_memory, "empty", empty)
     return made

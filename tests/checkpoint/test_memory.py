@@ -45,3 +45,18 @@ def test_large_buffers_are_resident_as_soon_as_they_are_made():
     assert grown >= (64 << 20) // 1024 * 9 // 10, f"only {grown} KiB of 64 MiB resident"
     buf[::4096] = 1   # writing them faults in nothing more
     assert int(buf.sum()) == (64 << 20) // 4096
+
+
+@pytest.mark.skipif(not _memory._POPULATE, reason="populated mappings are made on Linux only")
+def test_a_lazy_buffer_is_populated_slice_by_slice_by_its_writers():
+    before = _resident_kb()
+    buf = _memory.empty(64 << 20, populate=False)
+    lazy = _memory._madvise() is not None   # else populated at once all the same
+    grown = _resident_kb() - before
+    assert grown < (8 << 20) // 1024 if lazy else grown >= (64 << 20) // 1024 * 9 // 10
+    _memory.populate(buf[5:(16 << 20) + 5])   # not page-aligned: the pages under it
+    grown = _resident_kb() - before
+    if lazy:
+        assert (16 << 20) // 1024 <= grown < (24 << 20) // 1024, grown
+    buf[:] = 3
+    assert int(buf[(16 << 20):].sum()) == 3 * (48 << 20)
