@@ -14,7 +14,12 @@ The pages are populated with ``madvise(MADV_POPULATE_WRITE)`` (Linux 5.14 and
 later), called through ctypes, which releases the GIL: ``mmap.mmap`` holds it
 for the whole call, and with ``MAP_POPULATE`` that is the kernel zeroing every
 page (0.2 s for 400 MB here), while the restore's decode threads wait for the
-GIL between their calls. Older kernels get ``MAP_POPULATE``.
+GIL between their calls. Older kernels get ``MAP_POPULATE``. A restore's
+new leaf buffers are made unpopulated (``empty(n, populate=False)``) and each
+decode thread populates the chunk it is about to write (``populate``): the
+zeroing is spread over the decode threads instead of done by the thread that
+makes the buffers before any chunk can be written (a 403 MB base restored in
+0.237 s instead of 0.347 s).
 
 Buffers below ``MMAP_FROM`` come from numpy (malloc); so do all buffers where
 ``mmap`` lacks these flags (not Linux).
