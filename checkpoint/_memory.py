@@ -38,6 +38,7 @@ import mmap
 import platform
 import threading
 import weakref
+from typing import Any
 
 import numpy as np
 
@@ -51,10 +52,10 @@ _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 # MADV_POPULATE_WRITE in Linux's generic mman-common.h (the value on these machines).
 _POPULATE_WRITE = 23 if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64") else 0
 _madvise_lock = threading.Lock()
-_madvise_fn: list[ctypes._CFuncPtr | None] = []
+_madvise_fn: list[Any] = []   # [libc madvise or None], once looked up
 
 
-def _madvise() -> ctypes._CFuncPtr | None:
+def _madvise() -> Any:
     """libc's ``madvise`` (ctypes: called without the GIL), or None off Linux or once it failed."""
     with _madvise_lock:
         if not _madvise_fn:
