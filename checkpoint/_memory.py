@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _pools
+from . import _native, _pools
 
 __all__ = ["MMAP_FROM", "READS", "Scratch", "empty", "populate"]
 
@@ -51,52 +51,51 @@ _FLAGS = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 # MADV_POPULATE_WRITE in Linux's generic mman-common.h (the value on these machines).
 _POPULATE_WRITE = 23 if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64") else 0
-_madvise_lock = threading.Lock()
-_madvise_fn: list[Any] = []   # [libc madvise or None], once looked up
 
 
-def _madvise() -> Any:
-    """libc's ``madvise`` (ctypes: called without the GIL), or None off Linux or once it failed."""
-    with _madvise_lock:
-        if not _madvise_fn:
-            fn = None
-            if _POPULATE and _POPULATE_WRITE:
-                try:
-                    fn = ctypes.CDLL(None, use_errno=True).madvise
-                    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
-                except (OSError, AttributeError):
-                    fn = None
-            _madvise_fn.append(fn)
-        return _madvise_fn[0]
+def _load_madvise() -> Any:
+    """libc's ``madvise`` (ctypes: called without the GIL), or None off Linux."""
+    if not (_POPULATE and _POPULATE_WRITE):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    return fn
 
 
-def _populate(region: mmap.mmap | np.ndarray, nbytes: int) -> bool:
-    """Populate the pages of the first ``nbytes`` of ``region`` with madvise; False where the
-    kernel cannot (older than 5.14: ``MAP_POPULATE`` from then on). Raises OSError (e.g. ENOMEM)."""
-    fn = _madvise()
-    if fn is None:
+_madvise = _native.once(_load_madvise)
+_kernel_populates = True   # False once madvise said EINVAL (a kernel older than 5.14)
+
+
+def _can_populate() -> bool:
+    return _kernel_populates and _madvise() is not None
+
+
+def _populate(address: int, nbytes: int) -> bool:
+    """Populate the pages under ``nbytes`` bytes at ``address`` with madvise; False where the
+    kernel cannot (``MAP_POPULATE`` from then on). Raises OSError (e.g. ENOMEM)."""
+    global _kernel_populates
+    if not _can_populate():
         return False
-    if isinstance(region, np.ndarray):
-        address = int(region.__array_interface__["data"][0])
-    else:
-        address = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    madvise: Any = _madvise()   # a libc function, which once() types as a library
     start = address - address % mmap.PAGESIZE
-    if fn(start, address + nbytes - start, _POPULATE_WRITE) == 0:
+    if madvise(start, address + nbytes - start, _POPULATE_WRITE) == 0:
         return True
     if ctypes.get_errno() != errno.EINVAL:   # e.g. ENOMEM: as MAP_POPULATE would have
         raise OSError(ctypes.get_errno(), "madvise(MADV_POPULATE_WRITE) failed")
-    with _madvise_lock:
-        _madvise_fn[0] = None
+    _kernel_populates = False
     return False
 
 
 def _mapping(nbytes: int, populate: bool) -> mmap.mmap:
     """An anonymous private mapping of ``nbytes``: populated (without the GIL where the
     kernel can), or left for ``populate`` where madvise can populate it later."""
-    if _madvise() is not None:
+    if _can_populate():
         region = mmap.mmap(-1, nbytes, flags=_FLAGS)
         try:
-            if not populate or _populate(region, nbytes):
+            if not populate or _populate(ctypes.addressof(ctypes.c_char.from_buffer(region)), nbytes):
                 return region
         except OSError:
             region.close()
@@ -116,7 +115,7 @@ def populate(view: np.ndarray) -> None:
     if view.nbytes < MMAP_FROM:
         return
     try:
-        _populate(view, view.nbytes)
+        _populate(_native._address(view), view.nbytes)
     except OSError:   # the writes will fault the pages in
         pass
 
