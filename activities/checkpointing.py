@@ -52,6 +52,7 @@ from checkpoint.errors import (
     CheckpointError,
     Fenced,
     MemoryBudgetExceeded,
+    StaleCapture,
     StorageFull,
 )
 from sdk._task import CheckpointSession, TaskContext
@@ -385,6 +386,12 @@ class TaskCheckpointSession(CheckpointSession):
             log.warning("CheckpointHandler: task %s attempt %d is fenced, a newer attempt owns "
                         "it; no further checkpoints from this attempt: %s", self.ctx.task_id,
                         self.ctx.attempt, exc)
+        except StaleCapture as exc:
+            # The tensors named are copied from now on: capture again at the next call.
+            self.observer.skipped("stale_capture")
+            self._forced.set()
+            log.warning("CheckpointHandler: task %s checkpoint not stored (%s); capturing again "
+                        "at the next call", self.ctx.task_id, exc)
         except CheckpointError as exc:
             self.observer.skipped("storage_full" if isinstance(exc, StorageFull) else "storage_error")
             log.warning("CheckpointHandler: task %s checkpoint not stored (%s); trying again at "

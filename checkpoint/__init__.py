@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) of what __getattr__ loads
     from .errors import Fenced as Fenced
     from .errors import InvalidId as InvalidId
     from .errors import MemoryBudgetExceeded as MemoryBudgetExceeded
+    from .errors import StaleCapture as StaleCapture
     from .errors import StaleCheckpoint as StaleCheckpoint
     from .errors import StorageError as StorageError
     from .errors import StorageFull as StorageFull
@@ -65,7 +66,7 @@ _LOCATIONS = {
     **{name: ".errors" for name in (
         "BlobExists", "BlobNotFound", "CaptureError", "CatalogMismatch", "CheckpointError",
         "CorruptCheckpoint",
-        "Fenced", "InvalidId", "MemoryBudgetExceeded", "StaleCheckpoint", "StorageError",
+        "Fenced", "InvalidId", "MemoryBudgetExceeded", "StaleCapture", "StaleCheckpoint", "StorageError",
         "StorageFull", "StorageUnavailable")},
 }
 

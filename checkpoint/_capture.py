@@ -5,10 +5,20 @@ flatten, size the array leaves, check the budget, pickle the generic leaves,
 check again, then copy the arrays (CUDA copies are asynchronous into pinned
 buffers, with one synchronize at the end; host copies are shared leaf by leaf
 between this thread and helper threads on the other cores).
+
+A tensor whose version counter says it is unchanged is not copied: its
+previous buffer is shared. The counter misses writes through ``.data``, a
+numpy view or an extension's pointer (an EMA updated through ``.data``, an
+8-bit optimizer's kernel), so it is checked twice: in the pause a spot check
+(one byte in 4093) against the shared buffer, and before the writer commits
+(``verify``) every byte. A leaf found different either way is distrusted: it
+is copied at every capture of its pool from then on; a snapshot failing
+``verify`` is not stored (``StaleCapture``), and the next capture is exact.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -18,9 +28,11 @@ from . import _memory, _pools, codecs
 from ._flatten import flatten
 from ._snapshot import ARRAY, Leaf, Snapshot
 from .codecs import ArrayCodec, generic
-from .errors import CaptureError, MemoryBudgetExceeded
+from .errors import CaptureError, MemoryBudgetExceeded, StaleCapture
 
-__all__ = ["BufferPool", "buffer_plan", "capture"]
+__all__ = ["BufferPool", "buffer_plan", "capture", "verify"]
+
+log = logging.getLogger("checkpoint")
 
 _FREE_PER_KEY = 2
 
@@ -48,6 +60,8 @@ class BufferPool:
         self._lock = threading.Lock()
         self._free: dict[tuple[Any, ...], list[_Buffer]] = {}
         self._live: dict[int, _Buffer] = {}   # id(array) -> buffer
+        # leaf paths whose change counter missed a write: always copied
+        self.distrusted: set[str] = set()
 
     def acquire(self, key: tuple[Any, ...], nbytes: int, pinned: bool) -> _Buffer:
         with self._lock:
@@ -67,6 +81,16 @@ class BufferPool:
         else:
             holder, array = None, _memory.empty(nbytes)
         return _Buffer(key, array, holder)
+
+    def distrust(self, path: str, seen: str) -> None:
+        """Copy the leaf at ``path`` at every capture from now on (its change counter missed a write)."""
+        with self._lock:
+            if path in self.distrusted:
+                return
+            self.distrusted.add(path)
+        log.warning("checkpoint: tensor %r changed without its version counter (%s; written "
+                    "through .data, a numpy view or an extension?): it is copied at every "
+                    "capture from now on", path, seen)
 
     def retain(self, array: np.ndarray) -> None:
         with self._lock:
@@ -269,12 +293,16 @@ def _copy_arrays(
             old = before.get(path)
             pinned = codec.needs_pinned(obj)
             key = (path, meta["nbytes"], pinned)
-            if old is not None and _reusable(old, meta) and codec.unchanged(obj, old.token):
-                pool.retain(old.data)
-                idle.append(key)
-                taken.append(old.data)
-                out[path] = Leaf(path, ARRAY, meta, old.data, unchanged=True, token=token)
-                continue
+            if (old is not None and path not in pool.distrusted and _reusable(old, meta)
+                    and codec.unchanged(obj, old.token)):
+                if not codec.differs(obj, old.data, quick=True):
+                    pool.retain(old.data)
+                    idle.append(key)
+                    taken.append(old.data)
+                    out[path] = Leaf(path, ARRAY, meta, old.data, unchanged=True, token=token,
+                                     source=obj)
+                    continue
+                pool.distrust(path, "seen by the capture's spot check")
             buf = pool.acquire(key, meta["nbytes"], pinned)
             taken.append(buf.array)
             copies.append((path, codec, obj, buf.holder if buf.holder is not None else buf.array, pinned))
@@ -287,6 +315,34 @@ def _copy_arrays(
         raise
     pool.trim(idle)
     return out
+
+
+def verify(snapshot: Snapshot, pool: BufferPool) -> None:
+    """Compare every byte of the leaves ``capture`` skipped unread with the buffers they share.
+
+    Run before the snapshot is stored (the writer does), while the task goes
+    on. A difference while the counter still has not moved means the leaf was
+    written without it, before the capture (the buffer is stale) or after it:
+    its path is distrusted. A difference after the counter moved may be a
+    plain write made since the capture: it cannot be told from a stale buffer,
+    so the snapshot is refused either way (once, needlessly, in that case).
+    Each leaf is compared once (the live objects are dropped).
+
+    Raises:
+        StaleCapture: naming the leaves that differ; nothing may be stored.
+    """
+    stale = []
+    for leaf in snapshot.leaves:
+        source, leaf.source = leaf.source, None
+        if source is None:
+            continue
+        codec = codecs.codec_for(leaf.meta["fw"])
+        if codec.differs(source, leaf.data):
+            if codec.unchanged(source, leaf.token):
+                pool.distrust(leaf.path, "seen before the commit")
+            stale.append(leaf.path)
+    if stale:
+        raise StaleCapture(stale)
 
 
 def _copy_one(job: _Copy) -> None:

@@ -18,7 +18,7 @@ from ._flatten import TreeDef, inflate
 from .codecs import codec_for, generic
 from .errors import CorruptCheckpoint
 
-__all__ = ["ARRAY", "BufferOwner", "Leaf", "Snapshot", "snapshots_equal"]
+__all__ = ["ARRAY", "BufferOwner", "Leaf", "Snapshot", "bytes_differ", "snapshots_equal"]
 
 ARRAY = "array"
 
@@ -37,6 +37,8 @@ class Leaf:
     data: Any
     unchanged: bool = False   # capture knew it equals the previous snapshot's leaf
     token: Any = None         # codec's change-tracking token (torch version counter)
+    # an unchanged leaf's live object, until the writer compared its bytes (``_capture.verify``)
+    source: Any = field(default=None, repr=False)
 
     @property
     def nbytes(self) -> int:
@@ -86,6 +88,19 @@ def bytes_equal(a: np.ndarray, b: np.ndarray, block: int = 1024 * 1024) -> bool:
         return a.nbytes == 0 or _memcmp(a.ctypes.data, b.ctypes.data, a.nbytes) == 0
     a, b = a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8)
     return all(a[i:i + block].tobytes() == b[i:i + block].tobytes() for i in range(0, a.nbytes, block))
+
+
+SPOT_STRIDE = 4093   # bytes_differ(quick=True) reads one byte in this many (a prime: every byte lane)
+
+
+def bytes_differ(live: np.ndarray, kept: np.ndarray, *, quick: bool = False) -> bool:
+    """Whether ``live`` differs from ``kept`` (both flat ``uint8``): every byte, or with
+    ``quick`` one byte in ``SPOT_STRIDE`` (False then means no difference was seen)."""
+    if live.nbytes != kept.nbytes:
+        return True
+    if quick:
+        return not np.array_equal(live[::SPOT_STRIDE], kept[::SPOT_STRIDE])
+    return not bytes_equal(live, kept)
 
 
 class BufferOwner(Protocol):

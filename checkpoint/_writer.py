@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ._capture import BufferPool, buffer_plan, capture
+from ._capture import BufferPool, buffer_plan, capture, verify
 from ._chain import ChainStore
 from ._compress import compress
 from ._delta import EncodedPart, LinkRef
@@ -135,10 +135,12 @@ class TaskWriter:
 
         Raises Fenced when a newer attempt owns the task (nothing written by
         this save stays visible), StorageError / StorageUnavailable when a
-        store or the catalog fails. A save whose row committed is never
-        reported as failed. After a failure the next save is still encoded
-        against the last committed snapshot.
+        store or the catalog fails, StaleCapture (nothing written) when a
+        tensor the capture skipped as unchanged holds other bytes now. A save
+        whose row committed is never reported as failed. After a failure the
+        next save is still encoded against the last committed snapshot.
         """
+        verify(snapshot, self.pool)
         with self._lock:
             head = self._head
             kind = self._plan(head)

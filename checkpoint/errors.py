@@ -4,7 +4,8 @@ Hierarchy::
 
     CheckpointError
     ├── CaptureError            state could not be captured (e.g. unpicklable leaf)
-    │   └── MemoryBudgetExceeded  state larger than the configured memory budget
+    │   ├── MemoryBudgetExceeded  state larger than the configured memory budget
+    │   └── StaleCapture        a tensor skipped as unchanged had changed: nothing stored
     ├── StorageError            a blob store or the catalog failed
     │   ├── StorageUnavailable  the backend cannot be reached right now (retry later)
     │   │   └── StorageFull     the store or the catalog has no space left
@@ -32,6 +33,7 @@ __all__ = [
     "Fenced",
     "InvalidId",
     "MemoryBudgetExceeded",
+    "StaleCapture",
     "StaleCheckpoint",
     "StorageError",
     "StorageFull",
@@ -50,6 +52,20 @@ class CaptureError(CheckpointError):
 
 class MemoryBudgetExceeded(CaptureError):
     """Capturing the state would need more memory than the budget allows."""
+
+
+class StaleCapture(CaptureError):
+    """A snapshot was refused before anything was stored: a tensor that capture skipped
+    unread, because its version counter had not moved, holds other bytes than the
+    buffer it would have been saved from (it was written through ``.data``, a numpy
+    view or an extension's pointer). Such tensors are copied at every capture of
+    the writer from then on, so the next capture is exact.
+    """
+
+    def __init__(self, paths: list[str]) -> None:
+        super().__init__(f"state changed without its version counter at {', '.join(map(repr, paths))}: "
+                         "snapshot not stored; these tensors are copied at every capture from now on")
+        self.paths = paths
 
 
 class StorageError(CheckpointError):

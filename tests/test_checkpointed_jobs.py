@@ -140,10 +140,11 @@ def assert_same_state(got: dict[str, Any], want: dict[str, Any]) -> None:
     for key in want:
         if isinstance(want[key], np.ndarray):
             assert got[key].tobytes() == want[key].tobytes()
-    if "model" in want:
-        assert got["model"].keys() == want["model"].keys()
-        for name, tensor in want["model"].items():
-            assert got["model"][name].numpy().tobytes() == tensor.numpy().tobytes(), name
+    for tree in ("model", "ema"):
+        if tree in want:
+            assert got[tree].keys() == want[tree].keys()
+            for name, tensor in want[tree].items():
+                assert got[tree][name].numpy().tobytes() == tensor.numpy().tobytes(), (tree, name)
 
 
 @pytest.mark.parametrize("variant", ["numpy", "torch", "torch_dropout"])
@@ -189,6 +190,15 @@ async def test_tensorflow_task_resumes_after_kill(settings: Settings, conn: sdk.
                                                   spawn: Any, tmp_path: Path) -> None:
     await _kill_once_and_compare(settings, spawn, tmp_path, ckpt_tasks.train_tf,
                                  ckpt_tasks.reference_tf, "kill-tf")
+
+
+async def test_torch_ema_through_data_resumes_after_kill(settings: Settings, conn: sdk.Connection,
+                                                         spawn: Any, tmp_path: Path) -> None:
+    """An EMA updated through ``.data`` (no version counter moves): its checkpointed
+    values must be the live ones, so the resumed run ends bit-identical."""
+    pytest.importorskip("torch")
+    await _kill_once_and_compare(settings, spawn, tmp_path, ckpt_tasks.train_torch_ema,
+                                 ckpt_tasks.reference_torch_ema, "kill-ema")
 
 
 async def _kill_once_and_compare(settings: Settings, spawn: Any, tmp_path: Path,

@@ -63,6 +63,7 @@ SKIP_REASONS = (
     "storage_error",  # store or catalog unavailable; tried again next interval
     "storage_full",  # no space left in the store or the catalog; deltas go on while they fit
     "coalesced",  # due while the previous checkpoint was still persisting (edge case 9)
+    "stale_capture",  # a tensor written past its version counter; captured again at the next call
     "error",
     "other",
 )

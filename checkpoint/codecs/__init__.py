@@ -60,7 +60,19 @@ class ArrayCodec(Protocol):
         ...
 
     def unchanged(self, obj: Any, token: Any) -> bool:
-        """True only when ``obj`` certainly still holds what ``token`` was taken of."""
+        """True when nothing that ``token`` tracks changed: ``obj`` was not written
+        through its framework since the token was taken (writes that bypass the
+        counter are caught by ``differs``)."""
+        ...
+
+    def differs(self, obj: Any, data: np.ndarray, *, quick: bool = False) -> bool:
+        """True when ``obj``'s bytes now differ from ``data`` (its flat ``uint8`` copy).
+
+        Asked of leaves that ``unchanged`` let capture skip unread. ``quick``: a
+        spot check cheap enough for the caller's pause (a sample of the bytes,
+        nothing that waits for a device); False then only means no difference
+        was seen. Without ``quick`` every byte is compared.
+        """
         ...
 
     def needs_pinned(self, obj: Any) -> bool:

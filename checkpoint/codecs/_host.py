@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import _memory
 
-__all__ = ["needs_pinned", "pinned_buffer", "synchronize", "unchanged", "version_token"]
+__all__ = ["differs", "needs_pinned", "pinned_buffer", "synchronize", "unchanged", "version_token"]
 
 
 def version_token(obj: Any) -> None:
@@ -22,6 +22,14 @@ def version_token(obj: Any) -> None:
 
 def unchanged(obj: Any, token: Any) -> bool:
     return False
+
+
+def differs(obj: Any, data: np.ndarray, *, quick: bool = False) -> bool:
+    """Whether the array's (or TensorFlow value's) bytes differ from ``data``."""
+    from .._snapshot import bytes_differ
+
+    value = np.ascontiguousarray(obj if isinstance(obj, np.ndarray) else obj.numpy())
+    return bytes_differ(value.reshape(-1).view(np.uint8), data[:value.nbytes], quick=quick)
 
 
 def needs_pinned(obj: Any) -> bool:

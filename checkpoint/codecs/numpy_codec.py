@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 
 from .. import _native
-from ._host import needs_pinned, pinned_buffer, synchronize, unchanged, version_token
+from ._host import differs, needs_pinned, pinned_buffer, synchronize, unchanged, version_token
 
 __all__ = [
-    "copy_into", "describe", "dtype_from_token", "dtype_token", "matches", "name",
+    "copy_into", "describe", "differs", "dtype_from_token", "dtype_token", "matches", "name",
     "needs_pinned", "pinned_buffer", "restore", "synchronize", "unchanged", "version_token",
 ]
 

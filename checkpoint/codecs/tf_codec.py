@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from ._host import needs_pinned, pinned_buffer, synchronize, unchanged, version_token
+from ._host import differs, needs_pinned, pinned_buffer, synchronize, unchanged, version_token
 
 __all__ = [
-    "copy_into", "describe", "matches", "name", "needs_pinned", "pinned_buffer",
+    "copy_into", "describe", "differs", "matches", "name", "needs_pinned", "pinned_buffer",
     "restore", "synchronize", "unchanged", "version_token",
 ]
 

@@ -8,7 +8,9 @@ memory; the caller synchronizes once after all copies (``synchronize``).
 Unchanged tensors are found without reading them: a tensor whose storage,
 layout and version counter (``t._version``) match the previous capture has not
 been written through autograd-visible in-place ops. Writes that bypass the
-counter (``t.data`` tricks, writes through a numpy view) are not seen.
+counter (through ``t.data``, a numpy view, an extension's raw pointer) are
+caught by ``differs``: a spot check in the capture, every byte before the
+writer commits (see ``_capture.verify``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from .. import _native
 
 __all__ = [
-    "copy_into", "describe", "matches", "name", "pinned_buffer", "restore",
+    "copy_into", "describe", "differs", "matches", "name", "pinned_buffer", "restore",
     "synchronize", "unchanged", "version_token",
 ]
 
@@ -63,14 +65,20 @@ def pinned_buffer(nbytes: int) -> tuple[torch.Tensor, np.ndarray]:
     return holder, holder.numpy()
 
 
-def copy_into(t: torch.Tensor, out: Any, *, non_blocking: bool = False) -> None:
-    if t.numel() == 0:
-        return
+def _values(t: torch.Tensor) -> torch.Tensor:
+    """``t`` detached, with lazy conjugation and negation applied (the bytes a capture stores)."""
     src = t.detach()
     if src.is_conj():
         src = src.resolve_conj()
     if src.is_neg():
         src = src.resolve_neg()
+    return src
+
+
+def copy_into(t: torch.Tensor, out: Any, *, non_blocking: bool = False) -> None:
+    if t.numel() == 0:
+        return
+    src = _values(t)
     nbytes = t.numel() * t.element_size()
     if isinstance(out, np.ndarray) and src.device.type == "cpu" and src.is_contiguous():
         # One copy on this thread (streaming stores when large: _native.copy):
@@ -82,6 +90,33 @@ def copy_into(t: torch.Tensor, out: Any, *, non_blocking: bool = False) -> None:
     # CUDA (into pinned memory, asynchronously) and strided tensors
     dst = out if isinstance(out, torch.Tensor) else torch.from_numpy(out)
     dst[:nbytes].view(t.dtype).view(t.shape).copy_(src, non_blocking=non_blocking)
+
+
+_COMPARE_CHUNK = 64 * 1024 * 1024   # device bytes brought to the host at a time by ``differs``
+
+
+def differs(t: torch.Tensor, data: np.ndarray, *, quick: bool = False) -> bool:
+    """Whether the tensor's bytes differ from ``data``.
+
+    ``quick`` samples host tensors in place and says False for device and
+    strided ones (reading those would wait for the device or copy the tensor
+    in the caller's pause). The full comparison brings device tensors to the
+    host 64 MiB at a time.
+    """
+    from .._snapshot import bytes_differ
+
+    src = _values(t)
+    nbytes = t.numel() * t.element_size()
+    if quick and (src.device.type != "cpu" or not src.is_contiguous()):
+        return False
+    flat = src.contiguous().reshape(-1).view(torch.uint8)
+    if src.device.type == "cpu":
+        return bytes_differ(flat.numpy(), data[:nbytes], quick=quick)
+    for start in range(0, nbytes, _COMPARE_CHUNK):
+        piece = flat[start:start + _COMPARE_CHUNK].cpu().numpy()
+        if bytes_differ(piece, data[start:start + piece.nbytes]):
+            return True
+    return False
 
 
 def synchronize() -> None:

@@ -396,3 +396,32 @@ def test_no_buffers_are_made_ahead_for_a_lazy_state_or_one_over_budget(tmp_path:
     assert calls == [] and s2._prepared is True
     assert s2._writer is not None and not s2._writer.pool._free
     finish(s2)
+
+
+def test_a_refused_stale_capture_is_taken_again_at_the_next_call(tmp_path: Path, caplog) -> None:
+    """A tensor written through ``.data`` in one element (past its version counter and the
+    capture's spot check) makes the writer refuse that snapshot; the session captures again
+    at the very next call, copying the tensor, and the next attempt restores it exactly."""
+    torch = pytest.importorskip("torch")
+    clock, manager = Clock(), make_manager(tmp_path)
+    s1 = open_session(manager, clock)
+    model = torch.nn.Linear(512, 512)
+    state = {"step": 1, "model": model}
+    clock.now += 11
+    assert s1.checkpoint(state) is True
+    wait_persisted(s1)
+    model.weight.data[3, 3] = 42.0
+    state["step"] = 2
+    clock.now += 11
+    assert s1.checkpoint(state) is True
+    assert s1.flush(timeout=30) is None                  # refused: nothing stored
+    assert s1.last_commit is not None and s1.last_commit.seq == 1
+    assert "checkpoint not stored" in caplog.text and "model/weight" in caplog.text
+    assert s1.checkpoint_due() is True                    # no interval to wait for
+    assert s1.checkpoint(state) is True
+    wait_persisted(s1)
+    assert s1.last_commit.seq == 2
+    finish(s1)
+    got = open_session(manager, clock, attempt=2).restore()
+    assert got["step"] == 2
+    assert torch.equal(got["model"]["weight"], model.weight)

@@ -115,7 +115,8 @@ def test_every_codec_implements_the_whole_array_codec_protocol(framework):
         pytest.importorskip("torch" if framework == "torch" else "tensorflow")
     members = {name for name, _ in inspect.getmembers(codecs.ArrayCodec) if not name.startswith("_")}
     members |= set(codecs.ArrayCodec.__annotations__)
-    assert {"version_token", "unchanged", "needs_pinned", "pinned_buffer", "synchronize"} <= members
+    assert {"version_token", "unchanged", "differs", "needs_pinned", "pinned_buffer",
+            "synchronize"} <= members
     codec = codecs.codec_for(framework)
     assert sorted(m for m in members if not hasattr(codec, m)) == []
 

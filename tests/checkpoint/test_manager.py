@@ -44,7 +44,7 @@ def test_public_api_is_pinned() -> None:
         "Attempt", "BlobExists", "BlobNotFound", "BlobView", "CaptureError", "CatalogMismatch",
         "ChainLinkView", "CheckpointError", "CheckpointManager", "CommitInfo", "CorruptCheckpoint",
         "Fenced", "FileCapture", "InvalidId", "ManagerConfig", "MemoryBudgetExceeded", "Restored",
-        "StaleCheckpoint", "StorageError", "StorageFull", "StorageUnavailable", "StorageView",
+        "StaleCapture", "StaleCheckpoint", "StorageError", "StorageFull", "StorageUnavailable", "StorageView",
         "TaskView", "TaskWriter", "create_engine_for", "lower_thread_priority", "upgrade_database"])
     for name in checkpoint.__all__:
         assert getattr(checkpoint, name) is not None

@@ -10,7 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from checkpoint._capture import BufferPool, capture
+from checkpoint import CheckpointManager, StaleCapture
+from checkpoint._capture import BufferPool, capture, verify
 from checkpoint._delta import decode, encode, snapshots_equal
 from checkpoint.codecs import torch_codec
 
@@ -124,6 +125,78 @@ def test_writes_through_version_counter_are_seen():
     second = capture({"t": tensor}, previous=first)
     assert second.leaves[0].unchanged is False
     assert second.to_state()["t"][10].item() == 3.0
+
+
+def test_writes_past_the_version_counter_are_copied(caplog):
+    """``.data`` and numpy-view writes leave ``_version`` alone: the capture's spot check
+    sees a whole-tensor write in the pause, copies the tensor, and copies it from then on."""
+    ema, live = torch.nn.Linear(256, 256), torch.nn.Linear(256, 256)
+    pool = BufferPool()
+    state = {"ema": ema, "live": live}
+    first = capture(state, pool=pool)
+    version = ema.weight._version
+    ema.weight.data.mul_(0.9).add_(live.weight.data, alpha=0.1)   # an EMA update through .data
+    ema.bias.detach().numpy()[:] += 1.0                            # a write through numpy
+    assert ema.weight._version == version
+    second = capture(state, previous=first, pool=pool)
+    assert [leaf.unchanged for leaf in second.leaves] == [False, False, True, True]
+    back = second.to_state()
+    assert torch.equal(back["ema"]["weight"], ema.weight) and torch.equal(back["ema"]["bias"], ema.bias)
+    assert pool.distrusted == {"ema/weight", "ema/bias"}
+    assert "'ema/weight' changed without its version counter" in caplog.text
+    verify(second, pool)   # nothing skipped was written: the snapshot stands
+    third = capture(state, previous=second, pool=pool)   # nothing written at all
+    assert [leaf.unchanged for leaf in third.leaves] == [False, False, True, True]
+
+
+def test_a_sparse_write_past_the_counter_refuses_the_snapshot(manager: CheckpointManager):
+    """One element written through ``.data`` escapes the spot check: the writer compares
+    every skipped byte before storing, refuses the snapshot (nothing stored), and the next
+    capture copies the tensor, so what is committed and restored is exact."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 4096), torch.nn.Linear(4096, 8))
+    writer = manager.open_attempt("job", "t").writer
+    state = {"model": model}
+    assert writer.save(writer.capture(state)).seq == 1
+    model[0].weight.data[1000, 17] += 1.0   # 1 byte in 4 changes: the spot check reads 1 in 4093
+    stale = writer.capture(state)
+    assert all(leaf.unchanged for leaf in stale.leaves)
+    with pytest.raises(StaleCapture) as err:
+        writer.save(stale)
+    assert err.value.paths == ["model/0.weight"]
+    writer.pool.release(stale)
+    assert manager.restore("job", "t").seq == 1   # nothing of the refused snapshot committed
+    again = writer.capture(state)
+    assert [leaf.unchanged for leaf in again.leaves] == [False, True, True, True]
+    assert writer.save(again).seq == 2            # the refused snapshot took no seq, wrote no blob
+    restored = manager.restore("job", "t")
+    assert restored.seq == 2
+    assert all(torch.equal(restored.state["model"][k], v) for k, v in model.state_dict().items())
+
+
+def test_a_visible_write_after_the_capture_refuses_once_and_trusts_on(manager: CheckpointManager):
+    """A write the counter sees, made after a capture skipped the tensor, cannot be told
+    from a stale buffer: that snapshot is refused, but the tensor stays trusted."""
+    frozen, live = torch.nn.Linear(64, 64), torch.nn.Linear(64, 64)
+    writer = manager.open_attempt("job", "t").writer
+    state = {"frozen": frozen, "live": live}
+    writer.save(writer.capture(state))
+    snap = writer.capture(state)
+    assert [leaf.unchanged for leaf in snap.leaves][:2] == [True, True]
+    with torch.no_grad():
+        frozen.weight.add_(1.0)          # after the capture: bumps the version counter
+    with pytest.raises(StaleCapture):
+        writer.save(snap)
+    writer.pool.release(snap)
+    assert writer.pool.distrusted == set()
+    copied = writer.capture(state)
+    assert [leaf.unchanged for leaf in copied.leaves][:2] == [False, True]
+    writer.save(copied)
+    skipped = writer.capture(state)
+    assert [leaf.unchanged for leaf in skipped.leaves][:2] == [True, True]
+    writer.save(skipped)
+    restored = manager.restore("job", "t").state
+    assert torch.equal(restored["frozen"]["weight"], frozen.weight)
 
 
 def test_chain_of_training_steps_is_exact():

@@ -238,6 +238,55 @@ def reference_torch_dropout(cfg: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def _ema_update(ema: Any, model: Any) -> None:
+    """The EMA idiom of much training code: through ``.data``, which no version counter sees."""
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.data.mul_(0.9).add_(p.data, alpha=0.1)
+
+
+def train_torch_ema(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``train_torch_dropout`` plus an EMA of the weights kept through ``.data``."""
+    import copy
+
+    ctx = current_task()
+    model, opt = _dropout_parts(cfg)
+    ema = copy.deepcopy(model)
+    state = ctx.restore()
+    resumed = state is not None
+    if state is None:
+        state = {"step": 0, "model": model.state_dict(), "opt": opt.state_dict(),
+                 "ema": ema.state_dict(), "losses": []}
+    else:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        ema.load_state_dict(state["ema"])
+    start = int(state["step"])
+    _log(cfg, ctx.task_id, ctx.attempt, os.getppid(), "start", start)
+    while state["step"] < cfg["steps"]:
+        s = int(state["step"])
+        _dropout_step(model, opt, state)
+        _ema_update(ema, model)
+        state["ema"] = ema.state_dict()
+        _log(cfg, ctx.task_id, ctx.attempt, os.getppid(), "step", s)
+        time.sleep(cfg["step_seconds"])
+        ctx.checkpoint(state, progress_percent=100.0 * state["step"] / cfg["steps"])
+    state["resumed_from"] = start if resumed else None
+    return state
+
+
+def reference_torch_ema(cfg: dict[str, Any]) -> dict[str, Any]:
+    import copy
+
+    model, opt = _dropout_parts(cfg)
+    ema = copy.deepcopy(model)
+    state: dict[str, Any] = {"step": 0, "losses": []}
+    while state["step"] < cfg["steps"]:
+        _dropout_step(model, opt, state)
+        _ema_update(ema, model)
+        state["ema"] = ema.state_dict()
+    return state
+
+
 def pausable(cfg: dict[str, Any]) -> dict[str, Any]:
     """Counts to ``cfg["steps"]``, logging ``start``/``step`` like ``_run``; stops when cancelled.
 
