@@ -35,6 +35,7 @@ import hashlib
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -90,6 +91,22 @@ def _sig(st: os.stat_result) -> StatSig:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev
 
 
+# A file changed this shortly before a scan may change again with the same stat
+# signature: file times come from a clock that ticks every 1-10 ms (kernels before
+# 6.13), or in whole seconds on some filesystems (FAT keeps 2 s). Its signature is
+# not kept, so the next scan reads it again (git's "racily clean" entries).
+RACY_NS = 20_000_000
+RACY_WHOLE_SECONDS_NS = 2_000_000_000
+_RACY: StatSig = (-1, -1, -1, -1, -1)   # equals no file's signature
+
+
+def _kept_sig(st: os.stat_result, started_ns: int) -> StatSig:
+    """The signature to compare the next scan with, or ``_RACY`` when it cannot be trusted."""
+    changed = max(st.st_mtime_ns, st.st_ctime_ns)
+    window = RACY_WHOLE_SECONDS_NS if changed % 1_000_000_000 == 0 else RACY_NS
+    return _RACY if changed > started_ns - window else _sig(st)
+
+
 def _walk(root: str) -> Iterator[tuple[str, str]]:
     """(relative POSIX path, absolute path) of every regular file under ``root``, sorted."""
     for dirpath, dirnames, filenames in os.walk(root):
@@ -109,7 +126,9 @@ def scan(root: str, known: Mapping[str, tuple[StatSig, tuple[str, ...]]], stored
     """Read the directory ``root``: its files' chunk hashes and the chunks not yet stored.
 
     A file whose stat signature equals the one in ``known`` (from the last
-    committed capture) and whose chunks are all in ``stored`` is not read.
+    committed capture) and whose chunks are all in ``stored`` is not read; the
+    signature of a file changed within ``RACY_NS`` before the scan (2 s for
+    whole-second file times) is not kept, so the next scan reads it again.
     Symbolic links and other non-regular files are refused (CaptureError): a
     link would point outside the checkpoint. Raises MemoryBudgetExceeded when
     the chunks read would exceed ``max_bytes``.
@@ -121,6 +140,7 @@ def scan(root: str, known: Mapping[str, tuple[StatSig, tuple[str, ...]]], stored
     data: dict[str, bytes] = {}
     sigs: dict[str, StatSig] = {}
     read = 0
+    started = time.time_ns()
     for rel, full in _walk(root):
         st = os.lstat(full)
         if not stat.S_ISREG(st.st_mode):
@@ -131,7 +151,7 @@ def scan(root: str, known: Mapping[str, tuple[StatSig, tuple[str, ...]]], stored
             chunks = prior[1]
         else:
             chunks, read = _read_chunks(full, chunk_size, data, read, max_bytes)
-        sigs[rel] = sig
+        sigs[rel] = _kept_sig(st, started)
         entries.append(FileEntry(rel, st.st_size, stat.S_IMODE(st.st_mode), chunks))
     return FileCapture(os.path.abspath(root), tuple(entries), data, sigs)
 

@@ -6,6 +6,7 @@ Runs on both real backends (SQLite + a directory, PostgreSQL + S3 on a moto serv
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 from ckpt_helpers import all_blob_keys, build_manager, chain
 
 from checkpoint import CaptureError, CheckpointManager, Fenced
-from checkpoint._files import chunk_keys, chunk_refs
+from checkpoint._files import RACY_NS, chunk_keys, chunk_refs, scan
 from checkpoint._records import PartRef
 
 CHUNK = 16 << 10   # small chunks, so a few files make several of each tier
@@ -99,12 +100,34 @@ def test_unchanged_chunks_are_stored_once_and_files_restore_exactly(manager, tmp
 def test_unchanged_files_are_not_read_again(manager, tmp_path) -> None:
     root = tmp_path / "out"
     write(root, V1)
+    time.sleep(2 * RACY_NS / 1e9)   # older than the racy window: their signatures are kept
     writer = manager.open_attempt("job", "t").writer
     save(manager, writer, root, 1)
     (root / "config.json").write_bytes(b'{"layers": 9}')
     capture = writer.capture_files(str(root))
     # only the rewritten file's chunk was read; the others are named by hash
     assert list(capture.data.values()) == [b'{"layers": 9}']
+
+
+def test_files_changed_just_before_a_scan_are_read_again(tmp_path) -> None:
+    """A file changed within a tick of the file clock before a scan could change again
+    with the same size and times: its signature is not trusted, so the next scan reads
+    it again; once older than the window it is named by hash without being read."""
+    root = tmp_path / "out"
+    write(root, {"old.bin": b"a" * 100})
+    time.sleep(2 * RACY_NS / 1e9)
+    write(root, {"new.bin": b"b" * 100})
+    first = scan(str(root), {}, [])
+    known = {e.path: (first.sigs[e.path], e.chunks) for e in first.entries}
+    stored = list(first.data)
+    again = scan(str(root), known, stored)
+    assert list(again.data.values()) == [b"b" * 100]   # only the racy file was read
+    known = {e.path: (again.sigs[e.path], e.chunks) for e in again.entries}
+    time.sleep(2 * RACY_NS / 1e9)
+    settled = scan(str(root), known, stored)
+    assert list(settled.data.values()) == [b"b" * 100]   # still racy: kept from the racy scan
+    known = {e.path: (settled.sigs[e.path], e.chunks) for e in settled.entries}
+    assert scan(str(root), known, stored).data == {}      # a trusted signature: nothing read
 
 
 def test_corrupt_chunk_is_refused_with_its_state(manager, tmp_path) -> None:
