@@ -98,17 +98,17 @@ _COMPARE_CHUNK = 64 * 1024 * 1024   # device bytes brought to the host at a time
 def differs(t: torch.Tensor, data: np.ndarray, *, quick: bool = False) -> bool:
     """Whether the tensor's bytes differ from ``data``.
 
-    ``quick`` samples host tensors in place and says False for device and
-    strided ones (reading those would wait for the device or copy the tensor
-    in the caller's pause). The full comparison brings device tensors to the
-    host 64 MiB at a time.
+    ``quick`` samples dense host tensors in place and says False for device,
+    strided, lazily conjugated or negated ones (reading those would wait for
+    the device or copy the tensor in the caller's pause). The full comparison
+    brings device tensors to the host 64 MiB at a time.
     """
     from .._snapshot import bytes_differ
 
+    if quick and (t.device.type != "cpu" or not t.is_contiguous() or t.is_conj() or t.is_neg()):
+        return False
     src = _values(t)
     nbytes = t.numel() * t.element_size()
-    if quick and (src.device.type != "cpu" or not src.is_contiguous()):
-        return False
     flat = src.contiguous().reshape(-1).view(torch.uint8)
     if src.device.type == "cpu":
         return bytes_differ(flat.numpy(), data[:nbytes], quick=quick)

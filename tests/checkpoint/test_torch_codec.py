@@ -254,9 +254,15 @@ def test_cuda_round_trip():
     assert restored["model"]["bias"].device.type == "cuda"
     assert torch.equal(restored["model"]["bias"], model.bias.detach()) is True
     assert torch.equal(restored["bf16"], state["bf16"]) is True
+    verify(second, pool)   # every skipped byte compared through host copies: the same
+    model.weight.data[0, 0] += 1   # past the version counter: no spot check on a device
+    third = capture(state, previous=second, pool=pool)
+    assert third.leaves[0].unchanged is True
+    with pytest.raises(StaleCapture):
+        verify(third, pool)
 
 
-@pytest.mark.parametrize("make", [
+LAYOUTS = [
     lambda: torch.randn(33, 7, dtype=torch.bfloat16),
     lambda: torch.rand(5, 9) > 0.5,
     lambda: torch.randn(6, 4, dtype=torch.complex64).conj(),
@@ -265,7 +271,27 @@ def test_cuda_round_trip():
     lambda: torch.tensor(1.25, dtype=torch.float64),
     lambda: torch.randn(11).neg(),
     lambda: torch.randint(0, 100, (4, 4), dtype=torch.int16),
-])
+]
+
+
+@pytest.mark.parametrize("make", LAYOUTS)
+def test_differs_compares_the_bytes_a_capture_stores(make):
+    """``differs`` reads the same bytes ``copy_into`` writes (conjugated, negated, strided,
+    0-d, bool): none against its own copy, one flipped bit in the last byte found."""
+    t = make()
+    nbytes = torch_codec.describe(t)["nbytes"]
+    out = np.empty(nbytes, dtype=np.uint8)
+    torch_codec.copy_into(t, out)
+    assert not torch_codec.differs(t, out) and not torch_codec.differs(t, out, quick=True)
+    out[-1] ^= 1
+    assert torch_codec.differs(t, out)
+    out[-1] ^= 1
+    out[0] ^= 1   # byte 0 is in the spot check's sample, where it samples at all
+    assert torch_codec.differs(t, out, quick=True) is (t.is_contiguous() and not t.is_conj()
+                                                       and not t.is_neg())
+
+
+@pytest.mark.parametrize("make", LAYOUTS)
 def test_copy_into_numpy_buffer_is_bit_exact_for_every_layout(make):
     t = make()
     meta = torch_codec.describe(t)
