@@ -306,8 +306,9 @@ class TaskCheckpointSession(CheckpointSession):
                    rng: bool = True) -> bool:
         now = self.clock()
         self._steps += 1
+        offered = (state, progress_percent, rng)
         if self.keep == "final":
-            self._uncaptured = (state, progress_percent, rng)
+            self._uncaptured = offered
         if not self._forced.is_set() and not self._due(now, steps_ahead=0):
             if not self._prepared and self._due(now, steps_ahead=0, share=0.5):
                 self._prepare(state, rng)
@@ -350,7 +351,7 @@ class TaskCheckpointSession(CheckpointSession):
         captured = time.perf_counter()
         self.observer.captured(captured - started)
         self._inflight = self._persister.submit(self._persist, snapshot, progress_percent, final,
-                                                (started, captured), files)
+                                                (started, captured), files, offered)
         return True
 
     def _capture_files(self, snapshot: Any) -> FileCapture | None:
@@ -373,9 +374,10 @@ class TaskCheckpointSession(CheckpointSession):
         return inflight.result(timeout) if inflight is not None else None
 
     def _persist(self, snapshot: Any, progress_percent: float | None, final: bool,
-                 capture: tuple[float, float], files: FileCapture | None = None
-                 ) -> CommitInfo | None:
-        """Encode, store and commit ``snapshot`` (and ``files``); ``capture``: when it was taken."""
+                 capture: tuple[float, float], files: FileCapture | None = None,
+                 offered: tuple[Any, float | None, bool] | None = None) -> CommitInfo | None:
+        """Encode, store and commit ``snapshot`` (and ``files``); ``capture``: when it was
+        taken; ``offered``: the ``checkpoint()`` arguments it was captured from."""
         assert self._writer is not None
         info: CommitInfo | None = None
         try:
@@ -390,6 +392,8 @@ class TaskCheckpointSession(CheckpointSession):
             # The tensors named are copied from now on: capture again at the next call.
             self.observer.skipped("stale_capture")
             self._forced.set()
+            if self.keep == "final" and self._uncaptured is None:
+                self._uncaptured = offered   # for the final commit, when no call comes again
             log.warning("CheckpointHandler: task %s checkpoint not stored (%s); capturing again "
                         "at the next call", self.ctx.task_id, exc)
         except CheckpointError as exc:

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from activities.checkpointing import TaskCheckpointSession
 from checkpoint import CheckpointManager
 from sdk._task import TaskContext
@@ -85,3 +87,24 @@ def test_a_failed_attempt_keeps_nothing(tmp_path: Path) -> None:
     assert session.checkpoint({"step": 1}) is True
     _close(session, succeeded=False)
     assert manager.kept_tasks() == []
+
+
+def test_keep_final_takes_a_refused_last_capture_again(tmp_path: Path) -> None:
+    """The task's last call captured, but the writer refused the snapshot (a tensor written
+    through ``.data`` escaped the spot check): the final commit captures that state again."""
+    torch = pytest.importorskip("torch")
+    manager, clock = _manager(tmp_path), Clock()
+    session = _session(manager, clock, 1, keep="final")
+    model = torch.nn.Linear(256, 256)
+    clock.now += 10
+    assert session.checkpoint({"model": model}) is True
+    session.flush(30)
+    model.weight.data[1, 1] = 5.0
+    clock.now += 10
+    assert session.checkpoint({"model": model}) is True   # the task's last call, then it returns
+    _close(session, succeeded=True)
+    [kept] = manager.kept_tasks()
+    assert kept.status == "kept"
+    restored = manager.restore_kept("job1:0")
+    assert restored is not None and restored.seq == 2
+    assert torch.equal(restored.state["state"]["model"]["weight"], model.weight)
