@@ -92,22 +92,30 @@ _MODULES = {"numpy": "numpy_codec", "torch": "torch_codec", "tf": "tf_codec"}
 NAMES = tuple(_MODULES)
 
 
+_IMPORTED: dict[str, ArrayCodec] = {}
+_LOADED: dict[tuple[bool, bool], tuple[ArrayCodec, ...]] = {}
+
+
 def codec_for(name: str) -> ArrayCodec:
     """The codec module registered under ``name`` (imports its framework)."""
+    codec = _IMPORTED.get(name)
+    if codec is not None:
+        return codec   # a dictionary hit: capture asks this for every leaf
     try:
         module = _MODULES[name]
     except KeyError:
         raise ValueError(f"unknown array codec {name!r}") from None
-    codec: ArrayCodec = importlib.import_module(f"{__name__}.{module}")
+    codec = importlib.import_module(f"{__name__}.{module}")
+    _IMPORTED[name] = codec
     return codec
 
 
-def _loaded_codecs() -> list[ArrayCodec]:
-    found: list[ArrayCodec] = [numpy_codec]
-    if "torch" in sys.modules:
-        found.append(codec_for("torch"))
-    if "tensorflow" in sys.modules:
-        found.append(codec_for("tf"))
+def _loaded_codecs() -> tuple[ArrayCodec, ...]:
+    key = ("torch" in sys.modules, "tensorflow" in sys.modules)
+    found = _LOADED.get(key)
+    if found is None:
+        names = ("torch",) * key[0] + ("tf",) * key[1]
+        found = _LOADED[key] = (numpy_codec, *map(codec_for, names))
     return found
 
 

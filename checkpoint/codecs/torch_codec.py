@@ -46,17 +46,17 @@ def describe(t: torch.Tensor) -> dict[str, Any]:
     return {
         "fw": name,
         "dtype": str(t.dtype).removeprefix("torch."),
-        "shape": tuple(int(s) for s in t.shape),
+        "shape": tuple(t.shape),   # torch.Size holds plain ints
         "itemsize": itemsize,
         "nbytes": t.numel() * itemsize,
-        "device": str(t.device),
+        "device": "cpu" if t.is_cpu else str(t.device),
         "grad": bool(t.requires_grad),
         "param": isinstance(t, torch.nn.Parameter),
     }
 
 
 def needs_pinned(t: torch.Tensor) -> bool:
-    return t.device.type == "cuda" and torch.cuda.is_available()
+    return t.is_cuda and torch.cuda.is_available()
 
 
 def pinned_buffer(nbytes: int) -> tuple[torch.Tensor, np.ndarray]:
