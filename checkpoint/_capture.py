@@ -35,6 +35,7 @@ __all__ = ["BufferPool", "buffer_plan", "capture", "verify"]
 log = logging.getLogger("checkpoint")
 
 _FREE_PER_KEY = 2
+_NAMED = 5   # leaf paths a distrust warning names
 
 
 class _Buffer:
@@ -82,15 +83,18 @@ class BufferPool:
             holder, array = None, _memory.empty(nbytes)
         return _Buffer(key, array, holder)
 
-    def distrust(self, path: str, seen: str) -> None:
-        """Copy the leaf at ``path`` at every capture from now on (its change counter missed a write)."""
+    def distrust(self, paths: list[str], seen: str) -> None:
+        """Copy the leaves at ``paths`` at every capture from now on (their change counters
+        missed a write); one warning names them."""
         with self._lock:
-            if path in self.distrusted:
-                return
-            self.distrusted.add(path)
-        log.warning("checkpoint: tensor %r changed without its version counter (%s; written "
-                    "through .data, a numpy view or an extension?): it is copied at every "
-                    "capture from now on", path, seen)
+            new = [p for p in paths if p not in self.distrusted]
+            self.distrusted.update(new)
+        if new:
+            shown = ", ".join(map(repr, new[:_NAMED]))
+            more = f" and {len(new) - _NAMED} more" if len(new) > _NAMED else ""
+            log.warning("checkpoint: %d tensor(s) changed without their version counter (%s; "
+                        "written through .data, a numpy view or an extension?): %s%s; copied at "
+                        "every capture from now on", len(new), seen, shown, more)
 
     def retain(self, array: np.ndarray) -> None:
         with self._lock:
@@ -286,6 +290,7 @@ def _copy_arrays(
     taken: list[np.ndarray] = []
     idle: list[tuple[Any, ...]] = []   # pool keys of unchanged leaves: no spare buffer needed
     copies: list[_Copy] = []
+    spotted: list[str] = []   # skippable by their counters, but the spot check saw a change
     try:
         for path, (codec, meta) in arrays.items():
             obj = flat[path]
@@ -302,7 +307,7 @@ def _copy_arrays(
                     out[path] = Leaf(path, ARRAY, meta, old.data, unchanged=True, token=token,
                                      source=obj)
                     continue
-                pool.distrust(path, "seen by the capture's spot check")
+                spotted.append(path)
             buf = pool.acquire(key, meta["nbytes"], pinned)
             taken.append(buf.array)
             copies.append((path, codec, obj, buf.holder if buf.holder is not None else buf.array, pinned))
@@ -314,6 +319,7 @@ def _copy_arrays(
         pool._abandon(taken)
         raise
     pool.trim(idle)
+    pool.distrust(spotted, "seen by the capture's spot check")
     return out
 
 
@@ -331,16 +337,17 @@ def verify(snapshot: Snapshot, pool: BufferPool) -> None:
     Raises:
         StaleCapture: naming the leaves that differ; nothing may be stored.
     """
-    stale = []
+    stale, unseen = [], []
     for leaf in snapshot.leaves:
         source, leaf.source = leaf.source, None
         if source is None:
             continue
         codec = codecs.codec_for(leaf.meta["fw"])
         if codec.differs(source, leaf.data):
-            if codec.unchanged(source, leaf.token):
-                pool.distrust(leaf.path, "seen before the commit")
             stale.append(leaf.path)
+            if codec.unchanged(source, leaf.token):
+                unseen.append(leaf.path)
+    pool.distrust(unseen, "seen before the commit")
     if stale:
         raise StaleCapture(stale)
 

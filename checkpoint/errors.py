@@ -63,8 +63,9 @@ class StaleCapture(CaptureError):
     """
 
     def __init__(self, paths: list[str]) -> None:
-        super().__init__(f"state changed without its version counter at {', '.join(map(repr, paths))}: "
-                         "snapshot not stored; these tensors are copied at every capture from now on")
+        named = ", ".join(map(repr, paths[:5])) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+        super().__init__(f"state changed without its version counter at {named}: snapshot not "
+                         "stored; the next capture copies these tensors")
         self.paths = paths
 
 

@@ -143,10 +143,22 @@ def test_writes_past_the_version_counter_are_copied(caplog):
     back = second.to_state()
     assert torch.equal(back["ema"]["weight"], ema.weight) and torch.equal(back["ema"]["bias"], ema.bias)
     assert pool.distrusted == {"ema/weight", "ema/bias"}
-    assert "'ema/weight' changed without its version counter" in caplog.text
+    assert "2 tensor(s) changed without their version counter" in caplog.text
+    assert "'ema/weight', 'ema/bias'; copied at every capture" in caplog.text
     verify(second, pool)   # nothing skipped was written: the snapshot stands
     third = capture(state, previous=second, pool=pool)   # nothing written at all
     assert [leaf.unchanged for leaf in third.leaves] == [False, False, True, True]
+
+
+def test_many_distrusted_tensors_make_one_warning(caplog):
+    tensors = {f"t{i}": torch.randn(64, 64) for i in range(8)}
+    pool = BufferPool()
+    first = capture(tensors, pool=pool)
+    for t in tensors.values():
+        t.numpy()[:] += 1.0
+    capture(tensors, previous=first, pool=pool)
+    [record] = [r for r in caplog.records if "version counter" in r.getMessage()]
+    assert "8 tensor(s)" in record.getMessage() and "'t4' and 3 more" in record.getMessage()
 
 
 def test_a_sparse_write_past_the_counter_refuses_the_snapshot(manager: CheckpointManager):
