@@ -10,7 +10,7 @@ A tensor whose version counter says it is unchanged is not copied: its
 previous buffer is shared. The counter misses writes through ``.data``, a
 numpy view or an extension's pointer (an EMA updated through ``.data``, an
 8-bit optimizer's kernel), so it is checked twice: in the pause a spot check
-(one byte in 4093) against the shared buffer, and before the writer commits
+(about 1024 bytes evenly spaced) against the shared buffer, and before the writer commits
 (``verify``) every byte. A leaf found different either way is distrusted: it
 is copied at every capture of its pool from then on; a snapshot failing
 ``verify`` is not stored (``StaleCapture``), and the next capture is exact.

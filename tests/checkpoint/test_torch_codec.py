@@ -170,7 +170,7 @@ def test_a_sparse_write_past_the_counter_refuses_the_snapshot(manager: Checkpoin
     writer = manager.open_attempt("job", "t").writer
     state = {"model": model}
     assert writer.save(writer.capture(state)).seq == 1
-    model[0].weight.data[1000, 17] += 1.0   # 1 byte in 4 changes: the spot check reads 1 in 4093
+    model[0].weight.data[1000, 17] += 1.0   # not among the ~1024 bytes the spot check reads
     stale = writer.capture(state)
     assert all(leaf.unchanged for leaf in stale.leaves)
     with pytest.raises(StaleCapture) as err:
