@@ -121,6 +121,26 @@ def test_every_codec_implements_the_whole_array_codec_protocol(framework):
     assert sorted(m for m in members if not hasattr(codec, m)) == []
 
 
+@pytest.mark.parametrize("framework", ["numpy", "tf"])
+def test_host_codecs_compare_the_bytes_they_copy(framework):
+    """numpy and TensorFlow leaves are never skipped unread, but their ``differs`` answers
+    like torch's: equal to its own copy (a strided array too), one flipped bit found."""
+    from checkpoint import codecs
+
+    values = np.arange(5000, dtype=np.float32).reshape(100, 50)
+    if framework == "tf":
+        tf = pytest.importorskip("tensorflow")
+        obj = tf.Variable(values)
+    else:
+        obj = values[:, ::2]   # strided
+    codec = codecs.codec_for(framework)
+    out = np.empty(codec.describe(obj)["nbytes"], dtype=np.uint8)
+    codec.copy_into(obj, out)
+    assert not codec.differs(obj, out) and not codec.differs(obj, out, quick=True)
+    out[0] ^= 1
+    assert codec.differs(obj, out) and codec.differs(obj, out, quick=True)
+
+
 def test_pool_keeps_shared_buffers_until_every_holder_is_released():
     torch = pytest.importorskip("torch")
     pool = BufferPool()
