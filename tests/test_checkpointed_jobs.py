@@ -192,15 +192,6 @@ async def test_tensorflow_task_resumes_after_kill(settings: Settings, conn: sdk.
                                  ckpt_tasks.reference_tf, "kill-tf")
 
 
-async def test_torch_ema_through_data_resumes_after_kill(settings: Settings, conn: sdk.Connection,
-                                                         spawn: Any, tmp_path: Path) -> None:
-    """An EMA updated through ``.data`` (no version counter moves): its checkpointed
-    values must be the live ones, so the resumed run ends bit-identical."""
-    pytest.importorskip("torch")
-    await _kill_once_and_compare(settings, spawn, tmp_path, ckpt_tasks.train_torch_ema,
-                                 ckpt_tasks.reference_torch_ema, "kill-ema")
-
-
 async def _kill_once_and_compare(settings: Settings, spawn: Any, tmp_path: Path,
                                  fn: Any, reference: Any, job_id: str) -> None:
     items = cfgs(tmp_path, 1, steps=80)

@@ -49,9 +49,10 @@ def fresh_process_reference(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def same_training(got: dict[str, Any], want: dict[str, Any]) -> bool:
-    return (got["losses"] == want["losses"] and got["model"].keys() == want["model"].keys()
-            and all(got["model"][k].numpy().tobytes() == v.numpy().tobytes()
-                    for k, v in want["model"].items()))
+    return got["losses"] == want["losses"] and all(
+        got[tree].keys() == want[tree].keys()
+        and all(got[tree][k].numpy().tobytes() == v.numpy().tobytes() for k, v in want[tree].items())
+        for tree in ("model", "ema"))
 
 
 async def test_same_seed_torch_tasks_on_one_worker_match_a_fresh_process(

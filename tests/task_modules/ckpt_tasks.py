@@ -175,8 +175,10 @@ def big_state_roundtrip(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"captured": captured, "item_sum": float(cfg["array"].sum()), "echo": cfg["array"]}
 
 
-def _dropout_parts(cfg: dict[str, Any]) -> tuple[Any, Any]:
-    """Model and optimizer, initialised from the process's global RNGs after seeding them."""
+def _dropout_parts(cfg: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """Model, optimizer and an EMA copy, initialised from the process's global RNGs after
+    seeding them."""
+    import copy
     import random
 
     import torch
@@ -186,11 +188,12 @@ def _dropout_parts(cfg: dict[str, Any]) -> tuple[Any, Any]:
     torch.manual_seed(cfg["seed"])
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Dropout(0.3),
                                 torch.nn.Linear(32, 1))
-    return model, torch.optim.AdamW(model.parameters(), lr=1e-2)
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-2), copy.deepcopy(model)
 
 
-def _dropout_step(model: Any, opt: Any, state: dict[str, Any]) -> None:
-    """One step drawing from every global RNG: torch (data, dropout), NumPy, Python."""
+def _dropout_step(model: Any, opt: Any, ema: Any, state: dict[str, Any]) -> None:
+    """One step drawing from every global RNG: torch (data, dropout), NumPy, Python; then
+    the EMA idiom of much training code, through ``.data``, which no version counter sees."""
     import random
 
     import torch
@@ -202,56 +205,19 @@ def _dropout_step(model: Any, opt: Any, state: dict[str, Any]) -> None:
     opt.zero_grad()
     loss.backward()
     opt.step()
-    state["model"], state["opt"] = model.state_dict(), opt.state_dict()
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.data.mul_(0.9).add_(p.data, alpha=0.1)
+    state["model"], state["opt"], state["ema"] = model.state_dict(), opt.state_dict(), ema.state_dict()
     state["losses"].append(float(loss.detach()))
     state["step"] += 1
 
 
 def train_torch_dropout(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Dropout, AdamW and global RNGs only: no generator in the checkpointed state."""
+    """Dropout, AdamW, an EMA through ``.data`` and global RNGs only: no generator in the
+    checkpointed state."""
     ctx = current_task()
-    model, opt = _dropout_parts(cfg)
+    model, opt, ema = _dropout_parts(cfg)
     state = ctx.restore()  # puts the global RNG states back when there is one
-    resumed = state is not None
-    if state is None:
-        state = {"step": 0, "model": model.state_dict(), "opt": opt.state_dict(), "losses": []}
-    else:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-    start = int(state["step"])
-    _log(cfg, ctx.task_id, ctx.attempt, os.getppid(), "start", start)
-    while state["step"] < cfg["steps"]:
-        s = int(state["step"])
-        _dropout_step(model, opt, state)
-        _log(cfg, ctx.task_id, ctx.attempt, os.getppid(), "step", s)
-        time.sleep(cfg["step_seconds"])
-        ctx.checkpoint(state, progress_percent=100.0 * state["step"] / cfg["steps"])
-    state["resumed_from"] = start if resumed else None
-    return state
-
-
-def reference_torch_dropout(cfg: dict[str, Any]) -> dict[str, Any]:
-    model, opt = _dropout_parts(cfg)
-    state: dict[str, Any] = {"step": 0, "losses": []}
-    while state["step"] < cfg["steps"]:
-        _dropout_step(model, opt, state)
-    return state
-
-
-def _ema_update(ema: Any, model: Any) -> None:
-    """The EMA idiom of much training code: through ``.data``, which no version counter sees."""
-    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-        e.data.mul_(0.9).add_(p.data, alpha=0.1)
-
-
-def train_torch_ema(cfg: dict[str, Any]) -> dict[str, Any]:
-    """``train_torch_dropout`` plus an EMA of the weights kept through ``.data``."""
-    import copy
-
-    ctx = current_task()
-    model, opt = _dropout_parts(cfg)
-    ema = copy.deepcopy(model)
-    state = ctx.restore()
     resumed = state is not None
     if state is None:
         state = {"step": 0, "model": model.state_dict(), "opt": opt.state_dict(),
@@ -264,9 +230,7 @@ def train_torch_ema(cfg: dict[str, Any]) -> dict[str, Any]:
     _log(cfg, ctx.task_id, ctx.attempt, os.getppid(), "start", start)
     while state["step"] < cfg["steps"]:
         s = int(state["step"])
-        _dropout_step(model, opt, state)
-        _ema_update(ema, model)
-        state["ema"] = ema.state_dict()
+        _dropout_step(model, opt, ema, state)
         _log(cfg, ctx.task_id, ctx.attempt, os.getppid(), "step", s)
         time.sleep(cfg["step_seconds"])
         ctx.checkpoint(state, progress_percent=100.0 * state["step"] / cfg["steps"])
@@ -274,16 +238,11 @@ def train_torch_ema(cfg: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
-def reference_torch_ema(cfg: dict[str, Any]) -> dict[str, Any]:
-    import copy
-
-    model, opt = _dropout_parts(cfg)
-    ema = copy.deepcopy(model)
+def reference_torch_dropout(cfg: dict[str, Any]) -> dict[str, Any]:
+    model, opt, ema = _dropout_parts(cfg)
     state: dict[str, Any] = {"step": 0, "losses": []}
     while state["step"] < cfg["steps"]:
-        _dropout_step(model, opt, state)
-        _ema_update(ema, model)
-        state["ema"] = ema.state_dict()
+        _dropout_step(model, opt, ema, state)
     return state
 
 
