@@ -83,18 +83,18 @@ class BufferPool:
             holder, array = None, _memory.empty(nbytes)
         return _Buffer(key, array, holder)
 
-    def distrust(self, paths: list[str], seen: str) -> None:
+    def distrust(self, paths: list[str], seen: str, level: int = logging.WARNING) -> None:
         """Copy the leaves at ``paths`` at every capture from now on (their change counters
-        missed a write); one warning names them."""
+        missed a write); one log record names them."""
         with self._lock:
             new = [p for p in paths if p not in self.distrusted]
             self.distrusted.update(new)
         if new:
             shown = ", ".join(map(repr, new[:_NAMED]))
             more = f" and {len(new) - _NAMED} more" if len(new) > _NAMED else ""
-            log.warning("checkpoint: %d tensor(s) changed without their version counter (%s; "
-                        "written through .data, a numpy view or an extension?): %s%s; copied at "
-                        "every capture from now on", len(new), seen, shown, more)
+            log.log(level, "checkpoint: %d tensor(s) changed without their version counter "
+                    "(%s; written through .data, a numpy view or an extension?): %s%s; copied "
+                    "at every capture from now on", len(new), seen, shown, more)
 
     def retain(self, array: np.ndarray) -> None:
         with self._lock:
@@ -319,7 +319,8 @@ def _copy_arrays(
         pool._abandon(taken)
         raise
     pool.trim(idle)
-    pool.distrust(spotted, "seen by the capture's spot check")
+    # Nothing was lost (they were copied): worth knowing, not a warning.
+    pool.distrust(spotted, "seen by the capture's spot check", logging.INFO)
     return out
 
 
