@@ -10,8 +10,8 @@ A tensor whose version counter says it is unchanged is not copied: its
 previous buffer is shared. The counter misses writes through ``.data``, a
 numpy view or an extension's pointer (an EMA updated through ``.data``, an
 8-bit optimizer's kernel), so it is checked twice: in the pause a spot check
-(about 1024 bytes evenly spaced) against the shared buffer, and before the writer commits
-(``verify``) every byte. A leaf found different either way is distrusted: it
+(about 1024 bytes evenly spaced) against the shared buffer, and before the
+writer commits (``verify``) every byte. A leaf found different either way is distrusted: it
 is copied at every capture of its pool from then on; a snapshot failing
 ``verify`` is not stored (``StaleCapture``), and the next capture is exact.
 """
@@ -28,14 +28,13 @@ from . import _memory, _pools, codecs
 from ._flatten import flatten
 from ._snapshot import ARRAY, Leaf, Snapshot
 from .codecs import ArrayCodec, generic
-from .errors import CaptureError, MemoryBudgetExceeded, StaleCapture
+from .errors import CaptureError, MemoryBudgetExceeded, StaleCapture, name_paths
 
 __all__ = ["BufferPool", "buffer_plan", "capture", "verify"]
 
 log = logging.getLogger("checkpoint")
 
 _FREE_PER_KEY = 2
-_NAMED = 5   # leaf paths a distrust warning names
 
 
 class _Buffer:
@@ -90,11 +89,9 @@ class BufferPool:
             new = [p for p in paths if p not in self.distrusted]
             self.distrusted.update(new)
         if new:
-            shown = ", ".join(map(repr, new[:_NAMED]))
-            more = f" and {len(new) - _NAMED} more" if len(new) > _NAMED else ""
             log.log(level, "checkpoint: %d tensor(s) changed without their version counter "
-                    "(%s; written through .data, a numpy view or an extension?): %s%s; copied "
-                    "at every capture from now on", len(new), seen, shown, more)
+                    "(%s; written through .data, a numpy view or an extension?): %s; copied "
+                    "at every capture from now on", len(new), seen, name_paths(new))
 
     def retain(self, array: np.ndarray) -> None:
         with self._lock:

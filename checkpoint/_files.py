@@ -100,11 +100,11 @@ RACY_WHOLE_SECONDS_NS = 2_000_000_000
 _RACY: StatSig = (-1, -1, -1, -1, -1)   # equals no file's signature
 
 
-def _kept_sig(st: os.stat_result, started_ns: int) -> StatSig:
+def _kept_sig(sig: StatSig, started_ns: int) -> StatSig:
     """The signature to compare the next scan with, or ``_RACY`` when it cannot be trusted."""
-    changed = max(st.st_mtime_ns, st.st_ctime_ns)
+    changed = max(sig[1], sig[2])   # mtime, ctime
     window = RACY_WHOLE_SECONDS_NS if changed % 1_000_000_000 == 0 else RACY_NS
-    return _RACY if changed > started_ns - window else _sig(st)
+    return _RACY if changed > started_ns - window else sig
 
 
 def _walk(root: str) -> Iterator[tuple[str, str]]:
@@ -151,7 +151,7 @@ def scan(root: str, known: Mapping[str, tuple[StatSig, tuple[str, ...]]], stored
             chunks = prior[1]
         else:
             chunks, read = _read_chunks(full, chunk_size, data, read, max_bytes)
-        sigs[rel] = _kept_sig(st, started)
+        sigs[rel] = _kept_sig(sig, started)
         entries.append(FileEntry(rel, st.st_size, stat.S_IMODE(st.st_mode), chunks))
     return FileCapture(os.path.abspath(root), tuple(entries), data, sigs)
 

@@ -54,18 +54,24 @@ class MemoryBudgetExceeded(CaptureError):
     """Capturing the state would need more memory than the budget allows."""
 
 
+def name_paths(paths: list[str], shown: int = 5) -> str:
+    """``'a', 'b' and 3 more``: the first ``shown`` leaf paths and a count of the rest."""
+    named = ", ".join(map(repr, paths[:shown]))
+    return named + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
+
+
 class StaleCapture(CaptureError):
     """A snapshot was refused before anything was stored: a tensor that capture skipped
     unread, because its version counter had not moved, holds other bytes than the
-    buffer it would have been saved from (it was written through ``.data``, a numpy
-    view or an extension's pointer). Such tensors are copied at every capture of
-    the writer from then on, so the next capture is exact.
+    buffer it would have been saved from (written through ``.data``, a numpy view or
+    an extension's pointer, or a plain write made since the capture). The next capture
+    copies these tensors (those written past their counter at every capture from then
+    on), so it is exact.
     """
 
     def __init__(self, paths: list[str]) -> None:
-        named = ", ".join(map(repr, paths[:5])) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
-        super().__init__(f"state changed without its version counter at {named}: snapshot not "
-                         "stored; the next capture copies these tensors")
+        super().__init__(f"state changed without its version counter at {name_paths(paths)}: "
+                         "snapshot not stored; the next capture copies these tensors")
         self.paths = paths
 
 
