@@ -62,6 +62,7 @@ class BufferPool:
         self._live: dict[int, _Buffer] = {}   # id(array) -> buffer
         # leaf paths whose change counter missed a write: always copied
         self.distrusted: set[str] = set()
+        self._overlaps_told: set[tuple[str, str]] = set()
 
     def acquire(self, key: tuple[Any, ...], nbytes: int, pinned: bool) -> _Buffer:
         with self._lock:
@@ -92,6 +93,18 @@ class BufferPool:
             log.log(level, "checkpoint: %d tensor(s) changed without their version counter "
                     "(%s; written through .data, a numpy view or an extension?): %s; copied "
                     "at every capture from now on", len(new), seen, name_paths(new))
+
+    def tell_overlaps(self, pairs: list[tuple[str, str]]) -> None:
+        """One warning naming the pairs of leaves whose memory overlaps, each pair once."""
+        with self._lock:
+            new = [p for p in pairs if p not in self._overlaps_told]
+            self._overlaps_told.update(new)
+        if new:
+            log.warning("checkpoint: %d pair(s) of state leaves share memory without being the same "
+                        "array (%s): each is stored and restored separately, so after a restore a "
+                        "write through one no longer shows through the other; checkpoint the "
+                        "array they view once instead", len(new),
+                        name_paths([f"{a} and {b}" for a, b in new]))
 
     def retain(self, array: np.ndarray) -> None:
         with self._lock:
@@ -194,10 +207,13 @@ def capture(
     """
     pool = pool if pool is not None else BufferPool()
     try:
-        treedef, flat = flatten(state, convert=codecs.convert, is_array=codecs.is_array)
+        treedef, flat = flatten(state, convert=codecs.convert, is_array=codecs.is_array,
+                                address=codecs.address, view_key=codecs.view_key)
     except ValueError as exc:
         raise CaptureError(f"cannot capture state: {exc}") from exc
     arrays, array_bytes = _describe_arrays(flat)
+    if previous is None or previous.treedef != treedef:
+        pool.tell_overlaps(_overlaps(flat, arrays))
     _check_budget(array_bytes, max_bytes)
     generics = _pickle_generics(flat, arrays)
     raw = array_bytes + sum(leaf.nbytes for leaf in generics.values())
@@ -222,7 +238,8 @@ def buffer_plan(state: object, *, max_bytes: int | None = None
         return codecs.convert(obj)
 
     try:
-        _treedef, flat = flatten(state, convert=convert, is_array=codecs.is_array)
+        _treedef, flat = flatten(state, convert=convert, is_array=codecs.is_array,
+                                 address=codecs.address, view_key=codecs.view_key)
         arrays, array_bytes = _describe_arrays(flat)
     except (_Unplannable, ValueError, CaptureError):
         return None
@@ -261,6 +278,28 @@ def _describe_arrays(flat: dict[str, object]) -> tuple[_Arrays, int]:
             arrays[path] = (codec, meta)
             total += meta["nbytes"]
     return arrays, total
+
+
+def _overlaps(flat: dict[str, object], arrays: _Arrays) -> list[tuple[str, str]]:
+    """Pairs of array leaves whose bytes overlap in memory (views of one another).
+
+    Leaves that are the same view were made one leaf by ``flatten``; these are
+    the others, which a restore cannot make share memory again.
+    """
+    spans = []
+    for order, (path, (codec, _meta)) in enumerate(arrays.items()):
+        span = codec.extent(flat[path])
+        if span is not None:
+            spans.append((str(span[0]), span[1], span[2], order, path))
+    spans.sort()
+    pairs: list[tuple[int, str, int, str]] = []
+    space, end, holder = "", 0, (0, "")
+    for where, low, high, order, path in spans:
+        if where == space and low < end:
+            pairs.append(min(holder, (order, path)) + max(holder, (order, path)))
+        if where != space or high > end:
+            space, end, holder = where, high, (order, path)
+    return [(first, second) for _, first, _, second in sorted(pairs)]
 
 
 def _pickle_generics(flat: dict[str, object], arrays: dict[str, Any]) -> dict[str, Leaf]:

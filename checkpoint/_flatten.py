@@ -20,6 +20,14 @@ so it can be stored and read back without trusting a pickle. Node forms::
     ("l", children) / ("t", children) list / tuple
     ("n", "module:qualname", children)            namedtuple
     ("c", "module:qualname", names, children)     dataclass instance
+    ("r", path)                       the object already at ``path`` (earlier in order)
+
+Shared references are kept: an object met again at a later path (the same
+object, or an array at the same ``address`` whose ``view_key`` is equal: the
+same view of the same memory, such as a tied weight in a ``state_dict``)
+becomes an ``r`` node, is stored once and is restored as one object at both
+paths. Objects inside two
+different pickled leaves are pickled, and restored, separately.
 
 Reading a stored tree definition never imports anything: ``resolve_class``
 finds a namedtuple or dataclass only in a module the process has already
@@ -32,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -50,6 +58,10 @@ def _identity(obj: object) -> object:
 
 def _never(obj: object) -> bool:
     return False
+
+
+def _no_address(obj: object) -> Hashable | None:
+    return None
 
 
 def _escape(key: object) -> str:
@@ -118,14 +130,22 @@ def _dataclass_names(obj: object) -> tuple[str, ...] | None:
 
 
 class _Walker:
-    """One flatten call: conversion hook, array predicate, memo and cycle guard."""
+    """One flatten call: conversion hook, array predicate, memo, cycle guard, shared references."""
 
-    def __init__(self, convert: Callable[[object], object], is_array: Callable[[object], bool]):
+    def __init__(self, convert: Callable[[object], object], is_array: Callable[[object], bool],
+                 address: Callable[[object], Hashable | None], view_key: Callable[[object], Hashable]):
         self.convert = convert
         self.is_array = is_array
+        self.address = address
+        self.view_key = view_key
         self.memo: dict[int, bool] = {}
         self.leaves: dict[str, object] = {}
         self.stack: set[int] = set()
+        # id -> (first path, the object): holding the object keeps its id from
+        # being reused by a later temporary (a converted state_dict)
+        self.seen: dict[int, tuple[str, object]] = {}
+        # array address -> [(path, array, its view key or None until needed)]
+        self.views: dict[Hashable, list[list[Any]]] = {}
 
     def has_array(self, obj: object) -> bool:
         if type(obj) in _PLAIN:
@@ -152,19 +172,42 @@ class _Walker:
         return names is not None and any(self.has_array(getattr(obj, n)) for n in names)
 
     def walk(self, obj: object, path: str) -> TreeDef:
-        converted = self.convert(obj)
-        if converted is not obj:
-            return self.walk(converted, path)
-        if type(obj) in _PLAIN or self.is_array(obj):
+        if type(obj) in _PLAIN:
             return self._leaf(obj, path)
         node = id(obj)
         if node in self.stack:
             raise ValueError(f"cyclic reference at {path or '<root>'!r}")
+        first = self.seen.get(node)
+        if first is not None:
+            return ("r", first[0])
+        self.seen[node] = (path, obj)
+        converted = self.convert(obj)
+        if converted is not obj:
+            return self.walk(converted, path)
+        if self.is_array(obj):
+            same = self._same_view(obj, path)
+            return self._leaf(obj, path) if same is None else ("r", same)
         self.stack.add(node)
         try:
             return self._container(obj, path)
         finally:
             self.stack.discard(node)
+
+    def _same_view(self, obj: object, path: str) -> str | None:
+        """The path of an earlier array that is the same view of the same memory."""
+        address = self.address(obj)
+        if address is None:
+            return None
+        earlier = self.views.setdefault(address, [])
+        if earlier:   # a rare collision: only now the full keys
+            key = self.view_key(obj)
+            for entry in earlier:
+                if entry[2] is None:
+                    entry[2] = self.view_key(entry[1])
+                if entry[2] == key:
+                    return str(entry[0])
+        earlier.append([path, obj, None])
+        return None
 
     def _leaf(self, obj: object, path: str) -> TreeDef:
         self.leaves[path] = obj
@@ -212,6 +255,8 @@ def flatten(
     *,
     convert: Callable[[object], object] = _identity,
     is_array: Callable[[object], bool] = _never,
+    address: Callable[[object], Hashable | None] = _no_address,
+    view_key: Callable[[object], Hashable] = _identity,
 ) -> tuple[TreeDef, dict[str, object]]:
     """Split ``state`` into a tree definition and ``{path: leaf}`` in traversal order.
 
@@ -220,11 +265,14 @@ def flatten(
         convert: maps an object to a replacement to walk instead (e.g. a torch module
             to its ``state_dict()``); returns the object itself when not applicable.
         is_array: true for objects that are array leaves (never walked into).
+        address: for an array leaf, a cheap key of where its data starts (None: not
+            known); arrays at one address are compared by ``view_key``, and a later
+            array of an equal key becomes a reference to the first.
 
     Raises:
         ValueError: the state contains a reference cycle through walked containers.
     """
-    walker = _Walker(convert, is_array)
+    walker = _Walker(convert, is_array, address, view_key)
     treedef = walker.walk(state, "")
     return treedef, walker.leaves
 
@@ -233,10 +281,11 @@ def inflate(treedef: TreeDef, leaves: Mapping[str, object]) -> object:
     """Rebuild the structure described by ``treedef`` with the given leaves.
 
     Raises:
-        ValueError: a class the tree names cannot be resolved or is not of its node's form.
+        ValueError: a class the tree names cannot be resolved or is not of its node's
+            form, or a reference names no object built before it.
         KeyError: a leaf the tree names is missing.
     """
-    return _build(treedef, leaves, "")
+    return _build(treedef, leaves, "", {})
 
 
 def leaf_count(treedef: TreeDef) -> int:
@@ -253,6 +302,10 @@ def leaf_count(treedef: TreeDef) -> int:
     where = "a tree node"
     if type(treedef) is not tuple or not treedef or treedef[0] not in _NODE_SIZES:
         raise ValueError(f"malformed {where}")
+    if treedef[0] == "r":
+        if len(treedef) != 2 or type(treedef[1]) is not str:
+            raise ValueError("malformed 'r' node")
+        return 0
     tag, children = treedef[0], treedef[-1]
     if len(treedef) != _NODE_SIZES[tag] or type(children) is not tuple:
         raise ValueError(f"malformed {tag!r} node")
@@ -263,7 +316,7 @@ def leaf_count(treedef: TreeDef) -> int:
     return sum(leaf_count(child) for child in children)
 
 
-_NODE_SIZES = {"d": 3, "o": 3, "l": 2, "t": 2, "n": 3, "c": 4}
+_NODE_SIZES = {"d": 3, "o": 3, "l": 2, "t": 2, "n": 3, "c": 4, "r": 2}
 
 
 def _keys_ok(keys: object, count: int) -> bool:
@@ -271,16 +324,27 @@ def _keys_ok(keys: object, count: int) -> bool:
         and all(_plain_key(k) for k in keys)
 
 
-def _build(node: TreeDef, leaves: Mapping[str, object], path: str) -> object:
+def _build(node: TreeDef, leaves: Mapping[str, object], path: str, built: dict[str, object]) -> object:
+    obj = _make(node, leaves, path, built)
+    built[path] = obj
+    return obj
+
+
+def _make(node: TreeDef, leaves: Mapping[str, object], path: str, built: dict[str, object]) -> object:
     if node is None:
         return leaves[path]
     tag = node[0]
+    if tag == "r":
+        target = node[1]
+        if target not in built:
+            raise ValueError(f"{path!r} refers to {target!r}, which is not built before it")
+        return built[target]
     if tag in ("d", "o"):
         _, keys, children = node
-        pairs = ((k, _build(c, leaves, join_path(path, k))) for k, c in zip(keys, children))
+        pairs = ((k, _build(c, leaves, join_path(path, k), built)) for k, c in zip(keys, children))
         return dict(pairs) if tag == "d" else OrderedDict(pairs)
     if tag in ("l", "t"):
-        values = [_build(c, leaves, join_path(path, i)) for i, c in enumerate(node[1])]
+        values = [_build(c, leaves, join_path(path, i), built) for i, c in enumerate(node[1])]
         return values if tag == "l" else tuple(values)
     if tag == "n":
         cls = resolve_class(node[1])
@@ -288,7 +352,7 @@ def _build(node: TreeDef, leaves: Mapping[str, object], path: str) -> object:
         if not issubclass(cls, tuple) or type(names) is not tuple or len(names) != len(node[2]):
             raise ValueError(f"{node[1]!r} is not a namedtuple of {len(node[2])} fields")
         make: Any = cls   # a namedtuple class: its own constructor, not tuple's
-        return make(*(_build(c, leaves, join_path(path, n)) for n, c in zip(names, node[2])))
+        return make(*(_build(c, leaves, join_path(path, n), built) for n, c in zip(names, node[2])))
     if tag == "c":
         _, ref, names, children = node
         cls = resolve_class(ref)
@@ -297,6 +361,6 @@ def _build(node: TreeDef, leaves: Mapping[str, object], path: str) -> object:
             raise ValueError(f"{ref!r} is not a dataclass with fields {names!r}")
         obj = cls.__new__(cls)
         for name, child in zip(names, children):
-            object.__setattr__(obj, name, _build(child, leaves, join_path(path, name)))
+            object.__setattr__(obj, name, _build(child, leaves, join_path(path, name), built))
         return obj
     raise ValueError(f"unknown tree node {tag!r}")

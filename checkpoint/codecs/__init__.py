@@ -21,13 +21,17 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Hashable
 from typing import Any, Protocol
 
 import numpy as np
 
 from . import generic, numpy_codec
 
-__all__ = ["NAMES", "ArrayCodec", "codec_for", "convert", "find_array_codec", "generic", "is_array"]
+__all__ = [
+    "NAMES", "ArrayCodec", "codec_for", "convert", "find_array_codec", "generic", "is_array", "address",
+    "view_key",
+]
 
 
 class ArrayCodec(Protocol):
@@ -77,6 +81,22 @@ class ArrayCodec(Protocol):
 
     def needs_pinned(self, obj: Any) -> bool:
         """True when ``obj`` lives in device memory and copies into pinned host memory."""
+        ...
+
+    def address(self, obj: Any) -> Hashable | None:
+        """A cheap key of where the leaf's data starts, or None when not known (then
+        only the very same object is stored once)."""
+        ...
+
+    def view_key(self, obj: Any) -> Hashable:
+        """What makes two leaves at one ``address`` the same view of the same memory
+        (a tied weight in a ``state_dict``): equal keys are stored once and restored
+        as one object."""
+        ...
+
+    def extent(self, obj: Any) -> tuple[Hashable, int, int] | None:
+        """Where the leaf's bytes lie: (memory space, first address, end address), or
+        None when not known; used to tell leaves whose memory overlaps."""
         ...
 
     def pinned_buffer(self, nbytes: int) -> tuple[Any, np.ndarray]:
@@ -139,6 +159,26 @@ def find_array_codec(obj: object) -> ArrayCodec | None:
 
 def is_array(obj: object) -> bool:
     return find_array_codec(obj) is not None
+
+
+def address(obj: object) -> Hashable | None:
+    """An array leaf's ``ArrayCodec.address`` (``flatten`` asks it of every array leaf:
+    the codec is found by type, each array type belonging to one codec)."""
+    codec = _BY_TYPE.get(type(obj))
+    if codec is None:
+        codec = find_array_codec(obj)
+        if codec is None:
+            return None
+        _BY_TYPE[type(obj)] = codec
+    return codec.address(obj)
+
+
+def view_key(obj: object) -> Hashable:
+    """An array leaf's ``ArrayCodec.view_key`` (asked only after ``address``)."""
+    return _BY_TYPE[type(obj)].view_key(obj)
+
+
+_BY_TYPE: dict[type, ArrayCodec] = {}
 
 
 def convert(obj: object) -> object:

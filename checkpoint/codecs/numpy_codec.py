@@ -8,11 +8,21 @@ from typing import Any
 import numpy as np
 
 from .. import _native
-from ._host import differs, needs_pinned, pinned_buffer, synchronize, unchanged, version_token
+from ._host import (
+    address,
+    differs,
+    extent,
+    needs_pinned,
+    pinned_buffer,
+    synchronize,
+    unchanged,
+    version_token,
+    view_key,
+)
 
 __all__ = [
-    "copy_into", "describe", "differs", "dtype_from_token", "dtype_token", "matches", "name",
-    "needs_pinned", "pinned_buffer", "restore", "synchronize", "unchanged", "version_token",
+    "address", "copy_into", "describe", "differs", "dtype_from_token", "dtype_token", "extent", "matches", "name",
+    "needs_pinned", "pinned_buffer", "restore", "synchronize", "unchanged", "version_token", "view_key",
 ]
 
 name = "numpy"

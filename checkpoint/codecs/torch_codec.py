@@ -16,6 +16,7 @@ writer commits (see ``_capture.verify``).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
@@ -24,8 +25,8 @@ import torch
 from .. import _native
 
 __all__ = [
-    "copy_into", "describe", "differs", "matches", "name", "pinned_buffer", "restore",
-    "synchronize", "unchanged", "version_token",
+    "address", "copy_into", "describe", "differs", "extent", "matches", "name", "needs_pinned", "pinned_buffer",
+    "restore", "synchronize", "unchanged", "version_token", "view_key",
 ]
 
 name = "torch"
@@ -53,6 +54,25 @@ def describe(t: torch.Tensor) -> dict[str, Any]:
         "grad": bool(t.requires_grad),
         "param": isinstance(t, torch.nn.Parameter),
     }
+
+
+def address(t: torch.Tensor) -> Hashable | None:
+    """The first element's address; None for empty tensors (which may all share one)."""
+    return t.data_ptr() if t.numel() else None
+
+
+def view_key(t: torch.Tensor) -> Hashable:
+    """Layout, dtype, device, type and autograd flags: a ``state_dict``'s tied weights
+    (two detached tensors of one parameter) are equal."""
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
+            t.dtype, t.device, type(t), t.requires_grad, t.is_conj(), t.is_neg())
+
+
+def extent(t: torch.Tensor) -> tuple[Hashable, int, int] | None:
+    if t.numel() == 0:
+        return None
+    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    return (t.device, t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size())
 
 
 def needs_pinned(t: torch.Tensor) -> bool:

@@ -144,3 +144,46 @@ def test_root_leaf():
     assert treedef is None
     assert leaves == {"": 5}
     assert inflate(treedef, leaves) == 5
+
+
+def test_an_object_met_twice_is_stored_once_and_restored_as_one():
+    weights = np.arange(4.0)
+    layer = {"w": weights, "scale": 2}
+    history = [1, 2, 3]
+    state = {"a": weights, "b": weights, "in_list": [weights, 1], "layer": layer, "again": layer,
+             "history": history, "same_history": history, "empty": (), "empty_too": ()}
+    treedef, leaves = _flat(state)
+    assert list(leaves) == ["a", "in_list/#1", "layer/scale", "history", "empty"]
+    rebuilt = inflate(treedef, leaves)
+    assert rebuilt["b"] is rebuilt["a"] and rebuilt["in_list"][0] is rebuilt["a"]
+    assert rebuilt["again"] is rebuilt["layer"] and rebuilt["layer"]["w"] is rebuilt["a"]
+    assert rebuilt["same_history"] is rebuilt["history"]
+    rebuilt["a"] += 1   # a write through one path shows through the others, as before the restore
+    assert rebuilt["layer"]["w"][0] == 1.0
+
+
+def test_the_same_view_of_one_memory_is_one_leaf_and_other_views_are_not():
+    from checkpoint.codecs import address, view_key
+
+    base = np.arange(6.0)
+    state = {"base": base, "alias": base[:], "tail": base[2:], "cast": base.view(np.int64),
+             "frozen": np.frombuffer(base.tobytes(), np.float64)}
+    treedef, leaves = flatten(state, convert=convert, is_array=is_array, address=address,
+                              view_key=view_key)
+    assert list(leaves) == ["base", "tail", "cast", "frozen"]
+    rebuilt = inflate(treedef, leaves)
+    assert rebuilt["alias"] is rebuilt["base"]
+
+
+def test_a_reference_must_name_an_object_built_before_it():
+    from checkpoint._flatten import leaf_count
+
+    with pytest.raises(ValueError, match="not built before"):
+        inflate(("d", ("a", "b"), (("r", "b"), None)), {"b": 1})
+    with pytest.raises(ValueError, match="not built before"):   # an ancestor: a cycle
+        inflate(("d", ("a",), (("l", (("r", "a"),)),)), {})
+    assert inflate(("d", ("a", "b"), (None, ("r", "a"))), {"a": [1]}) == {"a": [1], "b": [1]}
+    assert leaf_count(("d", ("a", "b"), (None, ("r", "a")))) == 1
+    for bad in (("r",), ("r", 5), ("r", "a", "b")):
+        with pytest.raises(ValueError, match="malformed"):
+            leaf_count(bad)

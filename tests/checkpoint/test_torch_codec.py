@@ -217,6 +217,52 @@ def test_a_visible_write_after_the_capture_refuses_once_and_trusts_on(manager: C
     assert torch.equal(restored["frozen"]["weight"], frozen.weight)
 
 
+def test_tied_weights_are_stored_once_and_restored_as_one_tensor(manager: CheckpointManager):
+    """A state_dict holds a tied weight under two names (two detached tensors of one
+    parameter): it is stored once, and both names restore to one tensor."""
+    torch.manual_seed(0)
+    embed = torch.nn.Embedding(1000, 64)
+    head = torch.nn.Linear(64, 1000, bias=False)
+    head.weight = embed.weight
+    model = torch.nn.Sequential(embed, torch.nn.Linear(64, 64), head)
+    writer = manager.open_attempt("job", "t").writer
+    snap = writer.capture({"model": model, "step": 3})
+    assert [leaf.path for leaf in snap.leaves] == ["model/0.weight", "model/1.weight", "model/1.bias", "step"]
+    assert snap.raw_nbytes < 1000 * 64 * 4 + 70 * 64 * 4
+    writer.save(snap)
+    with torch.no_grad():
+        embed.weight[7] += 1.0
+    writer.save(writer.capture({"model": model, "step": 4}))   # a delta over the same tree
+    restored = manager.restore("job", "t").state
+    assert restored["step"] == 4
+    weights = restored["model"]
+    assert weights["2.weight"] is weights["0.weight"]
+    assert torch.equal(weights["0.weight"], embed.weight)
+    fresh = torch.nn.Sequential(torch.nn.Embedding(1000, 64), torch.nn.Linear(64, 64),
+                                torch.nn.Linear(64, 1000, bias=False))
+    fresh[2].weight = fresh[0].weight
+    fresh.load_state_dict(weights)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+
+
+def test_views_of_one_tensor_are_named_once_in_a_warning(manager: CheckpointManager, caplog):
+    """Leaves that overlap in memory but are different views cannot share memory again
+    after a restore: the first capture says so, once; their values are still exact."""
+    buffer = torch.arange(16.0)
+    state = {"buffer": buffer, "head": buffer[:4], "grid": buffer.view(4, 4), "apart": torch.ones(3)}
+    writer = manager.open_attempt("job", "t").writer
+    with caplog.at_level(logging.WARNING, logger="checkpoint"):
+        writer.save(writer.capture(state))
+        buffer[0] = 5.0
+        writer.save(writer.capture(state))
+    told = [r.getMessage() for r in caplog.records if "share memory" in r.getMessage()]
+    assert len(told) == 1
+    assert "2 pair(s)" in told[0] and "buffer and head" in told[0] and "grid" in told[0]
+    assert "apart" not in told[0]
+    restored = manager.restore("job", "t").state
+    assert restored["head"][0].item() == 5.0 and restored["grid"][0, 0].item() == 5.0
+
+
 def test_chain_of_training_steps_is_exact():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 8))
