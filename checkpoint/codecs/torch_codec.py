@@ -57,22 +57,27 @@ def describe(t: torch.Tensor) -> dict[str, Any]:
 
 
 def address(t: torch.Tensor) -> Hashable | None:
-    """The first element's address; None for empty tensors (which may all share one)."""
-    return t.data_ptr() if t.numel() else None
+    """The first element's address; None for empty tensors (which may all share one)
+    and for tensors whose memory is not exposed."""
+    try:
+        return t.data_ptr() if t.numel() else None
+    except RuntimeError:
+        return None
 
 
 def view_key(t: torch.Tensor) -> Hashable:
-    """Layout, dtype, device, type and autograd flags: a ``state_dict``'s tied weights
-    (two detached tensors of one parameter) are equal."""
+    """Storage, layout, dtype, device, type and autograd flags: a ``state_dict``'s tied
+    weights (two detached tensors of one parameter) are equal."""
     return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
             t.dtype, t.device, type(t), t.requires_grad, t.is_conj(), t.is_neg())
 
 
 def extent(t: torch.Tensor) -> tuple[Hashable, int, int] | None:
-    if t.numel() == 0:
+    start = address(t)
+    if start is None:
         return None
     last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
-    return (t.device, t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size())
+    return (t.device, start, start + (last + 1) * t.element_size())
 
 
 def needs_pinned(t: torch.Tensor) -> bool:

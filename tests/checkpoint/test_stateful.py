@@ -21,6 +21,7 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import tempfile
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from checkpoint.stores import FsStore, SqlStore
 JOB, TASK = "propjob", "proptask"
 BIG = 140_000  # float64 elements: over 1 MiB, a part of its own
 BUSY_MS = 200
-MUTATIONS = ("none", "small", "big", "rows", "python", "shape", "keys")
+MUTATIONS = ("none", "small", "big", "rows", "python", "shape", "keys", "alias")
 FAULTS = ("insert_checkpoint", "delete_checkpoint", "insert_blob", "delete_blob", "busy")
 
 
@@ -76,6 +77,11 @@ def mutate(state: dict[str, Any], kind: str, seed: int) -> None:
             del state["cfg"][key]
         else:
             state["cfg"][key] = [seed, str(seed)]
+    elif kind == "alias":   # the same array under a second key, written through both
+        if "same" in state:
+            del state["same"]
+        else:
+            state["same"] = state["b"]
 
 
 def same(a: Any, b: Any) -> bool:
@@ -84,21 +90,23 @@ def same(a: Any, b: Any) -> bool:
         return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype
                 and a.shape == b.shape and a.tobytes() == b.tobytes())
     if isinstance(a, dict):
-        return isinstance(b, dict) and list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+        return (isinstance(b, dict) and list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+                and sharing(a) == sharing(b))
     if isinstance(a, list):
         return (isinstance(b, list) and len(a) == len(b)
                 and all(same(x, y) for x, y in zip(a, b, strict=True)))
     return type(a) is type(b) and a == b
 
 
+def sharing(d: dict[str, Any]) -> list[list[int]]:
+    """For each value, the earlier values that are the same array, list or dict."""
+    values = list(d.values())
+    return [[j for j in range(i) if values[j] is v and isinstance(v, (np.ndarray, list, dict))]
+            for i, v in enumerate(values)]
+
+
 def copy(state: Any) -> Any:
-    if isinstance(state, np.ndarray):
-        return state.copy()
-    if isinstance(state, dict):
-        return {k: copy(v) for k, v in state.items()}
-    if isinstance(state, list):
-        return [copy(v) for v in state]
-    return state
+    return deepcopy(state)   # keeps shared references shared
 
 
 class Faults:
