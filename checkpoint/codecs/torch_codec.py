@@ -56,11 +56,11 @@ def describe(t: torch.Tensor) -> dict[str, Any]:
     }
 
 
-def address(t: torch.Tensor) -> Hashable | None:
+def address(t: torch.Tensor) -> int | None:
     """The first element's address; None for empty tensors (which may all share one)
     and for tensors whose memory is not exposed."""
     try:
-        return t.data_ptr() if t.numel() else None
+        return int(t.data_ptr()) if t.numel() else None
     except RuntimeError:
         return None
 
