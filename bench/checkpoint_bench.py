@@ -24,6 +24,12 @@ baseline alternate which goes first. Timings are reported, never asserted.
 * W5  dict of 50 float32 arrays (5 % changed per checkpoint) + 10,000 small
   Python objects (10 appended per checkpoint): full incremental checkpoint
   (capture + encode + write + commit) vs pickle + gzip-6 + write + fsync.
+* W6  a language model whose output layer shares the embedding's weight (a
+  tied ``Embedding(rows // 8, width // 4)``, the weight under two
+  ``state_dict`` names) + AdamW: raw bytes of a capture against the bytes of
+  the ``torch.save`` file (``tied_raw_vs_torch_save_bytes``; ``torch.save``
+  stores a shared storage once, and so does a capture), and the restored
+  names still one tensor.
 
 The library runs end to end on a SQLite catalog and a local blob directory in a
 temporary directory. ``python -m bench.checkpoint_bench --plot OUT.json PNG``
@@ -537,6 +543,31 @@ def _w5(s: Sizes, root: Path) -> dict[str, float]:
     }
 
 
+def _w6(s: Sizes, root: Path) -> dict[str, float]:
+    import torch
+
+    from checkpoint._capture import capture
+
+    torch.manual_seed(0)
+    vocab, width = s.rows // 8, s.width // 4
+    embed = torch.nn.Embedding(vocab, width)
+    head = torch.nn.Linear(width, vocab, bias=False)
+    head.weight = embed.weight
+    model = torch.nn.Sequential(embed, torch.nn.Linear(width, width), torch.nn.Dropout(0.1), head)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randint(0, vocab, (8, 16))
+    torch.nn.functional.cross_entropy(model(x).reshape(-1, vocab), x.reshape(-1)).backward()
+    opt.step()
+    state = {"model": model, "optim": opt, "step": 1}
+    snap = capture(state)
+    restored = snap.to_state()["model"]
+    assert restored["3.weight"] is restored["0.weight"]   # one tensor, as saved
+    path = root / "w6.pt"
+    _torch_save(state, path)
+    return {"w6_raw_mb": snap.raw_nbytes / MB, "w6_torch_save_mb": path.stat().st_size / MB,
+            "tied_raw_vs_torch_save_bytes": snap.raw_nbytes / path.stat().st_size}
+
+
 def measure(quick: bool) -> dict[str, float]:
     s = QUICK if quick else FULL
     out: dict[str, float] = {"quick": float(quick), "cpu_count": float(os.cpu_count() or 0)}
@@ -548,6 +579,7 @@ def measure(quick: bool) -> dict[str, float]:
             ("W2", lambda: _bytes_workload("w2", lambda: _mlp(s, frozen=s.layers - 1), 10, root)),
             ("W3", lambda: _bytes_workload("w3", lambda: _embedding(s), 100, root)),
             ("W5", lambda: _w5(s, root)),
+            ("W6", lambda: _w6(s, root)),
         ):
             t0 = time.perf_counter()
             out.update(step())
