@@ -26,8 +26,8 @@ Shared references are kept: an object met again at a later path (the same
 object, or an array at the same ``address`` whose ``view_key`` is equal: the
 same view of the same memory, such as a tied weight in a ``state_dict``)
 becomes an ``r`` node, is stored once and is restored as one object at both
-paths. Objects inside two
-different pickled leaves are pickled, and restored, separately.
+paths. Objects inside two different pickled leaves are pickled, and restored,
+separately.
 
 Reading a stored tree definition never imports anything: ``resolve_class``
 finds a namedtuple or dataclass only in a module the process has already
@@ -268,6 +268,8 @@ def flatten(
         address: for an array leaf, a cheap key of where its data starts (None: not
             known); arrays at one address are compared by ``view_key``, and a later
             array of an equal key becomes a reference to the first.
+        view_key: for two array leaves at one address, what must be equal for them
+            to be the same view of the same memory.
 
     Raises:
         ValueError: the state contains a reference cycle through walked containers.
