@@ -86,9 +86,7 @@ class BufferPool:
     def distrust(self, paths: list[str], seen: str, level: int = logging.WARNING) -> None:
         """Copy the leaves at ``paths`` at every capture from now on (their change counters
         missed a write); one log record names them."""
-        with self._lock:
-            new = [p for p in paths if p not in self.distrusted]
-            self.distrusted.update(new)
+        new = self._first_time(self.distrusted, paths)
         if new:
             log.log(level, "checkpoint: %d tensor(s) changed without their version counter "
                     "(%s; written through .data, a numpy view or an extension?): %s; copied "
@@ -96,15 +94,20 @@ class BufferPool:
 
     def tell_overlaps(self, pairs: list[tuple[str, str]]) -> None:
         """One warning naming the pairs of leaves whose memory overlaps, each pair once."""
-        with self._lock:
-            new = [p for p in pairs if p not in self._overlaps_told]
-            self._overlaps_told.update(new)
+        new = self._first_time(self._overlaps_told, pairs)
         if new:
             log.warning("checkpoint: %d pair(s) of state leaves share memory without being the same "
                         "array (%s): each is stored and restored separately, so after a restore a "
                         "write through one no longer shows through the other; checkpoint the "
                         "array they view once instead", len(new),
                         name_paths([f"{a} and {b}" for a, b in new]))
+
+    def _first_time(self, told: set[Any], items: list[Any]) -> list[Any]:
+        """The ``items`` not in ``told``, which are added to it (under the pool's lock)."""
+        with self._lock:
+            new = [item for item in items if item not in told]
+            told.update(new)
+        return new
 
     def retain(self, array: np.ndarray) -> None:
         with self._lock:
