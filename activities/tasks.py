@@ -101,7 +101,11 @@ class TaskActivities:
         self._stop_grace = settings.task_stop_grace_seconds
 
     def activities(self) -> list[Callable[..., Any]]:
-        return [self.run_task, self.cleanup_task, self.cleanup_job]
+        return [self.run_task, *self.bookkeeping()]
+
+    def bookkeeping(self) -> list[Callable[..., Any]]:
+        """The activities besides ``run_task`` (a worker's control queue runs them)."""
+        return [self.cleanup_task, self.cleanup_job]
 
     def _init_spec(self) -> InitSpec:
         return InitSpec(sys_path=list(sys.path), settings=self.settings.to_dict(),

@@ -111,7 +111,7 @@ async def run(quick: bool) -> dict[str, Any]:
     from worker_app.dev import local_environment
     from worker_app.settings import Settings
     from worker_app.worker import task_runtime
-    from workflows import WORKFLOWS
+    from workflows import WORKFLOWS, control_queue
 
     n = TASKS or (2000 if quick else 10_000)
     order = ["baseline", "crowdcompute"]
@@ -125,20 +125,21 @@ async def run(quick: bool) -> dict[str, Any]:
             settings = Settings(temporal_address=address, task_queue="bench", state_dir=Path(tmp))
             conn = await sdk.connect(settings=settings)
             acts = TaskActivities(task_runtime(settings))
-            # One worker, so both fan-outs get the same pollers and slots.
+            # One worker of the task queue, so both fan-outs get the same pollers and
+            # slots; ours also schedules its bookkeeping on the control queue.
             worker = Worker(
                 conn.client,
                 task_queue="bench",
                 workflows=[*WORKFLOWS, BenchFanout, BenchChunk],
-                activities=[
-                    *acts.activities(),
-                    *JobItemActivities(build_job_item_store(settings)).activities(),
-                    bench_noop,
-                ],
+                activities=[acts.run_task, bench_noop],
                 max_concurrent_activities=SLOTS,
             )
+            control = Worker(
+                conn.client, task_queue=control_queue("bench"),
+                activities=[*acts.bookkeeping(),
+                            *JobItemActivities(build_job_item_store(settings)).activities()])
             jobs = {"baseline": lambda k: _baseline(conn.client, k), "crowdcompute": _ours}
-            async with worker:
+            async with worker, control:
                 for job in jobs.values():
                     await job(WARMUP)
                 for name in order:

@@ -13,14 +13,15 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import FixedSizeSlotSupplier, Worker, WorkerTuner
 
 from activities import CheckpointProvider, CheckpointService, TaskActivities, TaskRuntime
 from activities.job_items import JobItemActivities
 from sdk._job_items import build_job_item_store
 from sdk._temporal import connect_client
+from worker_app._slots import TaskSlots
 from worker_app.settings import Settings
-from workflows import WORKFLOWS
+from workflows import WORKFLOWS, control_queue
 
 if TYPE_CHECKING:
     from checkpoint import CheckpointManager
@@ -28,10 +29,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SHUTDOWN_CANCEL_AFTER = 0.0
-# Activity slots beyond the running tasks: cleanup activities, and a few tasks taken
-# while others finish (they heartbeat while they wait for a free task process), so
-# tiny tasks do not wait a server round trip each.
-EXTRA_ACTIVITY_SLOTS = 4
+# Slots of the control queue's bookkeeping activities (task cleanup, job item store),
+# beside one slot per task process on the task queue.
+CONTROL_ACTIVITY_SLOTS = 4
+# Task-queue slots beyond the task processes while tasks are short (worker_app._slots).
+PREFETCH_SLOTS = 4
+DEFAULT_SLOTS = 100   # Temporal's own default for the other kinds of slots
 
 
 def task_runtime(settings: Settings) -> TaskRuntime:
@@ -70,16 +73,33 @@ WORKFLOW_ACTIVATION_LIMIT = 8.0
 
 
 class TaskWorker(Worker):
-    """A Temporal worker whose shutdown also ends its task processes."""
+    """A Temporal worker of the task queue and, inside it, one of its control queue.
+
+    The task queue's worker takes one activity per task process and only while
+    tasks are short a few more (``worker_app._slots.TaskSlots``), so that it
+    does not hold tasks it cannot start while another worker has a free
+    process; bookkeeping activities come from the control queue
+    (``workflows.control_queue``) with slots of their own, so they never wait
+    behind tasks. The task queue's worker also registers them, for the jobs
+    that scheduled them there before the control queue existed. Running,
+    shutting down (which also ends the task processes) and failing are of
+    both together.
+    """
 
     def __init__(self, client: Client, settings: Settings, acts: TaskActivities,
                  extra_activities: Sequence[Callable[..., Any]] = ()) -> None:
+        bookkeeping = [*acts.bookkeeping(), *extra_activities]
         super().__init__(
             client,
             task_queue=settings.task_queue,
             workflows=WORKFLOWS,
-            activities=[*acts.activities(), *extra_activities],
-            max_concurrent_activities=acts.pool.size + EXTRA_ACTIVITY_SLOTS,
+            activities=[acts.run_task, *bookkeeping],
+            # One activity slot per task process, and a few more while tasks are short.
+            tuner=WorkerTuner.create_composite(
+                workflow_supplier=FixedSizeSlotSupplier(DEFAULT_SLOTS),
+                activity_supplier=TaskSlots(acts.pool.size, prefetch=PREFETCH_SLOTS),
+                local_activity_supplier=FixedSizeSlotSupplier(DEFAULT_SLOTS),
+                nexus_supplier=FixedSizeSlotSupplier(DEFAULT_SLOTS)),
             # Final checkpoints are taken before shutdown starts (see ``serve``); what is
             # still running afterwards is cancelled at once so Temporal retries it.
             graceful_shutdown_timeout=timedelta(seconds=SHUTDOWN_CANCEL_AFTER),
@@ -90,6 +110,10 @@ class TaskWorker(Worker):
             max_heartbeat_throttle_interval=timedelta(seconds=settings.heartbeat_interval),
         )
         self.task_activities = acts
+        self.control = Worker(
+            client, task_queue=control_queue(settings.task_queue), activities=bookkeeping,
+            max_concurrent_activities=CONTROL_ACTIVITY_SLOTS,
+            graceful_shutdown_timeout=timedelta(seconds=SHUTDOWN_CANCEL_AFTER))
         # Temporal's Python worker fails an activation that runs past 2 s as a deadlock
         # and interrupts its thread; that run can then never be evicted, and its workflow
         # makes no progress on this worker again (seen in the suite: a BatchWorkflow
@@ -102,9 +126,23 @@ class TaskWorker(Worker):
         if getattr(workflows, "_deadlock_timeout_seconds", None) is not None:
             workflows._deadlock_timeout_seconds = WORKFLOW_ACTIVATION_LIMIT  # type: ignore[union-attr]
 
+    async def run(self) -> None:
+        """Run both workers until both stopped; when one stops (or fails), the other is
+        shut down too. Raises the first failure."""
+        runs = [asyncio.ensure_future(super().run()), asyncio.ensure_future(self.control.run())]
+        try:
+            await asyncio.wait(runs, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not all(r.done() for r in runs):
+                await self.shutdown()
+            outcomes = await asyncio.gather(*runs, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
     async def shutdown(self) -> None:
         try:
-            await super().shutdown()
+            await asyncio.gather(super().shutdown(), self.control.shutdown())
         finally:
             await self.task_activities.close()
 

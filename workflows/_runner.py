@@ -51,6 +51,29 @@ FAILED_TASK_CLEANUP_PATCH = "cleanup-failed-task"
 # Recorded by a job (or batch) whose items and results are payloads of their own
 # encodings; histories written before it carry base64 pickles and replay that way.
 PAYLOADS_PATCH = "native-payloads"
+# Recorded when a workflow first schedules a bookkeeping activity (task cleanup, the
+# job item store) on its task queue's control queue; histories written before it
+# scheduled them on the task queue itself, which is also where tasks wait.
+CONTROL_QUEUE_PATCH = "control-queue"
+CONTROL_QUEUE_SUFFIX = "-control"
+
+
+def control_queue(task_queue: str) -> str:
+    """The queue of ``task_queue``'s bookkeeping activities; every worker polls both.
+
+    Tasks and bookkeeping have queues of their own so that a worker takes no
+    more tasks than it has task processes (a task it cannot start yet would
+    wait there while another worker idles) and bookkeeping never waits behind
+    tasks.
+    """
+    return task_queue + CONTROL_QUEUE_SUFFIX
+
+
+def bookkeeping() -> dict[str, Any]:
+    """``execute_activity`` options of a bookkeeping activity: its queue."""
+    if workflow.patched(CONTROL_QUEUE_PATCH):
+        return {"task_queue": control_queue(workflow.info().task_queue)}
+    return {}
 
 
 def legacy_payloads(given: bool) -> bool:
@@ -262,7 +285,7 @@ class TaskRunner:
         await workflow.execute_activity(
             "cleanup_task",
             CleanupTaskInput(job_id=self.job_id, task_id=task.task_id, status=status),
-            start_to_close_timeout=timedelta(minutes=5),
+            start_to_close_timeout=timedelta(minutes=5), **bookkeeping(),
         )
 
     async def _execute(self, arg: RunTaskInput, item: Payload | str, index: int) -> Any:

@@ -21,6 +21,7 @@ from temporalio.workflow import ParentClosePolicy
 
 from workflows._runner import (
     TaskRunner,
+    bookkeeping,
     cancel_in_waves,
     legacy_payloads,
     settled,
@@ -111,13 +112,14 @@ class BatchWorkflow(_RunsTasks):
         ref = ChunkRef(job_id=arg.job_id, chunk=arg.chunk, payloads=True)
         raw: RawValue = await workflow.execute_activity(
             "read_job_items", ref, result_type=RawValue, start_to_close_timeout=ITEM_STORE_TIMEOUT,
-            summary=f"items of batch {arg.chunk}")
+            summary=f"items of batch {arg.chunk}", **bookkeeping())
         runner = TaskRunner(arg.job_id, arg.fn, unpack(raw.payload), arg.offset, arg.options)
         results = await self._start_runner(runner).run()
         await workflow.execute_activity(
             "write_job_results",
             args=[ChunkResults(job_id=arg.job_id, chunk=arg.chunk), RawValue(pack(results))],
             start_to_close_timeout=ITEM_STORE_TIMEOUT, summary=f"results of batch {arg.chunk}",
+            **bookkeeping(),
         )
         return []
 
@@ -125,14 +127,15 @@ class BatchWorkflow(_RunsTasks):
         """A chunk of base64 lines (first payload format): read, run, write back."""
         ref = ChunkRef(job_id=arg.job_id, chunk=arg.chunk)
         items: list[str] = await workflow.execute_activity(
-            "read_job_items", ref, result_type=list[str], start_to_close_timeout=ITEM_STORE_TIMEOUT
+            "read_job_items", ref, result_type=list[str], start_to_close_timeout=ITEM_STORE_TIMEOUT,
+            **bookkeeping(),
         )
         runner = TaskRunner(arg.job_id, arg.fn, items, arg.offset, arg.options)
         results = await self._start_runner(runner).run()
         await workflow.execute_activity(
             "write_job_results",
             ChunkResults(job_id=arg.job_id, chunk=arg.chunk, results=results),
-            start_to_close_timeout=ITEM_STORE_TIMEOUT,
+            start_to_close_timeout=ITEM_STORE_TIMEOUT, **bookkeeping(),
         )
         return []
 
@@ -311,7 +314,7 @@ class JobWorkflow(_RunsTasks):
 
     async def _cleanup_job(self, arg: CleanupJobInput) -> None:
         await workflow.execute_activity(
-            "cleanup_job", arg, start_to_close_timeout=CLEANUP_TIMEOUT
+            "cleanup_job", arg, start_to_close_timeout=CLEANUP_TIMEOUT, **bookkeeping()
         )
 
     @workflow.query
