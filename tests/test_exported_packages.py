@@ -25,6 +25,6 @@ def test_activities_all_is_pinned() -> None:
 
 def test_workflows_all_is_pinned() -> None:
     assert sorted(workflows.__all__) == ["BatchWorkflow", "JobWorkflow", "WORKFLOWS",
-                                         "task_id_for", "validate_job_id"]
+                                         "control_queue", "task_id_for", "validate_job_id"]
     assert workflows.WORKFLOWS == [workflows.JobWorkflow, workflows.BatchWorkflow]
     assert _public(workflows) == set(workflows.__all__)
