@@ -100,9 +100,6 @@ class TaskActivities:
         self._running: set[_Attempt] = set()
         self._stop_grace = settings.task_stop_grace_seconds
 
-    def activities(self) -> list[Callable[..., Any]]:
-        return [self.run_task, *self.bookkeeping()]
-
     def bookkeeping(self) -> list[Callable[..., Any]]:
         """The activities besides ``run_task`` (a worker's control queue runs them)."""
         return [self.cleanup_task, self.cleanup_job]

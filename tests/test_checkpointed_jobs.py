@@ -63,8 +63,8 @@ class Worker:
 def spawn(settings: Settings, tmp_path: Path) -> Iterator[Callable[[], Any]]:
     started: list[Worker] = []
 
-    async def start() -> Worker:
-        w = Worker(settings, tmp_path / f"worker-{len(started)}.log")
+    async def start(with_settings: Settings | None = None) -> Worker:
+        w = Worker(with_settings or settings, tmp_path / f"worker-{len(started)}.log")
         started.append(w)
         await wait_for(w.ready, timeout=60)
         return w
@@ -352,30 +352,23 @@ async def test_unpicklable_state_is_skipped_in_a_job(settings: Settings, conn: s
 
 
 async def test_a_worker_holds_no_task_it_cannot_start(settings: Settings, conn: sdk.Connection,
-                                                      tmp_path: Path) -> None:
+                                                      spawn: Any, tmp_path: Path) -> None:
     """A worker of one task process takes one task: the job's second task waits in the
     queue and the next worker to come runs it, rather than waiting inside the first
     worker for its process while the second idles (as it did with prefetched tasks)."""
     one = settings.model_copy(update={"max_concurrent_tasks": 1})
     items = cfgs(tmp_path, 2, steps=200)   # 10 s each: longer than a worker takes to start
     log = StepLog(tmp_path / "steps.log")
-    workers = [Worker(one, tmp_path / "first.log")]
-    try:
-        await wait_for(workers[0].ready, timeout=60)
-        job = await sdk.submit(ckpt_tasks.train_numpy, items, job_id="one-each")
-        await wait_for(lambda: log.steps() >= 10, timeout=60)
-        workers.append(Worker(one, tmp_path / "second.log"))
-        await wait_for(workers[1].ready, timeout=60)
-        results = await asyncio.wait_for(job.result(), 120)
-        for cfg, got in zip(items, results, strict=True):
-            assert_same_state(got, ckpt_tasks.reference_numpy(cfg))
-        ran_on = {e[0]: e[2] for e in log.events() if e[3] == "start"}
-        assert sorted(ran_on.values()) == sorted(w.pid for w in workers), ran_on
-        # The second task started while the first still ran (it did not wait for it).
-        events = log.events()
-        second = min(i for i, e in enumerate(events) if e[3] == "start" and e[2] == workers[1].pid)
-        assert any(e[2] == workers[0].pid and e[3] == "step" for e in events[second:])
-    finally:
-        for w in workers:
-            w.kill()
-            w.log.close()
+    workers = [await spawn(one)]
+    job = await sdk.submit(ckpt_tasks.train_numpy, items, job_id="one-each")
+    await wait_for(lambda: log.steps() >= 10, timeout=60)
+    workers.append(await spawn(one))
+    results = await asyncio.wait_for(job.result(), 120)
+    for cfg, got in zip(items, results, strict=True):
+        assert_same_state(got, ckpt_tasks.reference_numpy(cfg))
+    ran_on = {e[0]: e[2] for e in log.events() if e[3] == "start"}
+    assert sorted(ran_on.values()) == sorted(w.pid for w in workers), ran_on
+    # The second task started while the first still ran (it did not wait for it).
+    events = log.events()
+    second = min(i for i, e in enumerate(events) if e[3] == "start" and e[2] == workers[1].pid)
+    assert any(e[2] == workers[0].pid and e[3] == "step" for e in events[second:])
